@@ -1,0 +1,66 @@
+"""The LDS next-observation task as the trainer sees it: batches, the normalized loss, metrics.
+
+All baselines are exact expectations from the Kalman module, computed once on the host and held
+as arrays, so the task is a pytree that jitted steps take as an argument (one compile per shape).
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data import kalman, lds, metrics
+
+
+@flax.struct.dataclass
+class LDSTask:
+    """A fixed system plus its per-position baselines; ``cfg`` and ``patch_size`` are static."""
+
+    system: lds.System
+    kf_T: jax.Array  # KF one-step expected error per position (the SPEC's nmse denominator)
+    kf_info_T: jax.Array  # KF error with the same information as a patch-P model
+    zero_T: jax.Array  # error of predicting 0
+    cfg: lds.LDSConfig = flax.struct.field(pytree_node=False)
+    patch_size: int = flax.struct.field(pytree_node=False, default=1)
+
+    @classmethod
+    def create(cls, cfg: lds.LDSConfig, patch_size: int = 1) -> LDSTask:
+        if cfg.seq_len % patch_size:
+            raise ValueError(f"model.patch_size={patch_size} must divide data.seq_len="
+                             f"{cfg.seq_len}; allowed patch sizes: "
+                             f"{[p for p in (1, 2, 4, 8, 16, 32) if cfg.seq_len % p == 0]}")
+        a, c = lds.make_system_np(cfg)
+        exact = lds.System(A=a, C=c, sigma=np.float64(cfg.sigma))
+        as32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+        return cls(system=lds.make_system(cfg),
+                   kf_T=as32(kalman.one_step_mse(exact, cfg.seq_len)),
+                   kf_info_T=as32(kalman.patched_mse(exact, cfg.seq_len, patch_size)),
+                   zero_T=as32(kalman.zero_mse(exact, cfg.seq_len)),
+                   cfg=cfg, patch_size=patch_size)
+
+    @property
+    def dim_y(self) -> int:
+        return self.cfg.dim_y
+
+    def sample(self, key: jax.Array, batch: int) -> jax.Array:
+        return lds.sample(self.system, key, batch, self.cfg.seq_len)
+
+    def loss(self, pred_BxTxY: jax.Array, y_BxTxY: jax.Array) -> jax.Array:
+        """Squared error normalized by the KF's per-position error, averaged over y_2..y_T."""
+        diff = pred_BxTxY.astype(jnp.float32) - y_BxTxY.astype(jnp.float32)
+        err_BxT = jnp.sum(diff**2, -1) / self.kf_T
+        return jnp.mean(err_BxT[:, metrics.FIRST_SCORED :])
+
+    def eval_metrics(self, err_T: jax.Array) -> dict[str, jax.Array]:
+        """Averaged metrics from the per-position model error (mean over held-out sequences)."""
+        return {
+            "nmse": metrics.nmse(err_T, self.kf_T),
+            "skill": metrics.skill(err_T, self.zero_T, self.kf_T),
+            "nmse_info": metrics.nmse(err_T, self.kf_info_T),
+        }
+
+    def zero_predictor_metrics(self) -> dict[str, float]:
+        """What predicting 0 scores in expectation: the bar a learning claim must clear."""
+        return {k: float(v) for k, v in self.eval_metrics(self.zero_T).items()}

@@ -1,0 +1,109 @@
+"""Configuration of one training run: data x model x training x rollout evaluation.
+
+Every field can be set from the command line with dot notation (tyro), e.g.
+``python -m tuner.train --data.lambda_val 0.96 --model.patch_size 4 --train.steps 2000``.
+Invalid combinations fail at construction, naming the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from data.lds import LDSConfig
+from models.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimization. ``lr``, ``weight_decay`` and the schedule lengths are traced at run time, so
+    every trial of a cell reuses one compiled step."""
+
+    steps: int = 2000  # optimizer steps (the budget)
+    batch_size: int = 64  # sequences per step
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.01  # decoupled (AdamW) decay on matrices only
+    warmup_frac: float = 0.05  # linear warmup as a fraction of ``steps``; cosine to 0 after
+    b1: float = 0.9  # Adam beta1
+    b2: float = 0.95  # Adam beta2
+    clip_norm: float = 1.0  # global gradient-norm clip
+    eval_every: int = 200  # steps between evaluations (and the unit ASHA counts in)
+    eval_batch: int = 512  # held-out sequences per evaluation (fixed key: same every time)
+    seed: int = 0  # init and data-stream seed (the system is data.system_seed)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_every", "eval_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr={self.lr} must be > 0")
+        if not 0 <= self.warmup_frac < 1:
+            raise ValueError(f"TrainConfig.warmup_frac={self.warmup_frac} must be in [0, 1)")
+        if self.weight_decay < 0:
+            raise ValueError(f"TrainConfig.weight_decay={self.weight_decay} must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """Autoregressive evaluation after training (SPEC section 3)."""
+
+    warmup: int = 64  # observations read before generating
+    horizons: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)  # scored steps ahead
+    n_sequences: int = 8192  # parallel rollouts
+    memory_budget_gb: float = 4.0  # per-chunk device-memory budget; chunks never change results
+    seed: int = 12345  # key of the held-out rollout sequences
+
+    def __post_init__(self) -> None:
+        if self.warmup < 1 or self.n_sequences < 1 or not self.horizons or min(self.horizons) < 1:
+            raise ValueError("RolloutConfig: warmup, n_sequences and every horizon must be >= 1")
+
+    @property
+    def n_steps(self) -> int:
+        return max(self.horizons)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One training run."""
+
+    data: LDSConfig = LDSConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    task: str = "lds"  # data.registry name
+    out_dir: str = "runs/default"  # metrics.jsonl, checkpoints and summary.json land here
+    rollout_after: bool = True  # run the rollout evaluation when training ends
+
+    def __post_init__(self) -> None:
+        from data.registry import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"RunConfig.task={self.task!r}; allowed: {sorted(TASKS)}")
+        p = self.model.patch_size
+        if self.data.seq_len % p:
+            raise ValueError(
+                f"model.patch_size={p} must divide data.seq_len={self.data.seq_len}; allowed: "
+                f"{[q for q in (1, 2, 4, 8, 16, 32) if self.data.seq_len % q == 0]}")
+        if self.rollout.warmup % p or self.rollout.n_steps % p:
+            raise ValueError(f"rollout.warmup={self.rollout.warmup} and max(rollout.horizons)="
+                             f"{self.rollout.n_steps} must be multiples of model.patch_size={p}")
+
+
+def replace(cfg, **dotted) -> RunConfig:
+    """``replace(cfg, **{"train.lr": 1e-3, "data.lambda_val": 0.9})``: nested dataclass update."""
+    groups: dict[str, dict] = {}
+    top: dict = {}
+    for key, value in dotted.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            groups.setdefault(head, {})[rest] = value
+        else:
+            top[key] = value
+    for head, fields in groups.items():
+        sub = getattr(cfg, head)
+        valid = {f.name for f in dataclasses.fields(sub)}
+        unknown = set(fields) - valid
+        if unknown:
+            raise ValueError(f"unknown field(s) {sorted(f'{head}.{u}' for u in unknown)}; "
+                             f"allowed in {head}: {sorted(valid)}")
+        top[head] = dataclasses.replace(sub, **fields)
+    return dataclasses.replace(cfg, **top)

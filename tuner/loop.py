@@ -1,0 +1,60 @@
+"""The training loop of one run: steps in chunks between evaluations, a callback at each.
+
+The caller decides what an evaluation means (print, write metrics, checkpoint, report to Tune),
+so the same loop serves the one-run CLI and the Ray trainable without importing Ray.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from data.registry import TASKS
+from tuner import trainer
+from tuner.config import RunConfig
+
+
+class DivergedError(FloatingPointError):
+    """The loss became NaN/inf: the trial failed (and must never be picked as best)."""
+
+
+class Run:
+    """One run's fixed parts: task, model, the static step spec and the traced hyperparameters."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.task = TASKS[cfg.task].create(cfg.data, cfg.model.patch_size)
+        self.model = trainer.build_model(cfg)
+        self.spec = trainer.StepSpec.from_config(self.model, cfg.train)
+        self.hparams = trainer.HParams.from_config(cfg.train)
+
+    def init_state(self) -> trainer.TrainState:
+        return trainer.init_state(self.spec, self.task, self.cfg.train.seed)
+
+    def evaluate(self, state: trainer.TrainState):
+        return trainer.evaluate(state.params, self.task, self.model, self.cfg.train.eval_batch)
+
+    def train(self, state: trainer.TrainState,
+              on_eval: Callable[[dict[str, Any], trainer.TrainState], None]
+              ) -> trainer.TrainState:
+        """Trains from ``state`` to ``train.steps``, calling ``on_eval(metrics, state)`` every
+        ``eval_every`` steps and at the end. Raises DivergedError on a non-finite loss."""
+        t = self.cfg.train
+        step = int(state.step)
+        while step < t.steps:
+            n = min(t.eval_every - step % t.eval_every, t.steps - step)
+            state, m = trainer.train_steps(state, self.task, self.hparams, spec=self.spec,
+                                           n_steps=n)
+            step += n
+            loss = float(m["loss"])
+            if not math.isfinite(loss):
+                raise DivergedError(f"loss is {loss} at step {step} (lr={t.lr:g})")
+            metrics, curve = self.evaluate(state)
+            on_eval({"step": step, "train_loss": loss, "grad_norm": float(m["grad_norm"]),
+                     "lr_now": float(t.lr * trainer.lr_multiplier(jax.numpy.asarray(step - 1),
+                                                                  self.hparams)),
+                     **{f"eval/{k}": v for k, v in metrics.items()}}, state)
+        return state

@@ -1,0 +1,79 @@
+"""Rollout evaluation after training (SPEC section 3).
+
+Warm up on the first ``warmup`` observations of each held-out sequence, generate autoregressively
+with the KV cache (the model's own predictions fed back), and score horizon h by the squared error
+of generated step h against the true y, normalized by the KF's h-step error (``eval/score_t+{h}``).
+
+Every sequence is drawn from its own key, and errors are summed per sequence in float64 on the
+host, so splitting the rollouts into chunks (to fit device memory) leaves the numbers unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data import kalman
+from data.lds import sample
+from models.sequence_model import SequenceModel, generate
+from tuner.config import RolloutConfig
+
+
+def memory_per_sequence(model: SequenceModel, warmup: int, n_steps: int) -> int:
+    """Estimated peak device bytes per rollout sequence.
+
+    KV cache (2 x layers x slots x d_model in the compute dtype) plus the prefill's activations:
+    the residual stream, MLP hidden and q/k/v per token and layer, and one layer's attention scores
+    (heads x tokens^2, float32). Generated steps reuse the cache; their activations are negligible.
+    """
+    c = model.cfg
+    p = c.patch_size
+    prefill_tokens = warmup // p + 1
+    slots = warmup // p + n_steps // p
+    item = jnp.dtype(c.dtype).itemsize
+    kv = 2 * c.n_layers * slots * c.d_model * item
+    acts = prefill_tokens * (6 * c.d_model + 2 * c.d_ff) * 4
+    scores = c.n_heads * prefill_tokens * prefill_tokens * 4
+    return kv + acts + scores
+
+
+def chunk_size(model: SequenceModel, cfg: RolloutConfig) -> int:
+    per_seq = memory_per_sequence(model, cfg.warmup, cfg.n_steps)
+    fits = max(1, int(cfg.memory_budget_gb * 2**30 // per_seq))
+    return min(cfg.n_sequences, fits)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "warmup", "n_steps"))
+def _rollout_errors(params, system, keys, *, model: SequenceModel, warmup: int, n_steps: int):
+    """Squared error per sequence and generated step, (B, n_steps), for sequences from ``keys``."""
+    y_BxTxY = jax.vmap(lambda k: sample(system, k, 1, warmup + n_steps)[0])(keys)
+    gen = generate(model, params, y_BxTxY[:, :warmup], n_steps)
+    return jnp.sum((gen - y_BxTxY[:, warmup:]) ** 2, -1)
+
+
+def evaluate_rollouts(params, task, model: SequenceModel, cfg: RolloutConfig,
+                      chunk: int | None = None) -> dict[str, float]:
+    """Scores ``eval/score_t+{h}`` (model h-step error / KF h-step error) for each horizon."""
+    chunk = chunk or chunk_size(model, cfg)
+    keys = jax.random.split(jax.random.PRNGKey(cfg.seed), cfg.n_sequences)
+    totals = np.zeros(cfg.n_steps, np.float64)
+    for start in range(0, cfg.n_sequences, chunk):
+        err = _rollout_errors(params, task.system, keys[start : start + chunk], model=model,
+                              warmup=cfg.warmup, n_steps=cfg.n_steps)
+        totals += np.asarray(err, np.float64).sum(0)
+    mse = totals / cfg.n_sequences
+    kf = kalman.h_step_mse(task.system, cfg.warmup, cfg.horizons)
+    return {f"eval/score_t+{h}": float(mse[h - 1] / kf[h]) for h in cfg.horizons}
+
+
+def describe_memory(model: SequenceModel, cfg: RolloutConfig) -> str:
+    per_seq = memory_per_sequence(model, cfg.warmup, cfg.n_steps)
+    chunk = chunk_size(model, cfg)
+    return (f"rollout memory estimate: {per_seq / 2**20:.3f} MiB/sequence, "
+            f"{cfg.n_sequences} sequences in {math.ceil(cfg.n_sequences / chunk)} chunk(s) of "
+            f"<= {chunk} ({chunk * per_seq / 2**30:.2f} GiB per chunk, budget "
+            f"{cfg.memory_budget_gb} GiB)")

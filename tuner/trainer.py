@@ -1,0 +1,135 @@
+"""The training core: pure JAX, no Ray. State in, state out; jit lives at module level.
+
+Tuned scalars (learning rate, weight decay, schedule lengths) are traced arguments in
+:class:`HParams`, so every trial of a cell, and every trial a reused Ray worker runs, shares one
+compiled step per shape. The data stream is a pure function of (seed, step), so a restored state
+continues the exact same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from data.metrics import per_position_error
+from models.sequence_model import SequenceModel
+from tuner.config import RunConfig, TrainConfig
+
+
+class HParams(NamedTuple):
+    """Traced training scalars (changing them never recompiles)."""
+
+    lr: jax.Array
+    weight_decay: jax.Array
+    warmup_steps: jax.Array
+    total_steps: jax.Array
+
+    @staticmethod
+    def from_config(t: TrainConfig) -> HParams:
+        f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+        return HParams(f(t.lr), f(t.weight_decay), f(max(1.0, t.warmup_frac * t.steps)),
+                       f(t.steps))
+
+
+class TrainState(NamedTuple):
+    """Everything a resumed run needs: params, optimizer moments, step and the data key."""
+
+    params: Any
+    opt_state: Any
+    step: jax.Array  # () int32, optimizer steps taken == batches consumed
+    data_key: jax.Array  # raw uint32 PRNG key of the data stream
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """The static part of a step: what a change of recompiles."""
+
+    model: SequenceModel
+    batch_size: int
+    b1: float
+    b2: float
+    clip_norm: float
+
+    @staticmethod
+    def from_config(model: SequenceModel, t: TrainConfig) -> StepSpec:
+        return StepSpec(model, t.batch_size, t.b1, t.b2, t.clip_norm)
+
+    def transform(self) -> optax.GradientTransformation:
+        return optax.chain(optax.clip_by_global_norm(self.clip_norm),
+                           optax.scale_by_adam(self.b1, self.b2))
+
+
+def build_model(cfg: RunConfig) -> SequenceModel:
+    return SequenceModel(cfg.model, dim_y=cfg.data.dim_y)
+
+
+def init_state(spec: StepSpec, task, seed: int) -> TrainState:
+    """Fresh parameters and optimizer state; init and data keys both derive from ``seed``."""
+    init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
+    dummy = jnp.zeros((1, task.cfg.seq_len, task.dim_y), jnp.float32)
+    params = spec.model.init(init_key, dummy)
+    return TrainState(params, spec.transform().init(params), jnp.zeros((), jnp.int32), data_key)
+
+
+def lr_multiplier(step: jax.Array, hp: HParams) -> jax.Array:
+    """Linear warmup to 1, then cosine decay to 0 at ``total_steps``."""
+    s = step.astype(jnp.float32) + 1.0
+    warm = s / hp.warmup_steps
+    frac = jnp.clip((s - hp.warmup_steps) / jnp.maximum(hp.total_steps - hp.warmup_steps, 1.0),
+                    0.0, 1.0)
+    return jnp.where(s < hp.warmup_steps, warm, 0.5 * (1.0 + jnp.cos(math.pi * frac)))
+
+
+def _decay_mask(params) -> Any:
+    """Weight decay on matrices only (not biases, norms)."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def _one_step(spec: StepSpec, task, hp: HParams, state: TrainState
+              ) -> tuple[TrainState, dict[str, jax.Array]]:
+    y_BxTxY = task.sample(jax.random.fold_in(state.data_key, state.step), spec.batch_size)
+
+    def loss_fn(params):
+        return task.loss(spec.model.apply(params, y_BxTxY), y_BxTxY)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = spec.transform().update(grads, state.opt_state, state.params)
+    scale = -hp.lr * lr_multiplier(state.step, hp)
+    params = jax.tree.map(
+        lambda p, u, m: p + scale * (u + jnp.where(m, hp.weight_decay, 0.0) * p),
+        state.params, updates, _decay_mask(state.params))
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return TrainState(params, opt_state, state.step + 1, state.data_key), metrics
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "n_steps"), donate_argnames=("state",))
+def train_steps(state: TrainState, task, hp: HParams, *, spec: StepSpec, n_steps: int
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """``n_steps`` optimizer steps in one dispatch (lax.scan); returns the mean loss."""
+    state, metrics = jax.lax.scan(lambda s, _: _one_step(spec, task, hp, s), state, None,
+                                  length=n_steps)
+    return state, {k: v.mean() for k, v in metrics.items()} | {"last_loss": metrics["loss"][-1]}
+
+
+@functools.partial(jax.jit, static_argnames=("model", "batch"))
+def eval_error(params, task, key: jax.Array, *, model: SequenceModel, batch: int) -> jax.Array:
+    """Per-position squared error on ``batch`` held-out sequences drawn from ``key``: (T,)."""
+    y = task.sample(key, batch)
+    return per_position_error(model.apply(params, y), y)
+
+
+EVAL_SEED = 2**31 - 1  # held-out stream, disjoint from every training seed
+
+
+def evaluate(params, task, model: SequenceModel, batch: int) -> tuple[dict[str, float], np.ndarray]:
+    """Averaged eval metrics and the per-position nmse curve, on fixed held-out sequences."""
+    err_T = eval_error(params, task, jax.random.PRNGKey(EVAL_SEED), model=model, batch=batch)
+    metrics = {k: float(v) for k, v in task.eval_metrics(err_T).items()}
+    return metrics, np.asarray(err_T / task.kf_T)
