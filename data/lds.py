@@ -32,7 +32,7 @@ class LDSConfig:
     """One LDS task. Invalid values fail here, before any training or cluster work starts."""
 
     dim_x: int = 64  # state dimension X
-    dim_y: int = 2  # observation dimension Y (<= dim_x, so the KF's innovation covariance is invertible)
+    dim_y: int = 2  # observation dimension Y (<= dim_x: keeps the KF's C P C^T invertible)
     seq_len: int = 256  # T, observations per sequence
     sigma: float = 1.0  # process-noise standard deviation
     lambda_val: float = 0.9  # largest eigenvalue modulus; moduli are drawn in [lambda/2, lambda]
@@ -42,7 +42,7 @@ class LDSConfig:
     def __post_init__(self) -> None:
         if self.structure not in STRUCTURES:
             raise ValueError(
-                f"LDSConfig.structure={self.structure!r} is not allowed; allowed: {list(STRUCTURES)}"
+                f"LDSConfig.structure={self.structure!r}; allowed: {list(STRUCTURES)}"
             )
         if not 0.0 < self.lambda_val < 1.0:
             raise ValueError(
@@ -76,7 +76,8 @@ def _block_spectrum(rng: np.random.Generator, dim_x: int, lam: float) -> np.ndar
     for i in range(0, dim_x - 1, 2):
         r = rng.uniform(lam / 2, lam)
         th = rng.uniform(0.0, np.pi)
-        d[i : i + 2, i : i + 2] = r * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+        rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+        d[i : i + 2, i : i + 2] = r * rot
     if dim_x % 2:
         d[-1, -1] = rng.uniform(lam / 2, lam) * rng.choice([-1.0, 1.0])
     return d

@@ -1,4 +1,4 @@
-"""Task name -> task class. A task builds itself from its config with ``create(cfg, patch_size)``."""
+"""Task name -> task class; a task builds itself with ``create(cfg, patch_size)``."""
 
 from __future__ import annotations
 

@@ -57,8 +57,9 @@ class SequenceModel(nn.Module):
         state = DecodeState(caches, self.inputs.carry_after(y_BxWxY), jnp.asarray(n, jnp.int32))
         return pred, state
 
-    def decode(self, patch_BxPxY: jax.Array, state: DecodeState) -> tuple[jax.Array, DecodeState]:
-        """Feeds one patch (e.g. the model's own prediction); returns the next patch's prediction."""
+    def decode(self, patch_BxPxY: jax.Array, state: DecodeState
+               ) -> tuple[jax.Array, DecodeState]:
+        """Feeds one patch (e.g. its own prediction); returns the next patch's prediction."""
         h_Bx1xD, stats, carry = self.inputs.step(patch_BxPxY[:, None], state.input_carry)
         h_Bx1xD, caches = self.backbone(h_Bx1xD, state.position[None], state.caches)
         return self.head(h_Bx1xD, stats), DecodeState(caches, carry, state.position + 1)

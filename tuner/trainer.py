@@ -105,7 +105,7 @@ def _one_step(spec: StepSpec, task, hp: HParams, state: TrainState
     params = jax.tree.map(
         lambda p, u, m: p + scale * (u + jnp.where(m, hp.weight_decay, 0.0) * p),
         state.params, updates, _decay_mask(state.params))
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     return TrainState(params, opt_state, state.step + 1, state.data_key), metrics
 
 

@@ -1,0 +1,67 @@
+"""System generation and sampling, checked against their definitions (SPEC section 1)."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from data import lds
+from models.config import ModelConfig
+from tuner.config import RunConfig
+
+
+def eig_sorted(a):
+    ev = np.linalg.eigvals(a)
+    return ev[np.lexsort((ev.imag, ev.real))]
+
+
+@pytest.mark.parametrize("dim_x,lam,seed", [(64, 0.9, 0), (7, 0.99, 5), (2, 0.36, 1)])
+def test_dense_and_diagonal_share_spectrum_in_range(dim_x, lam, seed):
+    base = lds.LDSConfig(dim_x=dim_x, dim_y=1, lambda_val=lam, system_seed=seed)
+    a_diag, c_diag = lds.make_system_np(dataclasses.replace(base, structure="diagonal"))
+    a_dense, c_dense = lds.make_system_np(dataclasses.replace(base, structure="dense"))
+    np.testing.assert_allclose(eig_sorted(a_dense), eig_sorted(a_diag), atol=1e-9)
+    np.testing.assert_array_equal(c_dense, c_diag)
+    mod = np.abs(np.linalg.eigvals(a_diag))
+    assert mod.min() >= lam / 2 - 1e-12 and mod.max() <= lam + 1e-12
+    assert np.count_nonzero(a_dense) == dim_x * dim_x  # really dense
+    assert np.count_nonzero(a_diag) <= 2 * dim_x  # 2x2 blocks only
+
+
+def test_scalar_is_lambda_identity_and_c_has_fan_out_variance():
+    a, c = lds.make_system_np(lds.LDSConfig(dim_x=256, dim_y=64, structure="scalar",
+                                            lambda_val=0.7))
+    np.testing.assert_array_equal(a, 0.7 * np.eye(256))
+    np.testing.assert_allclose(c.var(), 1 / 64, rtol=0.05)  # C_ij ~ N(0, 1/dim_y)
+
+
+def test_sample_follows_the_recursion():
+    """Each y_t equals C x_t for the recursion driven by the same noise, with x_0 = 0."""
+    cfg = lds.LDSConfig(dim_x=5, dim_y=2, seq_len=9, structure="dense", system_seed=2)
+    system = lds.make_system(cfg)
+    key = jax.random.PRNGKey(4)
+    y = np.asarray(lds.sample(system, key, 3, 9))
+    noise = np.asarray(system.sigma * jax.random.normal(key, (9, 3, 5)))
+    a, c = np.asarray(system.A, np.float64), np.asarray(system.C, np.float64)
+    x = np.zeros((3, 5))
+    for t in range(9):
+        x = x @ a.T + noise[t]
+        np.testing.assert_allclose(y[:, t], x @ c.T, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"structure": "banded"}, "structure"), ({"lambda_val": 1.0}, "lambda_val"),
+    ({"lambda_val": 0.0}, "lambda_val"), ({"dim_y": 65}, "dim_y"), ({"sigma": 0.0}, "sigma")])
+def test_bad_lds_config_names_field_and_allowed_values(kwargs, field):
+    with pytest.raises(ValueError, match=field) as err:
+        lds.LDSConfig(**kwargs)
+    if field == "structure":
+        assert "dense" in str(err.value) and "diagonal" in str(err.value)
+
+
+def test_patch_not_dividing_sequence_fails_at_construction():
+    with pytest.raises(ValueError, match=r"patch_size=8.*seq_len=100.*allowed: \[1, 2, 4\]"):
+        RunConfig(data=lds.LDSConfig(seq_len=100), model=ModelConfig(patch_size=8))
+    with pytest.raises(ValueError, match=r"patch_size=3.*allowed: 1, 2, 4, 8, 16, 32"):
+        ModelConfig(patch_size=3)
