@@ -1,0 +1,345 @@
+"""Tests of the per-cell search machinery (PerCellSearcher + PerCellScheduler).
+
+Fast unit tests drive the Tune hooks by hand; the ``slow`` ones run a real local Ray cluster
+with real Optuna journal studies on a synthetic trainable (``cell_search_driver``).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+# Under `uv run`, Ray 2.60 would rebuild the uv environment for every worker from a packaged
+# working_dir (ray/_private/worker.py:1426); workers must share this interpreter. Must be set
+# before ray is imported (read once in ray/_private/ray_constants.py:740).
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+
+import pytest  # noqa: E402
+from ray.tune.experiment import Trial  # noqa: E402
+from ray.tune.schedulers import TrialScheduler  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
+
+import cell_search_driver as driver  # noqa: E402
+from tuner.cell_scheduler import PerCellScheduler  # noqa: E402
+from tuner.cell_search import PerCellSearcher  # noqa: E402
+
+MAX_T = 9
+DRIVER = Path(__file__).with_name("cell_search_driver.py")
+
+
+# --------------------------------------------------------------------------- helpers
+def _searcher(tmp_path: Path, cells=None, trials_per_cell=3, scheduler=None) -> PerCellSearcher:
+    cells = cells or {"a": {"opt": -3.0}, "b": {"opt": -1.0}}
+    return PerCellSearcher(
+        cells,
+        trials_per_cell,
+        1e-5,
+        1.0,
+        metric="loss",
+        mode="min",
+        time_attr="step",
+        max_t=MAX_T,
+        study_dir=tmp_path / "studies",
+        seed=0,
+        scheduler=scheduler,
+    )
+
+
+def _scheduler() -> PerCellScheduler:
+    return PerCellScheduler("loss", "min", "step", MAX_T, grace_period=1, reduction_factor=3)
+
+
+def _trial(trial_id: str, cell: str, status: str = Trial.RUNNING) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=trial_id, config={"cell": cell}, status=status)
+
+
+def _state_by_number(searcher: PerCellSearcher, cell: str) -> dict[int, str]:
+    df = searcher.trials_dataframe()
+    return dict(zip(df[df.cell == cell].number, df[df.cell == cell].state, strict=True))
+
+
+# --------------------------------------------------------------------------- searcher units
+def test_suggest_balances_cells_then_finishes(tmp_path):
+    searcher = _searcher(tmp_path)
+    configs = [searcher.suggest(f"t{i}") for i in range(6)]
+    assert [c["cell"] for c in configs] == ["a", "b", "a", "b", "a", "b"]
+    assert all(1e-5 <= c["lr"] <= 1.0 for c in configs)
+    assert configs[0]["opt"] == -3.0 and configs[1]["opt"] == -1.0
+    assert searcher.suggest("t6") == Searcher.FINISHED
+    assert {c: n["RUNNING"] for c, n in searcher.counts().items()} == {"a": 3, "b": 3}
+
+
+def test_outcomes_and_best_only_from_complete(tmp_path):
+    searcher = _searcher(tmp_path, cells={"a": {}}, trials_per_cell=4)
+    for i in range(4):
+        searcher.suggest(f"t{i}")
+    for step in (1, 2, 3):
+        searcher.on_trial_result("t0", {"step": step, "loss": 0.01 * step})
+    searcher.on_trial_complete("t0", {"step": 3, "loss": 0.001})  # stopped by ASHA
+    searcher.on_trial_complete("t1", {"step": MAX_T, "loss": float("nan")})
+    searcher.on_trial_complete("t2", None, error=True)
+    searcher.on_trial_complete("t3", {"step": MAX_T, "loss": 0.5})
+    searcher.on_trial_complete("t3", {"step": MAX_T, "loss": 0.1})  # duplicate: ignored
+
+    assert _state_by_number(searcher, "a") == {0: "PRUNED", 1: "FAIL", 2: "FAIL", 3: "COMPLETE"}
+    best = searcher.best_per_cell()["a"]
+    assert best["trial_number"] == 3 and best["value"] == 0.5
+    df = searcher.trials_dataframe()
+    assert df.loc[df.number == 0, "last_step"].item() == 3
+
+
+def test_best_is_none_without_complete_and_edge_flags(tmp_path):
+    searcher = _searcher(tmp_path, cells={"a": {}}, trials_per_cell=1)
+    searcher.suggest("t0")
+    assert searcher.best_per_cell() == {"a": None}
+    assert searcher._edge(1.5e-5) == "low"
+    assert searcher._edge(0.7) == "high"
+    assert searcher._edge(1e-3) is None
+
+
+def test_snapshot_restore_reuses_unclaimed_trial_and_skips_told(tmp_path):
+    scheduler = _scheduler()
+    first = _searcher(tmp_path, trials_per_cell=2, scheduler=scheduler)
+    first.suggest("t0")  # a/0
+    first.suggest("t1")  # b/0
+    scheduler.on_trial_result(None, _trial("t0", "a"), {"step": 1, "loss": 1.0})
+    snapshot = tmp_path / "searcher-state.json"
+    first.save(str(snapshot))
+    # After the snapshot: a/1 asked, t1 told in the journal, then the driver dies.
+    lost = first.suggest("t2")
+    first.on_trial_complete("t1", {"step": MAX_T, "loss": 0.3})
+
+    fresh_scheduler = _scheduler()
+    fresh = _searcher(tmp_path, trials_per_cell=2, scheduler=fresh_scheduler)
+    fresh.restore(str(snapshot))
+    assert fresh_scheduler.rungs()["a"][0] == (1.0, 1)
+    # Tune resumes t1 and it finishes again: the journal keeps the first tell.
+    fresh.on_trial_complete("t1", {"step": MAX_T, "loss": 99.0})
+    assert fresh.best_per_cell()["b"]["value"] == 0.3
+    # The unclaimed a/1 goes to the next Tune trial instead of a new ask.
+    again = fresh.suggest("t3")
+    assert (again["cell"], again["lr"]) == ("a", lost["lr"])
+    assert fresh.suggest("t4")["cell"] == "b"
+    assert fresh.suggest("t5") == Searcher.FINISHED
+    df = fresh.trials_dataframe()
+    assert len(df) == 4 and df.tune_trial_id.is_unique
+
+
+def test_set_search_properties_keeps_constructor_metric(tmp_path):
+    searcher = _searcher(tmp_path)
+    assert searcher.set_search_properties("other", "max", {"x": 1})
+    assert (searcher.metric, searcher.mode) == ("loss", "min")
+
+
+def test_mismatched_scheduler_rejected(tmp_path):
+    bad = PerCellScheduler("loss", "min", "step", MAX_T + 1, 1, 3)
+    with pytest.raises(ValueError, match="max_t"):
+        _searcher(tmp_path, scheduler=bad)
+
+
+# --------------------------------------------------------------------------- scheduler units
+def test_scheduler_compares_only_within_cell():
+    scheduler = _scheduler()
+    for tid, cell in [("a0", "a"), ("a1", "a"), ("b0", "b"), ("b1", "b")]:
+        scheduler.on_trial_add(None, _trial(tid, cell))
+    # Cell a has tiny losses; cell b's are 100x larger but ordered among themselves.
+    result = scheduler.on_trial_result
+    assert result(None, _trial("a0", "a"), {"step": 1, "loss": 0.01}) == TrialScheduler.CONTINUE
+    assert result(None, _trial("a1", "a"), {"step": 1, "loss": 0.02}) == TrialScheduler.STOP
+    assert result(None, _trial("b0", "b"), {"step": 1, "loss": 2.0}) == TrialScheduler.CONTINUE
+    assert result(None, _trial("b1", "b"), {"step": 1, "loss": 1.0}) == TrialScheduler.CONTINUE
+    assert scheduler.rungs() == {
+        "a": [(1.0, 2), (3.0, 0), (9.0, 0)],
+        "b": [(1.0, 2), (3.0, 0), (9.0, 0)],
+    }
+    assert result(None, _trial("b1", "b"), {"step": MAX_T, "loss": 1.0}) == TrialScheduler.STOP
+    assert result(None, _trial("b0", "b"), {"step": 2, "loss": math.nan}) == TrialScheduler.STOP
+
+
+def test_scheduler_state_roundtrip_and_readd_does_not_double_count():
+    scheduler = _scheduler()
+    scheduler.on_trial_add(None, _trial("a0", "a"))
+    scheduler.on_trial_result(None, _trial("a0", "a"), {"step": 1, "loss": 0.5})
+    scheduler.on_trial_complete(None, _trial("a0", "a"), {"step": MAX_T, "loss": 0.1})
+    state = json.loads(json.dumps(scheduler.get_state()))
+
+    restored = _scheduler()
+    restored.set_state(state)
+    restored.on_trial_add(None, _trial("a0", "a", status=Trial.TERMINATED))
+    restored.on_trial_result(None, _trial("a0", "a"), {"step": 1, "loss": 7.0})  # re-report
+    assert restored.rungs() == scheduler.rungs() == {"a": [(1.0, 1), (3.0, 0), (9.0, 1)]}
+    assert restored.get_state() == state
+
+
+# --------------------------------------------------------------------------- with Ray
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, address="local", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _fit(tmp_path: Path, cells: dict, trials_per_cell: int, name: str):
+    from ray import tune
+
+    searcher, scheduler = driver.build_search(
+        cells, trials_per_cell, MAX_T, tmp_path / f"{name}-studies"
+    )
+    tuner = tune.Tuner(
+        driver.synthetic_trainable,
+        param_space={"max_t": MAX_T, "sleep": 0.0},
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=-1,
+            max_concurrent_trials=2,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), name=name, verbose=0),
+    )
+    return searcher, scheduler, tuner.fit()
+
+
+@pytest.mark.slow
+def test_grid_search_per_cell(ray_cluster, tmp_path):
+    cells = {"a": {"opt": -3.0, "scale": 1.0}, "b": {"opt": -1.5, "scale": 100.0}}
+    searcher, scheduler, results = _fit(tmp_path, cells, trials_per_cell=9, name="grid")
+
+    assert not results.errors
+    assert sorted(r.config["cell"] for r in results) == ["a"] * 9 + ["b"] * 9
+    counts = searcher.counts()
+    for cell in cells:
+        assert sum(counts[cell].values()) == 9
+        assert counts[cell]["RUNNING"] == 0 and counts[cell]["FAIL"] == 0
+        assert counts[cell]["PRUNED"] >= 1
+        # b's losses are 100x a's: a global ASHA would have pruned all of b.
+        assert counts[cell]["COMPLETE"] >= 2
+    best = searcher.best_per_cell()
+    df = searcher.trials_dataframe()
+    for cell, settings in cells.items():
+        row = df[(df.cell == cell) & (df.number == best[cell]["trial_number"])]
+        assert row.state.item() == "COMPLETE" and row.last_step.item() == MAX_T
+        assert abs(math.log10(best[cell]["lr"]) - settings["opt"]) < 1.0
+    assert all(rungs[0][1] > 0 for rungs in scheduler.rungs().values())
+
+
+@pytest.mark.slow
+def test_nan_trials_fail_and_never_win(ray_cluster, tmp_path):
+    cells = {"a": {"opt": -1.0, "nan_above": 1e-2}}
+    searcher, _, results = _fit(tmp_path, cells, trials_per_cell=8, name="nan")
+
+    assert len(results) == 8 and not results.errors
+    df = searcher.trials_dataframe()
+    diverged = df[df.lr > 1e-2]
+    assert len(diverged) >= 1 and (diverged.state == "FAIL").all()
+    assert (df[df.lr <= 1e-2].state != "FAIL").all()
+    best = searcher.best_per_cell()["a"]
+    assert best is None or best["lr"] <= 1e-2
+
+
+# --------------------------------------------------------------------------- kill / resume
+def _run_driver(tmp_path: Path, name: str, cells: dict, **popen) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    cmd = [
+        sys.executable,
+        str(DRIVER),
+        "--storage",
+        str(tmp_path / "ray"),
+        "--name",
+        name,
+        "--study-dir",
+        str(tmp_path / f"{name}-studies"),
+        "--cells",
+        json.dumps(cells),
+        "--trials-per-cell",
+        "6",
+        "--max-t",
+        str(MAX_T),
+        "--sleep",
+        "0.05",
+        "--summary",
+        str(tmp_path / f"{name}.json"),
+    ]
+    log = open(tmp_path / f"{name}.log", "a")  # noqa: SIM115 (closed with the process)
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, **popen)
+
+
+def _newest_snapshot(exp_dir: Path) -> dict | None:
+    paths = sorted(glob.glob(str(exp_dir / "searcher-state-*.pkl")))
+    if not paths:
+        return None
+    try:
+        return json.loads(Path(paths[-1]).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+
+
+@pytest.mark.slow
+def test_kill_and_resume(tmp_path):
+    cells = {"a": {"opt": -3.0}, "b": {"opt": -1.5, "scale": 100.0}}
+    full = _run_driver(tmp_path, "full", cells, start_new_session=True)
+    assert _wait(full, 240) == 0, (tmp_path / "full.log").read_text()[-3000:]
+    reference = json.loads((tmp_path / "full.json").read_text())
+
+    proc = _run_driver(tmp_path, "cut", cells, start_new_session=True)
+    exp_dir = tmp_path / "ray" / "cut"
+    deadline = time.monotonic() + 180
+    while True:
+        snap = _newest_snapshot(exp_dir)
+        if snap and len(snap["done"]) >= 4 and len(snap["assigned"]) > len(snap["done"]):
+            break
+        assert proc.poll() is None, "driver ended before it could be killed"
+        assert time.monotonic() < deadline, "no snapshot with finished trials in time"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray processes, mid-search
+    proc.wait()
+    time.sleep(1.0)
+    before = _newest_snapshot(exp_dir)  # what the restore starts from
+
+    resumed = _run_driver(tmp_path, "cut", cells, start_new_session=True)
+    assert _wait(resumed, 240) == 0, (tmp_path / "cut.log").read_text()[-3000:]
+    assert "restoring" in (tmp_path / "cut.log").read_text()
+    after = json.loads((tmp_path / "cut.json").read_text())
+
+    # Same trial count per cell as the uninterrupted run, nothing left running.
+    def per_cell(summary):
+        return {c: sum(n.values()) for c, n in summary["counts"].items()}
+
+    assert per_cell(after) == per_cell(reference) == {"a": 6, "b": 6}
+    assert all(n["RUNNING"] == 0 for n in after["counts"].values())
+    # No duplicates: one Tune trial per Optuna trial and vice versa.
+    tune_ids = [t["trial_id"] for t in after["tune_trials"]]
+    optuna_ids = [t["tune_trial_id"] for t in after["trials"]]
+    assert len(tune_ids) == len(set(tune_ids)) == 12
+    assert sorted(optuna_ids) == sorted(tune_ids)
+    # Trials handed out before the kill kept their Optuna trial number.
+    final_assigned = after["searcher_state"]["assigned"]
+    for tid, pair in before["assigned"].items():
+        assert final_assigned[tid] == pair
+    # ASHA rungs after the resume still hold every pre-kill value.
+    for cell, cell_state in before["scheduler"]["cells"].items():
+        final_rungs = after["scheduler_state"]["cells"][cell]["rungs"]
+        for (milestone, recorded), (final_milestone, final_recorded) in zip(
+            cell_state["rungs"], final_rungs, strict=True
+        ):
+            assert milestone == final_milestone
+            assert recorded.items() <= final_recorded.items()

@@ -1,0 +1,444 @@
+"""Per-cell learning-rate search: one seeded Optuna TPE study per grid cell under one Tune run.
+
+A trial's config is flat: ``{"cell": <cell id>, "lr": <float>, **<the cell's fixed settings>}``.
+Each cell owns one Optuna study (study name = cell id) in its own journal file
+``<study_dir>/<cell>.journal``. The journal is written as events happen, so it is the
+authority on what was asked and told; the Tune snapshot (saved every few seconds) only adds
+the mapping from Tune trial ids to Optuna trial numbers and the scheduler's ASHA rungs.
+
+Invariants kept across a driver kill and ``Tuner.restore``:
+
+* each cell asks exactly ``trials_per_cell`` Optuna trials; a trial asked after the last
+  snapshot (so unknown to the restored Tune run) is handed out again to the next Tune trial
+  of that cell instead of asking a new one;
+* a Tune trial finishes against the Optuna trial number it was handed at ``suggest``; a
+  trial that was already told in the journal before the kill is not told again;
+* the scheduler's rung contents are restored together with the searcher's bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+from ray.tune.search import Searcher
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tuner.cell_scheduler import PerCellScheduler
+
+logger = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+_EDGE_FRACTION = 0.1
+_TUNE_ID_ATTR = "tune_trial_id"
+
+
+class CellStudy:
+    """One cell's Optuna study in its own journal file, addressed by trial number.
+
+    Uses only Optuna's public ``Study``/``BaseStorage`` API, so the file stays readable by
+    ``optuna-dashboard <file>``.
+
+    Args:
+        path: Journal file; created if missing, reused (``load_if_exists``) otherwise.
+        name: Study name (the cell id).
+        direction: "minimize" or "maximize".
+        sampler: The study's sampler (not persisted; re-seeded on every open).
+    """
+
+    def __init__(
+        self, path: Path, name: str, direction: str, sampler: optuna.samplers.BaseSampler
+    ) -> None:
+        self.path = path
+        self.storage = JournalStorage(JournalFileBackend(str(path)))
+        self.study = optuna.create_study(
+            study_name=name,
+            storage=self.storage,
+            sampler=sampler,
+            direction=direction,
+            load_if_exists=True,
+        )
+        self._study_id = self.storage.get_study_id_from_name(name)
+
+    def trials(self) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False)
+
+    def frozen(self, number: int) -> FrozenTrial:
+        return self.storage.get_trial(self._storage_id(number))
+
+    def ask_lr(self, low: float, high: float) -> tuple[int, float]:
+        trial = self.study.ask({"lr": FloatDistribution(low, high, log=True)})
+        return trial.number, float(trial.params["lr"])
+
+    def report(self, number: int, step: int, value: float) -> None:
+        """``trial.report(value, step)`` on a live trial; repeated steps are ignored."""
+        storage_id = self._storage_id(number)
+        frozen = self.storage.get_trial(storage_id)
+        if frozen.state.is_finished() or step in frozen.intermediate_values:
+            return
+        self.storage.set_trial_intermediate_value(storage_id, step, value)
+
+    def tell(self, number: int, state: TrialState, value: float | None) -> None:
+        self.study.tell(number, value, state=state, skip_if_finished=True)
+
+    def tag(self, number: int, tune_trial_id: str) -> None:
+        self.storage.set_trial_user_attr(self._storage_id(number), _TUNE_ID_ATTR, tune_trial_id)
+
+    def _storage_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self._study_id, number)
+
+
+class PerCellSearcher(Searcher):
+    """Tune ``Searcher`` handing out one ``lr`` per trial from the study of its cell.
+
+    Cells are served round-robin by need: ``suggest`` picks the cell with the fewest Optuna
+    trials that still has budget (ties by the order of ``cells``); a cell holding an
+    unclaimed trial (asked after the last snapshot of a driver that died) goes first. Trials that ASHA stopped
+    early are told PRUNED (their early loss would mislead TPE), trials that errored or ended
+    with a non-finite metric FAIL, full-budget trials COMPLETE.
+
+    Tune hooks (through ``ConcurrencyLimiter`` when ``max_concurrent_trials`` is set, then
+    ``SearchGenerator``): ``suggest`` when Tune wants a trial, ``on_trial_result`` per result,
+    ``on_trial_complete`` once per trial end, ``save``/``restore`` on experiment snapshots
+    (``save_to_dir``/``restore_from_dir``). Metric and mode come from the constructor: Tune
+    calls ``set_search_properties`` only when ``param_space`` is non-empty.
+
+    Restore note (Ray 2.60): ``Tuner.restore`` takes no ``tune_config``; Tune unpickles this
+    object from ``tuner.pkl`` (written at ``Tuner()`` time), which re-opens the journals
+    (see ``__getstate__``), then calls :meth:`restore` with the newest snapshot.
+
+    Args:
+        cells: Cell id -> fixed settings merged into the trial config (JSON-serialisable; may
+            not contain "cell" or "lr"). Order matters for ties.
+        trials_per_cell: Optuna trials each cell asks in total.
+        lr_low: Lower end of the log-uniform lr range.
+        lr_high: Upper end of the log-uniform lr range.
+        metric: Result key Optuna optimises.
+        mode: "min" or "max".
+        time_attr: Result key of progress; a trial ending before ``max_t`` was pruned.
+        max_t: Full budget in ``time_attr`` units (same as the scheduler's).
+        study_dir: Directory of the per-cell journals; belongs to this one experiment.
+        seed: Base seed; cell i's TPE sampler uses ``seed + i``.
+        scheduler: The run's :class:`PerCellScheduler`, whose rungs are saved with this
+            searcher's snapshot (Tune does not save scheduler state, ray issue 30838).
+        n_startup_trials: TPE random start-up trials per cell; default
+            ``min(10, max(3, trials_per_cell // 3))``.
+    """
+
+    def __init__(
+        self,
+        cells: dict[str, dict],
+        trials_per_cell: int,
+        lr_low: float,
+        lr_high: float,
+        metric: str,
+        mode: str,
+        time_attr: str,
+        max_t: int,
+        study_dir: str | Path,
+        seed: int = 0,
+        scheduler: PerCellScheduler | None = None,
+        *,
+        n_startup_trials: int | None = None,
+    ) -> None:
+        super().__init__(metric=metric, mode=mode)
+        _validate(cells, trials_per_cell, lr_low, lr_high, mode)
+        if scheduler is not None:
+            _check_scheduler_matches(scheduler, metric, mode, time_attr, max_t)
+        self._cells = {str(c): dict(s) for c, s in cells.items()}
+        self._trials_per_cell = trials_per_cell
+        self._lr_low = float(lr_low)
+        self._lr_high = float(lr_high)
+        self._time_attr = time_attr
+        self._max_t = max_t
+        self._study_dir = Path(study_dir).absolute()
+        self._seed = seed
+        self._scheduler = scheduler
+        self._n_startup = n_startup_trials or min(10, max(3, trials_per_cell // 3))
+        # Bookkeeping saved in snapshots: Tune trial id -> (cell, optuna trial number),
+        # ids already told, last time_attr seen per trial.
+        self._assigned: dict[str, tuple[str, int]] = {}
+        self._done: set[str] = set()
+        self._last_step: dict[str, float] = {}
+        self._studies = self._open_studies()
+
+    # ----------------------------------------------------------------- pickling
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (into Tune's ``tuner.pkl``) without the open journal storages."""
+        state = self.__dict__.copy()
+        del state["_studies"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._studies = self._open_studies()
+
+    def _open_studies(self) -> dict[str, CellStudy]:
+        self._study_dir.mkdir(parents=True, exist_ok=True)
+        direction = "minimize" if self._mode == "min" else "maximize"
+        return {
+            cell: CellStudy(
+                self._study_dir / f"{cell}.journal",
+                cell,
+                direction,
+                optuna.samplers.TPESampler(
+                    seed=self._seed + i, n_startup_trials=self._n_startup, constant_liar=True
+                ),
+            )
+            for i, cell in enumerate(self._cells)
+        }
+
+    # ----------------------------------------------------------------- Tune hooks
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict, **spec: Any
+    ) -> bool:
+        """Called by ``tune.run`` only for a non-empty ``param_space``; keeps the constructor's
+        metric and mode (never clobbered) and lets ``param_space`` constants merge under the
+        suggested config."""
+        if (metric and metric != self._metric) or (mode and mode != self._mode):
+            logger.warning(
+                "TuneConfig metric/mode %s/%s ignored; PerCellSearcher uses %s/%s",
+                metric,
+                mode,
+                self._metric,
+                self._mode,
+            )
+        return True
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        """Config for a new Tune trial, or ``Searcher.FINISHED`` once every cell has asked
+        ``trials_per_cell`` trials and none is left unclaimed."""
+        if trial_id in self._assigned:
+            cell, number = self._assigned[trial_id]
+            return self._config(cell, self._studies[cell].frozen(number).params["lr"])
+        cell = self._next_cell()
+        if cell is None:
+            return Searcher.FINISHED
+        study = self._studies[cell]
+        orphan = self._orphans(cell)
+        if orphan:
+            number, lr = orphan[0].number, float(orphan[0].params["lr"])
+            logger.info("cell %s: reusing unclaimed optuna trial %d for %s", cell, number, trial_id)
+        else:
+            number, lr = study.ask_lr(self._lr_low, self._lr_high)
+        study.tag(number, trial_id)
+        self._assigned[trial_id] = (cell, number)
+        return self._config(cell, lr)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Reports ``result[metric]`` at step ``result[time_attr]`` to the Optuna trial."""
+        if trial_id not in self._assigned or trial_id in self._done:
+            return
+        step = result.get(self._time_attr)
+        if step is None:
+            return
+        self._last_step[trial_id] = float(step)
+        value = result.get(self._metric)
+        if _is_finite(value):
+            cell, number = self._assigned[trial_id]
+            self._studies[cell].report(number, int(step), float(value))
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        """Tells Optuna FAIL (error/non-finite), PRUNED (ended before max_t) or COMPLETE.
+
+        Called once per trial end by Tune; a second call for the same id, or a trial already
+        told in the journal before a driver kill, is ignored.
+        """
+        if trial_id not in self._assigned:
+            logger.warning("on_trial_complete for unknown trial %s ignored", trial_id)
+            return
+        if trial_id in self._done:
+            return
+        self._done.add(trial_id)
+        state, value = self._outcome(trial_id, result, error)
+        cell, number = self._assigned[trial_id]
+        self._studies[cell].tell(number, state, value)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Writes bookkeeping and the scheduler's rungs as JSON (``Searcher.save_to_dir``)."""
+        with open(checkpoint_path, "w") as f:
+            json.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Loads :meth:`save` output (``Searcher.restore_from_dir``, before Tune re-adds the
+        restored trials) and restores the scheduler's rungs."""
+        with open(checkpoint_path) as f:
+            self.set_state(json.load(f))
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "version": _STATE_VERSION,
+            "cells": list(self._cells),
+            "assigned": {tid: [c, n] for tid, (c, n) in self._assigned.items()},
+            "done": sorted(self._done),
+            "last_step": self._last_step,
+            "scheduler": self._scheduler.get_state() if self._scheduler else None,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"unknown searcher state version {state.get('version')!r}")
+        if state["cells"] != list(self._cells):
+            raise ValueError(f"snapshot cells {state['cells']} != {list(self._cells)}")
+        self._assigned = {tid: (c, int(n)) for tid, (c, n) in state["assigned"].items()}
+        self._done = set(state["done"])
+        self._last_step = {k: float(v) for k, v in state["last_step"].items()}
+        if self._scheduler is not None and state["scheduler"] is not None:
+            self._scheduler.set_state(state["scheduler"])
+
+    # ----------------------------------------------------------------- for the CLI
+    @property
+    def scheduler(self) -> PerCellScheduler | None:
+        return self._scheduler
+
+    def best_per_cell(self) -> dict[str, dict[str, Any] | None]:
+        """Best COMPLETE (full-budget, finite) trial per cell, None where there is none.
+
+        Returns:
+            cell -> ``{"lr", "value", "trial_number", "at_edge"}``; ``at_edge`` is "low" or
+            "high" when the lr lies in the outer 10% of the log range (widen the range).
+        """
+        return {cell: self._best(cell) for cell in self._cells}
+
+    def trials_dataframe(self) -> pd.DataFrame:
+        """One row per Optuna trial of every cell, read from the journals."""
+        import pandas as pd
+
+        rows = [
+            {
+                "cell": cell,
+                "number": t.number,
+                "lr": t.params.get("lr"),
+                "state": t.state.name,
+                "value": t.value,
+                "last_step": max(t.intermediate_values) if t.intermediate_values else None,
+                _TUNE_ID_ATTR: t.user_attrs.get(_TUNE_ID_ATTR),
+            }
+            for cell, study in self._studies.items()
+            for t in study.trials()
+        ]
+        columns = ["cell", "number", "lr", "state", "value", "last_step", _TUNE_ID_ATTR]
+        return pd.DataFrame(rows, columns=columns)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per cell, number of Optuna trials in each state (every ``TrialState`` name)."""
+        out = {}
+        for cell, study in self._studies.items():
+            per_state = dict.fromkeys((s.name for s in TrialState), 0)
+            for t in study.trials():
+                per_state[t.state.name] += 1
+            out[cell] = per_state
+        return out
+
+    # ----------------------------------------------------------------- helpers
+    def _config(self, cell: str, lr: float) -> dict[str, Any]:
+        return {"cell": cell, "lr": float(lr), **self._cells[cell]}
+
+    def _next_cell(self) -> str | None:
+        """A cell holding an unclaimed trial first, else the fewest asked with budget left."""
+        for cell in self._cells:
+            if self._orphans(cell):
+                return cell
+        open_cells = [
+            (len(self._studies[cell].trials()), i, cell) for i, cell in enumerate(self._cells)
+        ]
+        open_cells = [entry for entry in open_cells if entry[0] < self._trials_per_cell]
+        return min(open_cells)[2] if open_cells else None
+
+    def _orphans(self, cell: str) -> list[FrozenTrial]:
+        """RUNNING trials of ``cell`` no Tune trial holds: asked after the last snapshot
+        by a driver that then died."""
+        held = {n for c, n in self._assigned.values() if c == cell}
+        return [
+            t
+            for t in self._studies[cell].trials()
+            if t.state == TrialState.RUNNING and t.number not in held
+        ]
+
+    def _outcome(
+        self, trial_id: str, result: dict | None, error: bool
+    ) -> tuple[TrialState, float | None]:
+        if error or result is None:
+            return TrialState.FAIL, None
+        value = result.get(self._metric)
+        if not _is_finite(value):
+            return TrialState.FAIL, None
+        step = result.get(self._time_attr, self._last_step.get(trial_id))
+        if step is None or float(step) < self._max_t:
+            return TrialState.PRUNED, None
+        return TrialState.COMPLETE, float(value)
+
+    def _best(self, cell: str) -> dict[str, Any] | None:
+        complete = [
+            t
+            for t in self._studies[cell].trials()
+            if t.state == TrialState.COMPLETE and _is_finite(t.value)
+        ]
+        if not complete:
+            return None
+        pick = min if self._mode == "min" else max
+        best = pick(complete, key=lambda t: t.value)
+        lr = float(best.params["lr"])
+        return {
+            "lr": lr,
+            "value": float(best.value),
+            "trial_number": best.number,
+            "at_edge": self._edge(lr),
+        }
+
+    def _edge(self, lr: float) -> str | None:
+        lo, hi = math.log(self._lr_low), math.log(self._lr_high)
+        position = (math.log(lr) - lo) / (hi - lo)
+        if position < _EDGE_FRACTION:
+            return "low"
+        if position > 1 - _EDGE_FRACTION:
+            return "high"
+        return None
+
+
+def _validate(
+    cells: dict[str, dict], trials_per_cell: int, lr_low: float, lr_high: float, mode: str
+) -> None:
+    if not cells:
+        raise ValueError("need at least one cell")
+    for cell, settings in cells.items():
+        if not str(cell) or "/" in str(cell) or str(cell).startswith("."):
+            raise ValueError(f"cell id {cell!r} is not usable as a journal file name")
+        if "cell" in settings or "lr" in settings:
+            raise ValueError(f"cell {cell!r} settings may not define 'cell' or 'lr'")
+    if trials_per_cell < 1:
+        raise ValueError(f"trials_per_cell must be >= 1, got {trials_per_cell}")
+    if not 0 < lr_low < lr_high:
+        raise ValueError(f"need 0 < lr_low < lr_high, got {lr_low}, {lr_high}")
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+
+
+def _check_scheduler_matches(
+    scheduler: PerCellScheduler, metric: str, mode: str, time_attr: str, max_t: int
+) -> None:
+    theirs = (scheduler.metric, scheduler.mode, scheduler.time_attr, scheduler.max_t)
+    if theirs != (metric, mode, time_attr, max_t):
+        raise ValueError(
+            f"scheduler metric/mode/time_attr/max_t {theirs} != searcher's "
+            f"{(metric, mode, time_attr, max_t)}"
+        )
+
+
+def _is_finite(value: Any) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
