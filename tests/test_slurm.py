@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tuner.slurm.runner import HeadProcesses
+
 pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,6 +222,7 @@ class Cluster:
         self.yaml = tmp_path / "cluster.yaml"
         self.yaml.write_text(yaml.safe_dump(self._config()))
         self.timings: dict[str, float] = {}
+        self.marker = f"{self.name}@{(tmp_path / 'state').resolve()}"
 
     def _config(self) -> dict:
         config = yaml.safe_load((REPO / "cluster.yaml").read_text())
@@ -305,13 +308,28 @@ def _progress(path: Path) -> list[dict]:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+def bystander() -> Iterator[subprocess.Popen[bytes]]:
+    """A process a plain `ray stop` would kill (its command line names a Ray worker).
+
+    Another Ray session of the same user on the login node must survive `ray up`/`ray down`.
+    """
+    proc = subprocess.Popen(["bash", "-c", "sleep 600", "default_worker.py"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, bystander: subprocess.Popen[bytes]) -> Iterator[Cluster]:
     cluster = Cluster(tmp_path)
     try:
         yield cluster
     finally:
         try:
             cluster.ray("down", "-y", str(cluster.yaml), timeout_s=120)
+            print(f"\ntimings: {cluster.timings}")
+            assert bystander.poll() is None, "ray down must stop only this cluster's head"
+            assert not HeadProcesses(cluster.marker).find(), "head processes left running"
         finally:
             leftover = list(cluster.workers())
             if leftover:  # never leave jobs behind, even when `ray down` failed
@@ -322,7 +340,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 @pytest.mark.timeout(300)
-def test_ray_up_tune_on_slurm_worker_survives_scancel(cluster: Cluster, tmp_path: Path) -> None:
+def test_ray_up_tune_on_slurm_worker_survives_scancel(
+    cluster: Cluster, bystander: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
     t0 = time.monotonic()
     cluster.ray("up", "-y", str(cluster.yaml), timeout_s=120)
     token = cluster.home / ".ray" / "auth_token"
@@ -367,6 +387,7 @@ def test_ray_up_tune_on_slurm_worker_survives_scancel(cluster: Cluster, tmp_path
     finals = {p["trial"]: p["iter"] for p in lines}
     assert len(finals) == 3 and set(finals.values()) == {5}
 
+    assert bystander.poll() is None, "ray up must not stop other Ray processes on the host"
     print(
         f"\ntimings: {cluster.timings} first-progress={t_first:.1f}s "
         f"replacement-submitted={t_replaced:.1f}s resumed={t_resumed:.1f}s "

@@ -35,7 +35,7 @@ from ray.autoscaler.tags import (
     TAG_RAY_USER_NODE_TYPE,
 )
 
-from tuner.slurm.runner import LocalCommandRunner
+from tuner.slurm.runner import HEAD_MARKER, LocalCommandRunner
 from tuner.slurm.slurm import JobRequest, SlurmClient, SlurmJob
 from tuner.slurm.state import NodeStateStore, NodeTable
 
@@ -105,6 +105,11 @@ class ProviderSettings:
     def head_node_id(self) -> str:
         """Node id of the head, which is no Slurm job and so has no job id."""
         return f"head-{self.cluster_name}"
+
+    @property
+    def head_marker(self) -> str:
+        """Marks the head's processes, so that `ray stop` for this cluster stops only them."""
+        return f"{self.cluster_name}@{self.state_dir}"
 
     @property
     def log_dir(self) -> Path:
@@ -183,9 +188,12 @@ class WorkerJobSpec:
         holds the head's `RAY_*` settings (e.g. `RAY_OVERRIDE_RESOURCES={"CPU": 0}`, which
         would make every worker join with no CPUs) and, if the head itself runs inside a job,
         that job's `SLURM_*` variables; so both go, and what a worker needs is set explicitly.
+        The head's process marker goes too: a worker on the head's host is no head process.
         """
         env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SLURM_", "SBATCH_"))
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RAY_", "SLURM_", "SBATCH_")) and k != HEAD_MARKER
         }
         env["PATH"] = str(Path(settings.ray_command).parent) + os.pathsep + env.get("PATH", "")
         env.update(settings.worker_env)
@@ -360,7 +368,7 @@ class SlurmNodeProvider(NodeProvider):
         docker_config: dict[str, Any] | None = None,
     ) -> LocalCommandRunner:
         """A runner for the head only: it executes on this host, no SSH."""
-        return LocalCommandRunner(log_prefix, node_id)
+        return LocalCommandRunner(log_prefix, node_id, self.settings.head_marker)
 
     # Internals -----------------------------------------------------------------------------
 

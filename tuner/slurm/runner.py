@@ -4,18 +4,94 @@ The head runs where `ray up` is called, so every command the cluster launcher se
 head" (`uptime`, `mkdir`, copying the bootstrap config, `head_start_ray_commands`, `ray stop` from
 `ray down`) can simply run here. Workers never receive commands: they are batch jobs that start
 Ray themselves (`disable_node_updaters: true`), so no SSH between nodes is ever needed.
+
+One command is not run as given: a plain `ray stop` kills every Ray process of the user on the
+host, and a login node is shared with the user's other Ray sessions (notebooks, tests, another
+cluster). So every command runs with a marker variable naming this cluster, which all processes
+of the head inherit, and `ray stop` becomes "stop the processes that carry this cluster's
+marker" (`HeadProcesses`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 from typing import Any
 
+import psutil
 from ray.autoscaler.command_runner import CommandRunnerInterface
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable that marks the processes of one cluster's head.
+HEAD_MARKER = "TUNER_SLURM_HEAD"
+
+#: `ray stop` as the launcher and cluster.yaml issue it (optionally with --force / -f).
+_RAY_STOP = re.compile(r"^\s*ray\s+stop(\s+(--force|-f))?\s*(;|&&)?\s*$")
+
+
+class HeadProcesses:
+    """The processes of one cluster's head on this host, found by their marker variable.
+
+    Args:
+        marker: Value of `HEAD_MARKER` that the head's processes inherited.
+    """
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def find(self) -> list[psutil.Process]:
+        """This user's processes that carry the marker (the caller excluded)."""
+        found = []
+        me = os.getpid()
+        uid = os.getuid()
+        for proc in psutil.process_iter(["pid", "uids"]):
+            try:
+                if proc.pid == me or proc.info["uids"].real != uid:
+                    continue
+                if proc.environ().get(HEAD_MARKER) == self.marker:
+                    found.append(proc)
+            except (psutil.Error, AttributeError):
+                continue
+        return found
+
+    def stop(self, grace_s: float = 10.0) -> int:
+        """Stops them like `ray stop`: raylet first, GCS last; SIGKILL after `grace_s` each.
+
+        Returns:
+            How many processes there were.
+        """
+        procs = self.find()
+        first = [p for p in procs if _name(p) == "raylet"]
+        last = [p for p in procs if _name(p) == "gcs_server"]
+        middle = [p for p in procs if p not in first and p not in last]
+        for bucket in (first, middle, last):
+            _terminate(bucket, grace_s)
+        logger.info("Stopped %d Ray head processes (%s)", len(procs), self.marker)
+        return len(procs)
+
+
+def _name(proc: psutil.Process) -> str:
+    with contextlib.suppress(psutil.Error):
+        return proc.name()
+    return ""
+
+
+def _terminate(procs: list[psutil.Process], grace_s: float) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
 
 
 class LocalCommandRunner(CommandRunnerInterface):
@@ -28,11 +104,13 @@ class LocalCommandRunner(CommandRunnerInterface):
     Args:
         log_prefix: Prefix Ray uses in its log lines.
         node_id: The node the commands are meant for (always the local head).
+        marker: This cluster's head marker (see `HEAD_MARKER`).
     """
 
-    def __init__(self, log_prefix: str, node_id: str):
+    def __init__(self, log_prefix: str, node_id: str, marker: str):
         self.log_prefix = log_prefix
         self.node_id = node_id
+        self.marker = marker
 
     def run(
         self,
@@ -49,7 +127,12 @@ class LocalCommandRunner(CommandRunnerInterface):
         """Runs `cmd` locally; see `CommandRunnerInterface.run`."""
         if not cmd:
             return ""
+        if _RAY_STOP.match(cmd):
+            # Only this cluster's head, not every Ray process of the user on this host.
+            HeadProcesses(self.marker).stop()
+            return ""
         env = self._environment(environment_variables or {})
+        env[HEAD_MARKER] = self.marker
         proc = subprocess.run(
             ["bash", "-c", cmd],
             env=env,
