@@ -72,9 +72,15 @@ def build_model(cfg: RunConfig) -> SequenceModel:
 
 def init_state(spec: StepSpec, task, seed: int) -> TrainState:
     """Fresh parameters and optimizer state; init and data keys both derive from ``seed``."""
-    init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
-    dummy = jnp.zeros((1, task.cfg.seq_len, task.dim_y), jnp.float32)
-    params = spec.model.init(init_key, dummy)
+    return _init_state(jax.random.PRNGKey(seed), spec=spec, seq_len=task.cfg.seq_len,
+                       dim_y=task.dim_y)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "seq_len", "dim_y"))
+def _init_state(seed_key: jax.Array, *, spec: StepSpec, seq_len: int, dim_y: int) -> TrainState:
+    # jitted: op-by-op initialization costs seconds per trial on CPU
+    init_key, data_key = jax.random.split(seed_key)
+    params = spec.model.init(init_key, jnp.zeros((1, seq_len, dim_y), jnp.float32))
     return TrainState(params, spec.transform().init(params), jnp.zeros((), jnp.int32), data_key)
 
 
