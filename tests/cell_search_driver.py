@@ -119,6 +119,43 @@ def summarize(searcher, results) -> dict[str, Any]:
     }
 
 
+def run(
+    storage: str,
+    name: str,
+    study_dir: str,
+    cells: dict[str, dict],
+    trials_per_cell: int,
+    max_t: int,
+    sleep: float,
+) -> dict[str, Any]:
+    """Runs or resumes the experiment on the connected Ray cluster; returns the summary."""
+    from ray import tune
+
+    cells = {c: {"max_t": max_t, "sleep": sleep, **settings} for c, settings in cells.items()}
+    exp_dir = os.path.join(os.path.abspath(storage), name)
+    if tune.Tuner.can_restore(exp_dir):
+        print(f"restoring {exp_dir}", flush=True)
+        tuner = tune.Tuner.restore(exp_dir, synthetic_trainable)
+    else:
+        searcher, scheduler = build_search(cells, trials_per_cell, max_t, study_dir)
+        tuner = tune.Tuner(
+            synthetic_trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=-1,
+                max_concurrent_trials=2,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(storage_path=os.path.abspath(storage), name=name, verbose=0),
+        )
+    results = tuner.fit()
+
+    fresh, _ = build_search(cells, trials_per_cell, max_t, study_dir)
+    fresh.restore_from_dir(exp_dir)
+    return summarize(fresh, results)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--storage", required=True)
@@ -134,40 +171,22 @@ def main(argv: list[str] | None = None) -> int:
     # Snapshot often so a kill loses little; read when the TuneController is built.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     # Under `uv run`, Ray 2.60 re-creates the uv env for every worker from a packaged
-    # working_dir (slow, needs network); workers share this interpreter instead.
+    # working_dir (ray/_private/worker.py:1426: slow, needs network); workers share this
+    # interpreter instead. Read once when ray is imported.
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray
-    from ray import tune
 
-    cells = {
-        cell: {"max_t": args.max_t, "sleep": args.sleep, **settings}
-        for cell, settings in json.loads(args.cells).items()
-    }
-    exp_dir = os.path.join(os.path.abspath(args.storage), args.name)
     ray.init(num_cpus=2, include_dashboard=False, address="local")
-    if tune.Tuner.can_restore(exp_dir):
-        print(f"restoring {exp_dir}", flush=True)
-        tuner = tune.Tuner.restore(exp_dir, synthetic_trainable)
-    else:
-        searcher, scheduler = build_search(cells, args.trials_per_cell, args.max_t, args.study_dir)
-        tuner = tune.Tuner(
-            synthetic_trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=-1,
-                max_concurrent_trials=2,
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                storage_path=os.path.abspath(args.storage), name=args.name, verbose=0
-            ),
-        )
-    results = tuner.fit()
-
-    fresh, _ = build_search(cells, args.trials_per_cell, args.max_t, args.study_dir)
-    fresh.restore_from_dir(exp_dir)
-    Path(args.summary).write_text(json.dumps(summarize(fresh, results), default=str))
+    summary = run(
+        args.storage,
+        args.name,
+        args.study_dir,
+        json.loads(args.cells),
+        args.trials_per_cell,
+        args.max_t,
+        args.sleep,
+    )
+    Path(args.summary).write_text(json.dumps(summary, default=str))
     ray.shutdown()
     return 0
 

@@ -23,12 +23,12 @@ from types import SimpleNamespace
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
+import cell_search_driver as driver  # noqa: E402
 import pytest  # noqa: E402
 from ray.tune.experiment import Trial  # noqa: E402
 from ray.tune.schedulers import TrialScheduler  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
-import cell_search_driver as driver  # noqa: E402
 from tuner.cell_scheduler import PerCellScheduler  # noqa: E402
 from tuner.cell_search import PerCellSearcher  # noqa: E402
 
@@ -185,7 +185,15 @@ def test_scheduler_state_roundtrip_and_readd_does_not_double_count():
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, address="local", log_to_driver=False)
+    # Workers unpickle the trainable by module name: let them import cell_search_driver.
+    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(DRIVER.parent), *sys.path])}}
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        address="local",
+        log_to_driver=False,
+        runtime_env=runtime_env,
+    )
     yield
     ray.shutdown()
 
@@ -249,30 +257,24 @@ def test_nan_trials_fail_and_never_win(ray_cluster, tmp_path):
 
 
 # --------------------------------------------------------------------------- kill / resume
-def _run_driver(tmp_path: Path, name: str, cells: dict, **popen) -> subprocess.Popen:
+KILL_CELLS = {"a": {"opt": -3.0}, "b": {"opt": -1.5, "scale": 100.0}}
+KILL_TRIALS = 5
+KILL_SLEEP = 0.03
+
+
+def _start_driver(tmp_path: Path, name: str) -> subprocess.Popen:
+    """The driver in its own session (own Ray cluster), so the whole group can be killed."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     cmd = [
-        sys.executable,
-        str(DRIVER),
-        "--storage",
-        str(tmp_path / "ray"),
-        "--name",
-        name,
-        "--study-dir",
-        str(tmp_path / f"{name}-studies"),
-        "--cells",
-        json.dumps(cells),
-        "--trials-per-cell",
-        "6",
-        "--max-t",
-        str(MAX_T),
-        "--sleep",
-        "0.05",
-        "--summary",
-        str(tmp_path / f"{name}.json"),
-    ]
-    log = open(tmp_path / f"{name}.log", "a")  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, **popen)
+        sys.executable, str(DRIVER), "--storage", str(tmp_path / "ray"), "--name", name,
+        "--study-dir", str(tmp_path / f"{name}-studies"), "--cells", json.dumps(KILL_CELLS),
+        "--trials-per-cell", str(KILL_TRIALS), "--max-t", str(MAX_T),
+        "--sleep", str(KILL_SLEEP), "--summary", str(tmp_path / f"{name}.json"),
+    ]  # fmt: skip
+    with open(tmp_path / f"{name}.log", "a") as log:
+        return subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def _newest_snapshot(exp_dir: Path) -> dict | None:
@@ -282,7 +284,23 @@ def _newest_snapshot(exp_dir: Path) -> dict | None:
     try:
         return json.loads(Path(paths[-1]).read_text())
     except (OSError, json.JSONDecodeError):
-        return None
+        return None  # caught mid-replace
+
+
+def _kill_mid_search(proc: subprocess.Popen, exp_dir: Path, timeout: float = 150) -> None:
+    """SIGKILLs the driver's process group once a snapshot holds finished and live trials."""
+    deadline = time.monotonic() + timeout
+    while True:
+        snap = _newest_snapshot(exp_dir)
+        if snap and len(snap["done"]) >= 3 and len(snap["assigned"]) > len(snap["done"]):
+            break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("driver ended (or stalled) before it could be killed mid-search")
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> int:
@@ -294,44 +312,40 @@ def _wait(proc: subprocess.Popen, timeout: float) -> int:
 
 
 @pytest.mark.slow
-def test_kill_and_resume(tmp_path):
-    cells = {"a": {"opt": -3.0}, "b": {"opt": -1.5, "scale": 100.0}}
-    full = _run_driver(tmp_path, "full", cells, start_new_session=True)
-    assert _wait(full, 240) == 0, (tmp_path / "full.log").read_text()[-3000:]
-    reference = json.loads((tmp_path / "full.json").read_text())
-
-    proc = _run_driver(tmp_path, "cut", cells, start_new_session=True)
+def test_kill_and_resume(ray_cluster, tmp_path):
+    reference = driver.run(
+        str(tmp_path / "ray"), "full", str(tmp_path / "full-studies"), KILL_CELLS,
+        KILL_TRIALS, MAX_T, KILL_SLEEP,
+    )  # fmt: skip
     exp_dir = tmp_path / "ray" / "cut"
-    deadline = time.monotonic() + 180
-    while True:
-        snap = _newest_snapshot(exp_dir)
-        if snap and len(snap["done"]) >= 4 and len(snap["assigned"]) > len(snap["done"]):
-            break
-        assert proc.poll() is None, "driver ended before it could be killed"
-        assert time.monotonic() < deadline, "no snapshot with finished trials in time"
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray processes, mid-search
-    proc.wait()
-    time.sleep(1.0)
+    _kill_mid_search(_start_driver(tmp_path, "cut"), exp_dir)
+    time.sleep(0.5)
     before = _newest_snapshot(exp_dir)  # what the restore starts from
-
-    resumed = _run_driver(tmp_path, "cut", cells, start_new_session=True)
-    assert _wait(resumed, 240) == 0, (tmp_path / "cut.log").read_text()[-3000:]
+    assert _wait(_start_driver(tmp_path, "cut"), 200) == 0, (tmp_path / "cut.log").read_text()[
+        -3000:
+    ]
     assert "restoring" in (tmp_path / "cut.log").read_text()
     after = json.loads((tmp_path / "cut.json").read_text())
 
-    # Same trial count per cell as the uninterrupted run, nothing left running.
+    # Same number of Optuna trials per cell as the uninterrupted run, none left running.
     def per_cell(summary):
         return {c: sum(n.values()) for c, n in summary["counts"].items()}
 
-    assert per_cell(after) == per_cell(reference) == {"a": 6, "b": 6}
+    assert per_cell(after) == per_cell(reference) == dict.fromkeys(KILL_CELLS, KILL_TRIALS)
     assert all(n["RUNNING"] == 0 for n in after["counts"].values())
-    # No duplicates: one Tune trial per Optuna trial and vice versa.
-    tune_ids = [t["trial_id"] for t in after["tune_trials"]]
+    # No duplicates: each Tune trial ran exactly one Optuna trial, no lr asked twice.
     optuna_ids = [t["tune_trial_id"] for t in after["trials"]]
-    assert len(tune_ids) == len(set(tune_ids)) == 12
-    assert sorted(optuna_ids) == sorted(tune_ids)
-    # Trials handed out before the kill kept their Optuna trial number.
+    tune_ids = [t["trial_id"] for t in after["tune_trials"]]
+    assert len(set(optuna_ids)) == len(optuna_ids) and len(set(tune_ids)) == len(tune_ids)
+    assert len({(t["cell"], t["lr"]) for t in after["trials"]}) == len(after["trials"])
+    assert set(tune_ids) <= set(optuna_ids)
+    # Optuna trials missing from Tune's results were started and finished between Tune's
+    # last snapshot and the kill: the journal kept them, Tune's restored state never had them.
+    for t in after["trials"]:
+        if t["tune_trial_id"] not in tune_ids:
+            assert t["state"] in ("COMPLETE", "PRUNED", "FAIL")
+            assert t["tune_trial_id"] not in before["assigned"]
+    # Trials handed out before the snapshot finished against the same Optuna trial number.
     final_assigned = after["searcher_state"]["assigned"]
     for tid, pair in before["assigned"].items():
         assert final_assigned[tid] == pair

@@ -18,12 +18,15 @@ Invariants kept across a driver kill and ``Tuner.restore``:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import optuna
 from optuna.distributions import FloatDistribution
 from optuna.storages import JournalStorage
@@ -53,22 +56,29 @@ class CellStudy:
         path: Journal file; created if missing, reused (``load_if_exists``) otherwise.
         name: Study name (the cell id).
         direction: "minimize" or "maximize".
-        sampler: The study's sampler (not persisted; re-seeded on every open).
+        sampler_for: Builds the sampler from the number of trials already in the study (the
+            sampler's state is not persisted; it is re-seeded on every open).
     """
 
     def __init__(
-        self, path: Path, name: str, direction: str, sampler: optuna.samplers.BaseSampler
+        self,
+        path: Path,
+        name: str,
+        direction: str,
+        sampler_for: Callable[[int], optuna.samplers.BaseSampler],
     ) -> None:
         self.path = path
         self.storage = JournalStorage(JournalFileBackend(str(path)))
         self.study = optuna.create_study(
             study_name=name,
             storage=self.storage,
-            sampler=sampler,
+            sampler=sampler_for(0),
             direction=direction,
             load_if_exists=True,
         )
         self._study_id = self.storage.get_study_id_from_name(name)
+        if self.trials():
+            self.study.sampler = sampler_for(len(self.trials()))
 
     def trials(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False)
@@ -103,9 +113,9 @@ class PerCellSearcher(Searcher):
 
     Cells are served round-robin by need: ``suggest`` picks the cell with the fewest Optuna
     trials that still has budget (ties by the order of ``cells``); a cell holding an
-    unclaimed trial (asked after the last snapshot of a driver that died) goes first. Trials that ASHA stopped
-    early are told PRUNED (their early loss would mislead TPE), trials that errored or ended
-    with a non-finite metric FAIL, full-budget trials COMPLETE.
+    unclaimed trial (asked after the last snapshot of a driver that died) goes first. Trials
+    that ASHA stopped early are told PRUNED (their early loss would mislead TPE), trials that
+    errored or ended with a non-finite metric FAIL, full-budget trials COMPLETE.
 
     Tune hooks (through ``ConcurrencyLimiter`` when ``max_concurrent_trials`` is set, then
     ``SearchGenerator``): ``suggest`` when Tune wants a trial, ``on_trial_result`` per result,
@@ -128,7 +138,8 @@ class PerCellSearcher(Searcher):
         time_attr: Result key of progress; a trial ending before ``max_t`` was pruned.
         max_t: Full budget in ``time_attr`` units (same as the scheduler's).
         study_dir: Directory of the per-cell journals; belongs to this one experiment.
-        seed: Base seed; cell i's TPE sampler uses ``seed + i``.
+        seed: Base seed; cell i's TPE sampler is seeded from (seed, i, trials already in the
+            study), so a fresh run is reproducible and a resumed one does not repeat lrs.
         scheduler: The run's :class:`PerCellScheduler`, whose rungs are saved with this
             searcher's snapshot (Tune does not save scheduler state, ray issue 30838).
         n_startup_trials: TPE random start-up trials per cell; default
@@ -191,12 +202,19 @@ class PerCellSearcher(Searcher):
                 self._study_dir / f"{cell}.journal",
                 cell,
                 direction,
-                optuna.samplers.TPESampler(
-                    seed=self._seed + i, n_startup_trials=self._n_startup, constant_liar=True
-                ),
+                functools.partial(self._sampler, i),
             )
             for i, cell in enumerate(self._cells)
         }
+
+    def _sampler(self, cell_index: int, n_existing: int) -> optuna.samplers.TPESampler:
+        """Seeded from (seed, cell, trials so far): a re-opened study (driver restart) must not
+        replay the random stream from its start, which would re-ask its first lrs."""
+        entropy = [self._seed, cell_index, n_existing]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=self._n_startup, constant_liar=True
+        )
 
     # ----------------------------------------------------------------- Tune hooks
     def set_search_properties(
@@ -254,13 +272,17 @@ class PerCellSearcher(Searcher):
         """Tells Optuna FAIL (error/non-finite), PRUNED (ended before max_t) or COMPLETE.
 
         Called once per trial end by Tune; a second call for the same id, or a trial already
-        told in the journal before a driver kill, is ignored.
+        told in the journal before a driver kill, is ignored. Tune does not pass the result on
+        which the scheduler said STOP (the last one, e.g. at max_t) to ``on_trial_result``
+        (ray/tune/execution/tune_controller.py:1584), so it is reported here first.
         """
         if trial_id not in self._assigned:
             logger.warning("on_trial_complete for unknown trial %s ignored", trial_id)
             return
         if trial_id in self._done:
             return
+        if result is not None:
+            self.on_trial_result(trial_id, result)
         self._done.add(trial_id)
         state, value = self._outcome(trial_id, result, error)
         cell, number = self._assigned[trial_id]
