@@ -130,7 +130,7 @@ _SECTIONS = {
     "finals": {"seeds"},
     "resources": {"cpus_per_trial", "gpus_per_trial"},
     "wandb": {"project"},
-    "smoke": {"fixed", "grid", "search", "asha", "finals"},
+    "smoke": {"fixed", "grid", "search", "asha", "finals", "resources"},
 }
 _METRICS = ("eval/nmse", "eval/skill", "eval/nmse_info", "train_loss")
 

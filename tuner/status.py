@@ -1,0 +1,69 @@
+"""A live status file for a running stage: the dashboard shows trials only as anonymous actors.
+
+``status.json`` in the experiment folder says, per cell, how many trials are running and done
+and the best value so far; it is rewritten (atomically) at most every ``every_s`` seconds from
+the trial list Tune hands to ``on_step_end``, so it is also right after a restore.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+
+def trial_spec(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's own settings (finals nest them under ``final``)."""
+    return config.get("final", config)
+
+
+class StatusFile(Callback):
+    """Tune callback; ``on_step_end`` (driver loop) and ``on_experiment_end`` write the file."""
+
+    def __init__(self, path: str | Path, stage: str, cells: list[str], per_cell: int,
+                 metric: str, mode: str, every_s: float = 2.0):
+        self.path = Path(path)
+        self.stage, self.cells, self.per_cell = stage, list(cells), per_cell
+        self.metric, self.mode, self.every_s = metric, mode, every_s
+        self._last = 0.0
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        if time.monotonic() - self._last >= self.every_s:
+            self.write(trials)
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        self.write(trials)
+
+    def write(self, trials: list) -> None:
+        self._last = time.monotonic()
+        per_cell = {c: {"running": 0, "finished": 0, "errored": 0, "best_so_far": None}
+                    for c in self.cells}
+        sign = 1 if self.mode == "min" else -1
+        for t in trials:
+            spec = trial_spec(t.config)
+            entry = per_cell.setdefault(spec["cell"], {"running": 0, "finished": 0,
+                                                       "errored": 0, "best_so_far": None})
+            key = {"RUNNING": "running", "TERMINATED": "finished", "ERROR": "errored"}.get(
+                t.status)
+            if key:
+                entry[key] += 1
+            value = (t.last_result or {}).get(self.metric)
+            best = entry["best_so_far"]
+            if isinstance(value, int | float) and math.isfinite(value) and (
+                    best is None or sign * value < sign * best["value"]):
+                entry["best_so_far"] = {"value": value, "lr": spec["lr"],
+                                        "step": t.last_result.get("step")}
+        done = sum(e["finished"] + e["errored"] >= self.per_cell for e in per_cell.values())
+        status = {"stage": self.stage, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "metric": self.metric, "cells_total": len(per_cell), "cells_done": done,
+                  "trials_running": sum(e["running"] for e in per_cell.values()),
+                  "trials_finished": sum(e["finished"] for e in per_cell.values()),
+                  "cells": per_cell}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status, indent=1))
+        os.replace(tmp, self.path)
