@@ -363,3 +363,21 @@ def test_kill_and_resume(ray_cluster, tmp_path):
         first_rung = after["scheduler_state"]["cells"][cell]["rungs"][-1][1]
         assert set(first_rung) == {t["trial_id"] for t in after["tune_trials"] if t["cell"] == cell}
     assert len(after["searcher_state"]["done"]) > len(before["done"])
+
+
+def test_backfill_replays_journaled_results_once():
+    """Results journaled after the last snapshot enter the rungs as on_result would have put
+    them, and a trial already recorded is not counted again."""
+    from tuner.cell_scheduler import PerCellScheduler
+
+    sched = PerCellScheduler(metric="loss", mode="min", time_attr="step", max_t=60,
+                             grace_period=20, reduction_factor=3)
+    rungs = sched._cell_rungs("a")
+    rungs.on_result("t1", 20, -1.0)
+    sched.backfill("a", "t1", {20: 1.0, 40: 0.9, 60: 0.8})  # t1 already at 20; adds 60
+    sched.backfill("a", "t2", {20: 2.0, 40: 1.5})  # stopped before 60: only the 20 rung
+    state = dict((m, rec) for m, rec in rungs.get_state())
+    assert state[20.0] == {"t1": -1.0, "t2": -2.0}
+    assert state[60.0] == {"t1": -0.8}
+    sched.backfill("a", "t2", {20: 2.0, 40: 1.5})
+    assert sched.rungs()["a"] == [(20.0, 2), (60.0, 1)]

@@ -78,6 +78,21 @@ class CellRungs:
             break
         return action
 
+    def backfill(self, trial_id: str, rewards_by_step: dict[float, float]) -> None:
+        """Records what :meth:`on_result` would have recorded from these results, where missing.
+
+        Results that reached the journal after the last Tune snapshot are absent from the
+        restored rungs; replaying them keeps the rungs equal to the full history. Milestone m
+        takes the reward of the first result at a step >= m, as ``on_result`` does.
+        """
+        steps = sorted(rewards_by_step)
+        for milestone, recorded in self._rungs:
+            if trial_id in recorded:
+                continue
+            at = next((s for s in steps if s >= milestone), None)
+            if at is not None and math.isfinite(rewards_by_step[at]):
+                recorded[trial_id] = float(rewards_by_step[at])
+
     def summary(self) -> list[tuple[float, int]]:
         """(milestone, number of recorded values), ascending milestones."""
         return [(m, len(recorded)) for m, recorded in reversed(self._rungs)]
@@ -233,6 +248,13 @@ class PerCellScheduler(FIFOScheduler):
         for cell, cell_state in state["cells"].items():
             self._cell_rungs(cell).set_state(cell_state["rungs"])
             self._num_stopped[cell] = int(cell_state["num_stopped"])
+
+    def backfill(self, cell: str, trial_id: str, values_by_step: dict[float, float]) -> None:
+        """Replays a trial's metric history (e.g. from its Optuna journal) into the cell's rungs
+        where the restored snapshot lacks it; see :meth:`CellRungs.backfill`."""
+        sign = 1.0 if self.mode == "max" else -1.0
+        self._cell_rungs(cell).backfill(
+            trial_id, {float(s): sign * float(v) for s, v in values_by_step.items()})
 
     def _cell_rungs(self, cell: str) -> CellRungs:
         if cell not in self._cells:

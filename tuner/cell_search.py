@@ -319,6 +319,13 @@ class PerCellSearcher(Searcher):
         self._last_step = {k: float(v) for k, v in state["last_step"].items()}
         if self._scheduler is not None and state["scheduler"] is not None:
             self._scheduler.set_state(state["scheduler"])
+        if self._scheduler is not None:
+            # results journaled after the snapshot: the journal is the full history
+            for cell, study in self._studies.items():
+                for t in study.trials():
+                    tune_id = t.user_attrs.get(_TUNE_ID_ATTR)
+                    if tune_id and t.intermediate_values:
+                        self._scheduler.backfill(cell, tune_id, t.intermediate_values)
 
     # ----------------------------------------------------------------- for the CLI
     @property
