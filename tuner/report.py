@@ -10,6 +10,7 @@ standard error (seed spread propagated through the averages), otherwise the verd
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,8 @@ def _cell_table(exp: Experiment, finals: pd.DataFrame, metric: str) -> pd.DataFr
     grouped = ok.groupby("cell")[metric]
     table = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1).fillna(0.0),
                           "n": grouped.count()})
-    for cell, over in exp.cells().items():
-        for axis, value in over.items():
-            table.loc[cell, axis] = value
-    return table.reset_index(names="cell")
+    grid = pd.DataFrame.from_dict(exp.cells(), orient="index")  # keeps each axis' own type
+    return grid.join(table, how="inner").reset_index(names="cell")
 
 
 def _agg(table: pd.DataFrame, axis: str) -> pd.DataFrame:
@@ -122,7 +121,7 @@ def _plot_claim(claim: Claim, table: pd.DataFrame, metric: str, path: Path) -> N
         ax.set_xscale("log", base=2)
     ax.set_xlabel(x_axis)
     ax.set_ylabel(f"{metric} (final, mean ± std over seeds)")
-    ax.set_title(claim.text, fontsize=9)
+    ax.set_title(textwrap.fill(claim.text, 70), fontsize=9)
     if series_axes:
         ax.legend(fontsize=7)
     fig.tight_layout()
