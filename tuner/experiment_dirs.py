@@ -21,6 +21,10 @@ class ExperimentDirs:
         return self.root / "search_best.json"
 
     @property
+    def search_trials(self) -> Path:  # every stage-1 trial of every round, from the studies
+        return self.root / "search_trials.csv"
+
+    @property
     def finals(self) -> Path:  # stage-2 result (one row per final run); marks finals done
         return self.root / "finals.json"
 

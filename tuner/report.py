@@ -173,8 +173,11 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
     for cell in exp.cells():
         b = best[cell]
         st = search_trials[search_trials["cell"] == cell]["state"].value_counts()
-        note = (f"at the {b['at_edge']} edge of [{exp.lr_low:g}, {exp.lr_high:g}]: widen "
-                "search.lr_low/lr_high" if b.get("at_edge") else "")
+        lo, hi = b.get("range", (exp.lr_low, exp.lr_high))
+        note = (f"at the {b['at_edge']} edge of [{lo:g}, {hi:g}]: rerun with --widen-edges "
+                "or widen search.lr_low/lr_high" if b.get("at_edge") else "")
+        if b.get("round", "search") != "search":
+            note = f"from {b['round']} [{lo:g}, {hi:g}]; " + note
         lines.append(f"| {cell} | {b['lr']:.3g} | {b['value']:.4g} | {st.get('COMPLETE', 0)}/"
                      f"{st.get('PRUNED', 0)}/{st.get('FAIL', 0)} | {note} |")
     score_cols = sorted((c for c in finals.columns if c.startswith(SCORE_PREFIX)),
@@ -192,7 +195,8 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
                          f"{group[c].astype(float).mean():.3g}" for c in score_cols) + " |")
     diverged = finals[finals.get("diverged", False).fillna(False).astype(bool)]
     if len(diverged):
-        lines += ["", f"Diverged final runs (excluded): {list(zip(diverged.cell, diverged.seed, strict=True))}"]
+        runs = list(zip(diverged.cell, diverged.seed, strict=True))
+        lines += ["", f"Diverged final runs (excluded): {runs}"]
     lines += ["", "Rollout scores: model h-step error / KF h-step error after a "
               f"{exp.base.rollout.warmup}-observation warmup, "
               f"{exp.base.rollout.n_sequences} sequences; see `rollouts.png`.", "",

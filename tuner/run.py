@@ -35,6 +35,7 @@ class Args:
     address: str | None = None  # Ray cluster to join ("auto" = the running one); default: local
     num_cpus: int | None = None  # CPUs of the local cluster (default: all)
     wandb: bool = True  # log to W&B (offline unless a key and the network are available)
+    widen_edges: bool = False  # re-search cells whose best LR is at an edge of the range
 
 
 class UsageError(Exception):
@@ -115,12 +116,12 @@ def main(args: Args) -> int:
     print(f"live status: {dirs.status}; W&B mode: {mode}"
           + (f" (sync later: wandb sync {dirs.wandb}/wandb/offline-run-*)"
              if mode == "offline" else ""), flush=True)
-    best = run_search(exp, dirs, wandb=args.wandb)
+    best = run_search(exp, dirs, wandb=args.wandb, widen_edges=args.widen_edges)
     finals = run_finals(exp, dirs, best, wandb=args.wandb)
     import pandas as pd
 
     summary = report.write(exp, dirs.root, best, finals,
-                           pd.read_csv(dirs.root / "search_trials.csv"))
+                           pd.read_csv(dirs.search_trials))
     print(f"\nreport: {summary}")
     for line in report.verdict_lines(summary):
         print(line)

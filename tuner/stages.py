@@ -9,11 +9,14 @@ that file is the marker that the stage is done and is never rerun.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from ray import tune
 
 from tuner.cell_scheduler import PerCellScheduler
@@ -51,50 +54,100 @@ def _run_config(exp: Experiment, dirs: ExperimentDirs, name: str, status: Status
     )
 
 
-def build_search(exp: Experiment, dirs: ExperimentDirs) -> tuple[PerCellSearcher,
-                                                                    PerCellScheduler]:
+@dataclasses.dataclass(frozen=True)
+class SearchRound:
+    """One Tune run of stage 1: the cells it searches, its LR range and where its studies live.
+
+    The first round searches every cell over the file's range; with ``--widen-edges`` cells whose
+    best rate sits at an edge get a second round over a range shifted outward by half a span.
+    """
+
+    name: str  # Tune experiment folder under the experiment root
+    cells: dict[str, dict[str, Any]]  # cell id -> grid overrides
+    lr_low: float
+    lr_high: float
+    study_dir: Path
+
+
+def first_round(exp: Experiment, dirs: ExperimentDirs) -> SearchRound:
+    return SearchRound("search", exp.cells(), exp.lr_low, exp.lr_high, dirs.studies)
+
+
+def build_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound | None = None
+                 ) -> tuple[PerCellSearcher, PerCellScheduler]:
     """The searcher/scheduler pair; the searcher saves the scheduler's rungs in its snapshots."""
+    rnd = rnd or first_round(exp, dirs)
     scheduler = PerCellScheduler(metric=exp.metric, mode=exp.mode, time_attr=TIME_ATTR,
                                  max_t=exp.max_t, grace_period=exp.grace_period,
                                  reduction_factor=exp.reduction_factor)
     cells = {cell: {"stage": "search", "overrides": over, "jax_cache_dir": str(dirs.jax_cache)}
-             for cell, over in exp.cells().items()}
-    searcher = PerCellSearcher(cells, exp.trials_per_cell, exp.lr_low, exp.lr_high,
+             for cell, over in rnd.cells.items()}
+    searcher = PerCellSearcher(cells, exp.trials_per_cell, rnd.lr_low, rnd.lr_high,
                                metric=exp.metric, mode=exp.mode, time_attr=TIME_ATTR,
-                               max_t=exp.max_t, study_dir=dirs.studies, seed=0,
+                               max_t=exp.max_t, study_dir=rnd.study_dir, seed=0,
                                scheduler=scheduler)
     return searcher, scheduler
 
 
-def run_search(exp: Experiment, dirs: ExperimentDirs, wandb: bool = True) -> dict[str, Any]:
-    """Stage 1. Returns cell -> best {lr, value, trial_number, at_edge} (COMPLETE trials only)."""
-    if dirs.best.exists():
-        return json.loads(dirs.best.read_text())
-    path = dirs.root / "search"
-    status = StatusFile(dirs.status, "search", list(exp.cells()), exp.trials_per_cell,
-                        exp.metric, exp.mode)
+def _run_round(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound, wandb: bool
+               ) -> PerCellSearcher:
+    """Runs (or resumes) one round; returns a searcher restored from its final snapshot."""
+    path = dirs.root / rnd.name
     if tune.Tuner.can_restore(path):
         print(f"resuming the search from {path}", flush=True)
         tuner = tune.Tuner.restore(str(path), _trainable(exp), resume_errored=False,
                                    restart_errored=False)
     else:
-        searcher, scheduler = build_search(exp, dirs)
+        searcher, scheduler = build_search(exp, dirs, rnd)
+        status = StatusFile(dirs.status, rnd.name, list(rnd.cells), exp.trials_per_cell,
+                            exp.metric, exp.mode)
         tuner = tune.Tuner(
             _trainable(exp),
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                         num_samples=-1, max_concurrent_trials=exp.max_concurrent,
                                         reuse_actors=True),
-            run_config=_run_config(exp, dirs, "search", status, wandb))
+            run_config=_run_config(exp, dirs, rnd.name, status, wandb))
     tuner.fit()
-    searcher, _ = build_search(exp, dirs)
+    searcher, _ = build_search(exp, dirs, rnd)
     searcher.restore_from_dir(str(path))
-    best = searcher.best_per_cell()
+    return searcher
+
+
+def _better(exp: Experiment, a: dict, b: dict | None) -> bool:
+    return b is None or (a["value"] < b["value"] if exp.mode == "min" else a["value"] > b["value"])
+
+
+def run_search(exp: Experiment, dirs: ExperimentDirs, wandb: bool = True,
+               widen_edges: bool = False) -> dict[str, Any]:
+    """Stage 1. Returns cell -> best {lr, value, trial_number, at_edge, range, round}, chosen
+    among COMPLETE (full-budget, finite) trials only."""
+    if dirs.best.exists():
+        return json.loads(dirs.best.read_text())
+    rounds = [first_round(exp, dirs)]
+    searcher = _run_round(exp, dirs, rounds[0], wandb)
+    best = {c: b and {**b, "range": [exp.lr_low, exp.lr_high], "round": "search"}
+            for c, b in searcher.best_per_cell().items()}
+    frames = [searcher.trials_dataframe().assign(round="search")]
+    if widen_edges:
+        half_span = math.sqrt(exp.lr_high / exp.lr_low)
+        for edge, center in (("low", exp.lr_low), ("high", exp.lr_high)):
+            cells = {c: over for c, over in exp.cells().items()
+                     if best[c] and best[c]["at_edge"] == edge}
+            if not cells:
+                continue
+            rnd = SearchRound(f"search_wider_{edge}", cells, center / half_span,
+                              center * half_span, dirs.studies / f"wider_{edge}")
+            wider = _run_round(exp, dirs, rnd, wandb)
+            for c, b in wider.best_per_cell().items():
+                if b and _better(exp, b, best[c]):
+                    best[c] = {**b, "range": [rnd.lr_low, rnd.lr_high], "round": rnd.name}
+            frames.append(wider.trials_dataframe().assign(round=rnd.name))
     missing = [c for c, b in best.items() if b is None]
     if missing:
         raise RuntimeError(f"no trial ran the full budget in cell(s) {missing}: every trial "
                            "diverged or failed; lower search.lr_high or check the trial logs "
-                           f"under {path}")
-    searcher.trials_dataframe().to_csv(dirs.root / "search_trials.csv", index=False)
+                           f"under {dirs.root / 'search'}")
+    pd.concat(frames, ignore_index=True).to_csv(dirs.search_trials, index=False)
     _write_json(dirs.best, best)
     return best
 
