@@ -40,12 +40,38 @@ class LDSTask:
                    zero_T=as32(kalman.zero_mse(exact, cfg.seq_len)),
                    cfg=cfg, patch_size=patch_size)
 
+    supports_rollout = True  # tuner.rollout can evaluate it autoregressively
+
     @property
     def dim_y(self) -> int:
         return self.cfg.dim_y
 
+    @property
+    def io_dim(self) -> int:
+        """Features per position the model reads and predicts."""
+        return self.cfg.dim_y
+
+    def dummy_input(self) -> jax.Array:
+        return jnp.zeros((1, self.cfg.seq_len, self.cfg.dim_y), jnp.float32)
+
     def sample(self, key: jax.Array, batch: int) -> jax.Array:
+        """A training batch: y_BxTxY (the model reads it whole; it is causal)."""
         return lds.sample(self.system, key, batch, self.cfg.seq_len)
+
+    eval_sample = sample  # held-out data comes from the same system (another key)
+
+    @staticmethod
+    def inputs(y_BxTxY: jax.Array) -> jax.Array:
+        return y_BxTxY
+
+    @staticmethod
+    def eval_stats(pred_BxTxY: jax.Array, y_BxTxY: jax.Array) -> jax.Array:
+        """Per-position squared error, (T,): everything the metrics need."""
+        return metrics.per_position_error(pred_BxTxY, y_BxTxY)
+
+    def nmse_curve(self, err_T) -> np.ndarray:
+        """Per-position nmse, for plots."""
+        return np.asarray(err_T) / np.asarray(self.kf_T)
 
     def loss(self, pred_BxTxY: jax.Array, y_BxTxY: jax.Array) -> jax.Array:
         """Squared error normalized by the KF's per-position error, averaged over y_2..y_T."""

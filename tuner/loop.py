@@ -26,8 +26,8 @@ class Run:
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        self.task = TASKS[cfg.task].create(cfg.data, cfg.model.patch_size)
-        self.model = trainer.build_model(cfg)
+        self.task = TASKS[cfg.task](cfg)
+        self.model = trainer.build_model(cfg, self.task)
         self.spec = trainer.StepSpec.from_config(self.model, cfg.train)
         self.hparams = trainer.HParams.from_config(cfg.train)
 

@@ -59,7 +59,7 @@ def run(cfg: RunConfig) -> dict:
         last, _ = r.evaluate(state)
         last = {f"eval/{k}": v for k, v in last.items()}
     summary = dict(last)
-    if cfg.rollout_after:
+    if cfg.rollout_after and getattr(r.task, "supports_rollout", False):
         print(describe_memory(r.model, cfg.rollout))
         summary |= evaluate_rollouts(state.params, r.task, r.model, cfg.rollout)
     summary["wall_s"] = time.perf_counter() - started

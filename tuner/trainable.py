@@ -57,7 +57,8 @@ def train_trial(config: dict[str, Any], base: RunConfig) -> None:
     def on_eval(metrics: dict[str, Any], st) -> None:
         nonlocal last_step
         last_step = metrics["step"]
-        if final and metrics["step"] == cfg.train.steps and cfg.rollout_after:
+        if (final and metrics["step"] == cfg.train.steps and cfg.rollout_after
+                and getattr(run.task, "supports_rollout", False)):
             from tuner.rollout import evaluate_rollouts
 
             metrics |= evaluate_rollouts(st.params, run.task, run.model, cfg.rollout)

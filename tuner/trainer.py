@@ -15,10 +15,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from data.metrics import per_position_error
 from models.sequence_model import SequenceModel
 from tuner.config import RunConfig, TrainConfig
 
@@ -66,21 +64,24 @@ class StepSpec:
                            optax.scale_by_adam(self.b1, self.b2))
 
 
-def build_model(cfg: RunConfig) -> SequenceModel:
-    return SequenceModel(cfg.model, dim_y=cfg.data.dim_y)
+def build_model(cfg: RunConfig, task) -> SequenceModel:
+    """The model for ``task``: ``task.io_dim`` is its observation size (or vocabulary)."""
+    return SequenceModel(cfg.model, dim_y=task.io_dim)
 
 
 def init_state(spec: StepSpec, task, seed: int) -> TrainState:
     """Fresh parameters and optimizer state; init and data keys both derive from ``seed``."""
-    return _init_state(jax.random.PRNGKey(seed), spec=spec, seq_len=task.cfg.seq_len,
-                       dim_y=task.dim_y)
+    dummy = task.dummy_input()
+    return _init_state(jax.random.PRNGKey(seed), spec=spec, input_shape=dummy.shape,
+                       input_dtype=dummy.dtype.name)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "seq_len", "dim_y"))
-def _init_state(seed_key: jax.Array, *, spec: StepSpec, seq_len: int, dim_y: int) -> TrainState:
+@functools.partial(jax.jit, static_argnames=("spec", "input_shape", "input_dtype"))
+def _init_state(seed_key: jax.Array, *, spec: StepSpec, input_shape: tuple[int, ...],
+                input_dtype: str) -> TrainState:
     # jitted: op-by-op initialization costs seconds per trial on CPU
     init_key, data_key = jax.random.split(seed_key)
-    params = spec.model.init(init_key, jnp.zeros((1, seq_len, dim_y), jnp.float32))
+    params = spec.model.init(init_key, jnp.zeros(input_shape, input_dtype))
     return TrainState(params, spec.transform().init(params), jnp.zeros((), jnp.int32), data_key)
 
 
@@ -100,10 +101,10 @@ def _decay_mask(params) -> Any:
 
 def _one_step(spec: StepSpec, task, hp: HParams, state: TrainState
               ) -> tuple[TrainState, dict[str, jax.Array]]:
-    y_BxTxY = task.sample(jax.random.fold_in(state.data_key, state.step), spec.batch_size)
+    batch = task.sample(jax.random.fold_in(state.data_key, state.step), spec.batch_size)
 
     def loss_fn(params):
-        return task.loss(spec.model.apply(params, y_BxTxY), y_BxTxY)
+        return task.loss(spec.model.apply(params, task.inputs(batch)), batch)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = spec.transform().update(grads, state.opt_state, state.params)
@@ -125,17 +126,18 @@ def train_steps(state: TrainState, task, hp: HParams, *, spec: StepSpec, n_steps
 
 
 @functools.partial(jax.jit, static_argnames=("model", "batch"))
-def eval_error(params, task, key: jax.Array, *, model: SequenceModel, batch: int) -> jax.Array:
-    """Per-position squared error on ``batch`` held-out sequences drawn from ``key``: (T,)."""
-    y = task.sample(key, batch)
-    return per_position_error(model.apply(params, y), y)
+def eval_stats(params, task, key: jax.Array, *, model: SequenceModel, batch: int):
+    """The task's evaluation statistics on ``batch`` held-out examples drawn from ``key``
+    (for the LDS: the per-position squared error, (T,))."""
+    b = task.eval_sample(key, batch)
+    return task.eval_stats(model.apply(params, task.inputs(b)), b)
 
 
 EVAL_SEED = 2**31 - 1  # held-out stream, disjoint from every training seed
 
 
-def evaluate(params, task, model: SequenceModel, batch: int) -> tuple[dict[str, float], np.ndarray]:
-    """Averaged eval metrics and the per-position nmse curve, on fixed held-out sequences."""
-    err_T = eval_error(params, task, jax.random.PRNGKey(EVAL_SEED), model=model, batch=batch)
-    metrics = {k: float(v) for k, v in task.eval_metrics(err_T).items()}
-    return metrics, np.asarray(err_T / task.kf_T)
+def evaluate(params, task, model: SequenceModel, batch: int) -> tuple[dict[str, float], Any]:
+    """Eval metrics on fixed held-out data, and the raw statistics they came from."""
+    stats = eval_stats(params, task, jax.random.PRNGKey(EVAL_SEED), model=model, batch=batch)
+    metrics = {k: float(v) for k, v in task.eval_metrics(stats).items()}
+    return metrics, jax.device_get(stats)
