@@ -36,8 +36,9 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _trainable(exp: Experiment):
-    trainable = tune.with_parameters(train_trial, base=exp.base)
+def _trainable(exp: Experiment, fn=train_trial):
+    """``fn`` with the experiment's base config bound and its per-trial resources."""
+    trainable = tune.with_parameters(fn, base=exp.base)
     return tune.with_resources(trainable, {"cpu": exp.cpus_per_trial, "gpu": exp.gpus_per_trial})
 
 
@@ -170,8 +171,7 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
     if dirs.finals.exists():
         return json.loads(dirs.finals.read_text())
     path = dirs.root / "finals"
-    trainable = tune.with_resources(tune.with_parameters(_final_trial, base=exp.base),
-                                    {"cpu": exp.cpus_per_trial, "gpu": exp.gpus_per_trial})
+    trainable = _trainable(exp, _final_trial)
     if tune.Tuner.can_restore(path):
         print(f"resuming the finals from {path}", flush=True)
         tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
