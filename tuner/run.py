@@ -32,7 +32,8 @@ class Args:
     experiment: Annotated[str, tyro.conf.Positional]  # name in search_spaces/, or a YAML path
     smoke: bool = False  # apply the file's smoke profile (tiny model and budget)
     out: str = "experiments"  # experiments land in <out>/<name>[-smoke]/
-    address: str | None = None  # Ray cluster to join ("auto" = the running one); default: local
+    address: str | None = None  # Ray cluster to join ("auto": the running one); default:
+    # $RAY_ADDRESS if set (as inside `ray job submit`), else a new local cluster
     num_cpus: int | None = None  # CPUs of the local cluster (default: all)
     wandb: bool = True  # log to W&B (offline unless a key and the network are available)
     widen_edges: bool = False  # re-search cells whose best LR is at an edge of the range
@@ -64,8 +65,9 @@ def _start_ray(args: Args, wandb_mode: str):
     import ray
 
     env = {"WANDB_MODE": wandb_mode, "WANDB_SILENT": "true"}
-    if args.address:
-        return ray.init(address=args.address, runtime_env={"env_vars": env})
+    address = args.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
+    if address:
+        return ray.init(address=address, runtime_env={"env_vars": env})
     os.environ.update(env)
     # local cluster: dashboard on loopback only; Ray 2.60 turns token auth on for new local
     # clusters (token in ~/.ray/auth_token) unless RAY_AUTH_MODE says otherwise: leave it on
@@ -104,7 +106,7 @@ def main(args: Args) -> int:
 
     mode = choose_mode() if args.wandb else "disabled"
     ctx = _start_ray(args, mode)
-    if not args.address:
+    if not (args.address or os.environ.get("RAY_ADDRESS")):
         try:
             _check_local_resources(exp)
         except UsageError as e:
