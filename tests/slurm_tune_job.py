@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--sleep-s", type=float, default=1.0)
     args = parser.parse_args()
 
-    ray.init(address="auto")
+    ray.init()  # `ray job submit` sets RAY_ADDRESS to the cluster that runs this driver
     head_node = ray.get_runtime_context().get_node_id()
     Path(args.progress).with_suffix(".driver.json").write_text(
         json.dumps({"node_id": head_node, "host": socket.gethostname()})

@@ -247,7 +247,9 @@ class Cluster:
         assert "--dashboard-host=127.0.0.1" in start
         assert "RAY_AUTH_MODE=token" in start
         config["head_start_ray_commands"][-1] = start.replace(
-            "--port=6379", f"--port={self.gcs_port} --dashboard-port={self.dashboard_port}"
+            "--port=6379",
+            f"--port={self.gcs_port} --dashboard-port={self.dashboard_port}"
+            f" --ray-client-server-port={_free_port()}",
         )
         return config
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
 import socket
 import sys
 import time
@@ -420,8 +419,3 @@ def _resolve(host: str) -> str:
         return socket.gethostbyname(host)
     except OSError:
         return host
-
-
-def describe(request: JobRequest) -> str:
-    """The `sbatch` command line of a request, shell-quoted (for logs and docs)."""
-    return shlex.join(request.argv())
