@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -395,3 +396,53 @@ def test_ray_up_tune_on_slurm_worker_survives_scancel(
         f"replacement-submitted={t_replaced:.1f}s resumed={t_resumed:.1f}s "
         f"total={time.monotonic() - t0:.1f}s"
     )
+
+
+TINY = REPO / "tests" / "fixtures" / "tiny.yaml"
+
+
+def _status(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+@pytest.mark.timeout(900)
+def test_smoke_experiment_runs_on_slurm_workers_and_survives_scancel(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """`ray job submit -- python -m tuner.run <experiment>` on the Slurm cluster: the service
+    joins the cluster ($RAY_ADDRESS), its trials run on Slurm-launched workers (the head has 0
+    CPUs, so they can run nowhere else), the worker is cancelled mid-search, and the experiment
+    still completes, with every trial of every cell and a report."""
+    t0 = time.monotonic()
+    cluster.ray("up", "-y", str(cluster.yaml), timeout_s=120)
+    out = tmp_path / "exps"
+    log = tmp_path / "service.log"
+    job = cluster.submit([sys.executable, "-m", "tuner.run", str(TINY), "--out", str(out)], log)
+    root = out / "tiny"
+    try:
+        _wait_for(lambda: _status(root / "status.json").get("trials_finished", 0) >= 2, 300,
+                  "search trials finished on a Slurm worker")
+        first = next(iter(cluster.workers()))
+        subprocess.run(["scancel", first], check=True)
+        t_cancel = time.monotonic()
+        second = _wait_for(
+            lambda: next((j for j in cluster.workers() if j != first), ""), 90,
+            "a replacement worker job")
+        assert job.wait(timeout=600) == 0, log.read_text()[-6000:]
+    finally:
+        if job.poll() is None:
+            job.kill()
+    text = log.read_text()
+    assert "Started a local Ray instance" not in text  # it joined the Slurm cluster
+    best = json.loads((root / "search_best.json").read_text())
+    assert set(best) == {"patch=1", "patch=4"}
+    trials = pd.read_csv(root / "search_trials.csv")
+    assert trials.groupby("cell").size().to_dict() == {"patch=1": 6, "patch=4": 6}
+    finals = json.loads((root / "finals.json").read_text())
+    assert len(finals) == 4 and all(r["step"] == 60 for r in finals)
+    assert "## Verdict" in (root / "report" / "summary.md").read_text()
+    print(f"\nslurm smoke experiment: replacement job {second}, total "
+          f"{time.monotonic() - t0:.0f}s, after cancel {time.monotonic() - t_cancel:.0f}s")
