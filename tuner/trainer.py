@@ -116,13 +116,35 @@ def _one_step(spec: StepSpec, task, hp: HParams, state: TrainState
     return TrainState(params, opt_state, state.step + 1, state.data_key), metrics
 
 
+def _train_steps(state: TrainState, task, hp: HParams, spec: StepSpec, n_steps: int
+                 ) -> tuple[TrainState, dict[str, jax.Array]]:
+    state, metrics = jax.lax.scan(lambda s, _: _one_step(spec, task, hp, s), state, None,
+                                  length=n_steps)
+    return state, {k: v.mean() for k, v in metrics.items()} | {"last_loss": metrics["loss"][-1]}
+
+
 @functools.partial(jax.jit, static_argnames=("spec", "n_steps"), donate_argnames=("state",))
 def train_steps(state: TrainState, task, hp: HParams, *, spec: StepSpec, n_steps: int
                 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """``n_steps`` optimizer steps in one dispatch (lax.scan); returns the mean loss."""
-    state, metrics = jax.lax.scan(lambda s, _: _one_step(spec, task, hp, s), state, None,
-                                  length=n_steps)
-    return state, {k: v.mean() for k, v in metrics.items()} | {"last_loss": metrics["loss"][-1]}
+    return _train_steps(state, task, hp, spec, n_steps)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "n_steps"), donate_argnames=("states",))
+def train_steps_seeds(states: TrainState, task, hp: HParams, *, spec: StepSpec, n_steps: int
+                      ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """:func:`train_steps` for K seeds at once: ``states`` stacked on a leading axis (vmap).
+
+    One program trains every seed of a cell, so a small model fills more of the accelerator
+    and the cell compiles once; each seed's trajectory equals its separate run.
+    """
+    return jax.vmap(lambda s: _train_steps(s, task, hp, spec, n_steps))(states)
+
+
+def init_states(spec: StepSpec, task, seeds: list[int]) -> TrainState:
+    """:func:`init_state` for several seeds, stacked on a leading axis."""
+    states = [init_state(spec, task, s) for s in seeds]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "batch"))
