@@ -29,7 +29,7 @@ def test_vmapped_seeds_equal_separate_runs():
                                        run.hparams, spec=run.spec, n_steps=30)
         np.testing.assert_allclose(metrics["loss"][i], m["loss"], rtol=1e-5)
         for a, b in zip(jax.tree.leaves(alone.params),
-                        jax.tree.leaves(jax.tree.map(lambda x: x[i], states.params)),
+                        jax.tree.leaves(jax.tree.map(lambda x, i=i: x[i], states.params)),
                         strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
@@ -40,9 +40,9 @@ def test_bf16_compute_tracks_float32():
     for dtype in ("float32", "bfloat16"):
         cfg = replace(SMALL, **{"model.compute_dtype": dtype})
         run = Run(cfg)
-        out = []
-        run.train(run.init_state(), lambda m, s: out.append(m["eval/nmse"]))
-        losses[dtype] = out[-1]
+        history: list[float] = []
+        run.train(run.init_state(), lambda m, s, h=history: h.append(m["eval/nmse"]))
+        losses[dtype] = history[-1]
     np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=0.02)
 
 
