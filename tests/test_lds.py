@@ -65,3 +65,15 @@ def test_patch_not_dividing_sequence_fails_at_construction():
         RunConfig(data=lds.LDSConfig(seq_len=100), model=ModelConfig(patch_size=8))
     with pytest.raises(ValueError, match=r"patch_size=3.*allowed: 1, 2, 4, 8, 16, 32"):
         ModelConfig(patch_size=3)
+
+
+@pytest.mark.parametrize("structure,lam", [("dense", 0.9), ("diagonal", 0.99), ("scalar", 0.5)])
+def test_parallel_sampler_equals_the_recursion(structure, lam):
+    """The convolution sampler gives the recursion's sequences for the same key."""
+    cfg = lds.LDSConfig(dim_x=6, dim_y=2, seq_len=48, structure=structure, lambda_val=lam)
+    system = lds.make_system(cfg)
+    a, c = lds.make_system_np(cfg)
+    impulse = jax.numpy.asarray(lds.impulse_response(lds.System(a, c, 1.0), 48), "float32")
+    key = jax.random.PRNGKey(3)
+    np.testing.assert_allclose(np.asarray(lds.sample_parallel(system, impulse, key, 5)),
+                               np.asarray(lds.sample(system, key, 5, 48)), rtol=1e-4, atol=1e-4)
