@@ -19,9 +19,10 @@ from tuner import trainer
 from tuner.loop import Run
 
 
-def measure(batch: int, dtype: str, attention: str | None, steps_per_call: int, calls: int):
+def measure(batch: int, dtype: str, attention: str | None, steps_per_call: int, calls: int,
+            patch: int = 1):
     cfg = default_run(**{"train.batch_size": batch, "model.compute_dtype": dtype,
-                         "model.attention_impl": attention})
+                         "model.attention_impl": attention, "model.patch_size": patch})
     run = Run(cfg)
     state = run.init_state()
     kw = {"spec": run.spec, "n_steps": steps_per_call}
@@ -35,7 +36,8 @@ def measure(batch: int, dtype: str, attention: str | None, steps_per_call: int, 
     sample = jax.jit(lds.sample, static_argnums=(2, 3))
     _, _ = timed(sample, run.task.system, jax.random.PRNGKey(0), batch, cfg.data.seq_len)
     _, sample_s = timed(sample, run.task.system, jax.random.PRNGKey(1), batch, cfg.data.seq_len)
-    emit(bench="train_step", batch=batch, dtype=dtype, attention=attention or "default",
+    emit(bench="train_step", batch=batch, patch=patch, dtype=dtype,
+         attention=attention or "default",
          ms_per_step=round(step_s * 1e3, 3),
          tokens_per_s_M=round(batch * cfg.data.seq_len / step_s / 1e6, 2),
          sample_ms=round(sample_s * 1e3, 3), first_call_s=round(compile_s, 1),
@@ -49,6 +51,7 @@ def main() -> None:
     p.add_argument("--attention", nargs="+", default=["default", "cudnn"])
     p.add_argument("--steps-per-call", type=int, default=50)
     p.add_argument("--calls", type=int, default=4)
+    p.add_argument("--patch", type=int, default=1)
     a = p.parse_args()
     for dtype in a.dtypes:
         for attention in a.attention:
@@ -57,7 +60,7 @@ def main() -> None:
             for batch in a.batches:
                 try:
                     measure(batch, dtype, None if attention == "default" else attention,
-                            a.steps_per_call, a.calls)
+                            a.steps_per_call, a.calls, a.patch)
                 except Exception as e:  # noqa: BLE001 - report and go on with the others
                     emit(bench="train_step", batch=batch, dtype=dtype, attention=attention,
                          error=f"{type(e).__name__}: {str(e)[:300]}")
