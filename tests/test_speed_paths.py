@@ -7,6 +7,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from tuner import trainer
 from tuner.config import RunConfig, replace
@@ -70,3 +71,51 @@ def test_compilation_cache_is_written_then_read(tmp_path):
     warm = hits()
     assert warm >= cold + 3  # at least init, the train steps and the evaluation
     assert set(os.listdir(tmp_path)) == entries
+
+
+def test_train_seeds_equal_separate_runs():
+    """tuner.seeds.train_seeds (one vmapped program) reports what each seed's own run does."""
+    from tuner.seeds import train_seeds
+
+    cfg = replace(SMALL, **{"train.steps": 20, "train.eval_every": 10})
+    seen: dict[int, list[dict]] = {}
+    states, last = train_seeds(cfg, [0, 5], lambda s, m, st: seen.setdefault(s, []).append(m))
+    for i, seed in enumerate((0, 5)):
+        alone: list[dict] = []
+        run = Run(replace(cfg, **{"train.seed": seed}))
+        state = run.train(run.init_state(), lambda m, s, h=alone: h.append(m))
+        assert [m["step"] for m in seen[seed]] == [m["step"] for m in alone] == [10, 20]
+        for ours, theirs in zip(seen[seed], alone, strict=True):
+            for key in ("train_loss", "eval/nmse", "eval/skill"):
+                np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-4)
+        assert last[i] == seen[seed][-1]
+        for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(states[i].params),
+                        strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_cudnn_attention_matches_xla():
+    """cuDNN flash attention (bf16, head dim 64, causal) equals the XLA path; GPU only."""
+    if jax.default_backend() != "gpu":
+        pytest.skip("cuDNN attention needs a GPU")
+    import jax.numpy as jnp
+
+    kq, kk, kv = jax.random.split(jax.random.PRNGKey(0), 3)
+    shape = (4, 256, 4, 64)
+    q, k, v = (jax.random.normal(key, shape, jnp.bfloat16) for key in (kq, kk, kv))
+    out = {impl: jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
+           for impl in ("xla", "cudnn")}
+    np.testing.assert_allclose(np.asarray(out["cudnn"], np.float32),
+                               np.asarray(out["xla"], np.float32), atol=2e-2, rtol=2e-2)
+
+
+def test_gpu_share_sets_the_memory_fraction(monkeypatch):
+    """A quarter of a GPU caps JAX's pool below a quarter (headroom), without importing JAX."""
+    from tuner import gpu_share
+
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+    gpu_share.configure(0.25)
+    assert 0.2 < float(os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"]) <= 0.25
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError):
+            gpu_share.configure(bad)
