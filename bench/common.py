@@ -15,6 +15,11 @@ def default_run(**overrides) -> RunConfig:
     return replace(RunConfig(), **{"train.steps": 10**6, **overrides})
 
 
+def fast_attention() -> str | None:
+    """cuDNN flash attention on a GPU (what the experiments use there), JAX's choice elsewhere."""
+    return "cudnn" if jax.default_backend() == "gpu" else None
+
+
 def timed(fn, *args, **kwargs):
     """(result, seconds) with the result's device work finished."""
     start = time.perf_counter()

@@ -1,9 +1,11 @@
-"""Compile cost of a trial's first step: a cold process vs one that finds the persistent cache.
+"""Compile cost of a trial: a cold process vs one that finds the persistent compilation cache.
 
-    python -m bench.compile_cache [--dir /tmp/jax_cache_bench]
+    python -m bench.compile_cache [--dir /tmp/jax_cache_bench] [--batch 64]
 
-Runs the same short training twice in fresh processes sharing one cache directory and reports
-each process's time to its first finished step (build + compile + one dispatch).
+Runs the same short training in fresh processes sharing one cache directory (tuner.compile_cache)
+and reports, per process: time to the first finished step (imports, task, init, compile, one
+dispatch), the first ``train_steps`` call and a second, compiled one (their difference is the
+step's compile or cache load), and JAX's own count of cache hits and misses.
 """
 
 from __future__ import annotations
@@ -20,32 +22,56 @@ t0 = time.perf_counter()
 from tuner.compile_cache import enable
 enable(sys.argv[1])
 import jax
+events = []
+jax.monitoring.register_event_listener(lambda e, **kw: events.append(e))
 from bench.common import default_run
 from tuner import trainer
 from tuner.loop import Run
-run = Run(default_run(**{"model.compute_dtype": "bfloat16"}))
+run = Run(default_run(**{"model.compute_dtype": "bfloat16", "model.attention_impl": None if sys.argv[3] == "default" else sys.argv[3],
+                         "train.batch_size": int(sys.argv[2])}))
+t_setup = time.perf_counter()
 state = run.init_state()
+jax.block_until_ready(state)
+t_init = time.perf_counter()
 state, m = trainer.train_steps(state, run.task, run.hparams, spec=run.spec, n_steps=50)
 jax.block_until_ready(m)
-print(json.dumps({"first_step_s": time.perf_counter() - t0}))
+t_first = time.perf_counter()
+state, m = trainer.train_steps(state, run.task, run.hparams, spec=run.spec, n_steps=50)
+jax.block_until_ready(m)
+t_second = time.perf_counter()
+print(json.dumps({"to_first_step_s": t_first - t0, "setup_s": t_setup - t0,
+                  "init_s": t_init - t_setup, "first_call_s": t_first - t_init,
+                  "compiled_call_s": t_second - t_first,
+                  "hits": events.count("/jax/compilation_cache/cache_hits"),
+                  "misses": events.count("/jax/compilation_cache/cache_misses")}))
 """
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--dir", default="/tmp/jax_cache_bench")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--attention", default="cudnn")
+    p.add_argument("--processes", type=int, default=3)
     a = p.parse_args()
     shutil.rmtree(a.dir, ignore_errors=True)
-    times = []
-    for _ in range(2):
-        out = subprocess.run([sys.executable, "-c", WORKER, a.dir], capture_output=True,
-                             text=True, check=True).stdout
-        times.append(json.loads(out.strip().splitlines()[-1])["first_step_s"])
+    runs = []
+    for _ in range(a.processes):
+        res = subprocess.run([sys.executable, "-c", WORKER, a.dir, str(a.batch), a.attention],
+                             capture_output=True, text=True)
+        if res.returncode:
+            raise RuntimeError(res.stderr[-2000:])
+        runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
     import jax
 
+    r = lambda d: {k: round(v, 2) if isinstance(v, float) else v for k, v in d.items()}  # noqa: E731
     print(json.dumps({"device": jax.devices()[0].device_kind, "bench": "compile_cache",
-                      "cold_process_s": round(times[0], 2),
-                      "cached_process_s": round(times[1], 2)}), flush=True)
+                      "batch": a.batch, "cold": r(runs[0]), "cached": [r(x) for x in runs[1:]],
+                      "step_compile_cold_s": round(runs[0]["first_call_s"]
+                                                   - runs[0]["compiled_call_s"], 2),
+                      "step_compile_cached_s": round(runs[-1]["first_call_s"]
+                                                     - runs[-1]["compiled_call_s"], 2)}),
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,11 @@ n, barrier = int(sys.argv[1]), Path(sys.argv[2])
 seconds, batch = float(sys.argv[3]), int(sys.argv[4])
 configure(1.0 / n)
 import jax
-from bench.common import default_run
+from bench.common import default_run, fast_attention
 from tuner import trainer
 from tuner.loop import Run
-run = Run(default_run(**{"model.compute_dtype": "bfloat16", "train.batch_size": batch}))
+run = Run(default_run(**{"model.compute_dtype": "bfloat16", "train.batch_size": batch,
+                         "model.attention_impl": fast_attention()}))
 state = run.init_state()
 kw = dict(spec=run.spec, n_steps=20)
 state, m = trainer.train_steps(state, run.task, run.hparams, **kw); jax.block_until_ready(m)

@@ -15,7 +15,7 @@ import jax
 from bench.common import default_run, emit, timed
 from tuner.config import RolloutConfig
 from tuner.loop import Run
-from tuner.rollout import chunk_size, evaluate_rollouts, memory_per_sequence
+from tuner.rollout import chunk_size, describe_memory, evaluate_rollouts, memory_per_sequence
 
 
 def main() -> None:
@@ -27,6 +27,7 @@ def main() -> None:
     run = Run(default_run(**{"model.compute_dtype": a.dtype}))
     params = run.init_state().params
     cfg = RolloutConfig(n_sequences=a.n, memory_budget_gb=a.budget_gb)
+    print(describe_memory(run.model, cfg), flush=True)
     stats = jax.devices()[0].memory_stats() or {}
     base = stats.get("bytes_in_use", 0)
     scores, first_s = timed(evaluate_rollouts, params, run.task, run.model, cfg)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.common import default_run, emit, timed
+from bench.common import default_run, emit, fast_attention, timed
 from tuner import trainer
 from tuner.loop import Run
 
@@ -21,7 +21,8 @@ def main() -> None:
     a = p.parse_args()
     for patch in a.patches:
         run = Run(default_run(**{"model.patch_size": patch, "train.batch_size": a.batch,
-                                 "model.compute_dtype": "bfloat16"}))
+                                 "model.compute_dtype": "bfloat16",
+                                 "model.attention_impl": fast_attention()}))
         kw = {"spec": run.spec, "n_steps": a.steps}
         state = run.init_state()
         (state, _), _ = timed(trainer.train_steps, state, run.task, run.hparams, **kw)

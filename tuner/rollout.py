@@ -26,9 +26,11 @@ from tuner.config import RolloutConfig
 def memory_per_sequence(model: SequenceModel, warmup: int, n_steps: int) -> int:
     """Estimated peak device bytes per rollout sequence.
 
-    KV cache (2 x layers x slots x d_model in the compute dtype) plus the prefill's activations:
-    the residual stream, MLP hidden and q/k/v per token and layer, and one layer's attention scores
-    (heads x tokens^2, float32). Generated steps reuse the cache; their activations are negligible.
+    KV cache (2 x layers x slots x d_model in the compute dtype) plus the prefill's activations
+    (the residual stream, MLP hidden and q/k/v per token and layer, in the compute dtype: bf16
+    halves them, which float32 bytes overstated by half on an H100, bench/README.md) and one
+    layer's attention scores (heads x tokens^2, float32). Generated steps reuse the cache; their
+    activations are negligible.
     """
     c = model.cfg
     p = c.patch_size
@@ -36,15 +38,18 @@ def memory_per_sequence(model: SequenceModel, warmup: int, n_steps: int) -> int:
     slots = warmup // p + n_steps // p
     item = jnp.dtype(c.dtype).itemsize
     kv = 2 * c.n_layers * slots * c.d_model * item
-    acts = prefill_tokens * (6 * c.d_model + 2 * c.d_ff) * 4
+    acts = prefill_tokens * (6 * c.d_model + 2 * c.d_ff) * item
     scores = c.n_heads * prefill_tokens * prefill_tokens * 4
     return kv + acts + scores
 
 
 def chunk_size(model: SequenceModel, cfg: RolloutConfig) -> int:
+    """Sequences per chunk: the fewest chunks within the budget, split evenly (the last one is
+    padded to the same size, so every chunk runs the one compiled program)."""
     per_seq = memory_per_sequence(model, cfg.warmup, cfg.n_steps)
     fits = max(1, int(cfg.memory_budget_gb * 2**30 // per_seq))
-    return min(cfg.n_sequences, fits)
+    n_chunks = math.ceil(cfg.n_sequences / fits)
+    return math.ceil(cfg.n_sequences / n_chunks)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "warmup", "n_steps"))
@@ -60,11 +65,15 @@ def evaluate_rollouts(params, task, model: SequenceModel, cfg: RolloutConfig,
     """Scores ``eval/score_t+{h}`` (model h-step error / KF h-step error) for each horizon."""
     chunk = chunk or chunk_size(model, cfg)
     keys = jax.random.split(jax.random.PRNGKey(cfg.seed), cfg.n_sequences)
+    n_padded = math.ceil(cfg.n_sequences / chunk) * chunk
+    # pad with repeats of the first keys: one shape, one compile; padded rows are dropped
+    keys = jnp.concatenate([keys, keys[: n_padded - cfg.n_sequences]])
     totals = np.zeros(cfg.n_steps, np.float64)
-    for start in range(0, cfg.n_sequences, chunk):
+    for start in range(0, n_padded, chunk):
         err = _rollout_errors(params, task.system, keys[start : start + chunk], model=model,
                               warmup=cfg.warmup, n_steps=cfg.n_steps)
-        totals += np.asarray(err, np.float64).sum(0)
+        real = min(chunk, cfg.n_sequences - start)
+        totals += np.asarray(err, np.float64)[:real].sum(0)
     mse = totals / cfg.n_sequences
     kf = kalman.h_step_mse(task.system, cfg.warmup, cfg.horizons)
     return {f"eval/score_t+{h}": float(mse[h - 1] / kf[h]) for h in cfg.horizons}

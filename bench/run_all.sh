@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Every benchmark in one device call, JSON lines teed to $OUT/<section>.jsonl (README: figures).
+#   bash bench/run_all.sh [sections...]   sections: env profile step flags seeds cache rollout pack
+set -u -o pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/bench_out}
+mkdir -p "$OUT"
+PY=${PY:-python3}
+sections=${*:-env profile step seeds cache rollout pack}
+log() { tee -a "$OUT/$1.jsonl"; }
+for s in $sections; do
+  echo "=== $s $(date +%T)"
+  case $s in
+    env) $PY -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())"
+         nvidia-smi --query-gpu=name,memory.used,memory.total,utilization.gpu --format=csv ;;
+    profile) for b in 64 256; do $PY -m bench.profile --batch $b 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log profile; done ;;
+    step) $PY -m bench.train_step --batches 64 256 1024 --dtypes bfloat16 --attention cudnn default 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log step
+          $PY -m bench.train_step --batches 64 256 --dtypes float32 --attention default 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log step ;;
+    flags) for f in --xla_gpu_enable_triton_gemm=false --xla_gpu_enable_command_buffer= ; do
+             XLA_FLAGS=$f $PY -m bench.train_step --batches 64 256 --dtypes bfloat16 --attention cudnn 2>&1 \
+               | tee -a "$OUT/log.txt" | grep '^{' | sed "s/^{/{\"xla_flags\": \"$f\", /" | log flags; done ;;
+    seeds) $PY -m bench.seeds --k 4 --patches 1 8 32 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log seeds ;;
+    cache) $PY -m bench.compile_cache --batch 64 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log cache ;;
+    rollout) for d in bfloat16 float32; do $PY -m bench.rollout --dtype $d 2>&1 | tee -a "$OUT/log.txt" | grep -v '^WARNING' | log rollout; done ;;
+    pack) $PY -m bench.packing --counts 1 2 4 --seconds 15 --batch 64 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log pack ;;
+  esac
+done
