@@ -27,7 +27,8 @@ jax.monitoring.register_event_listener(lambda e, **kw: events.append(e))
 from bench.common import default_run
 from tuner import trainer
 from tuner.loop import Run
-run = Run(default_run(**{"model.compute_dtype": "bfloat16", "model.attention_impl": None if sys.argv[3] == "default" else sys.argv[3],
+attention = None if sys.argv[3] == "default" else sys.argv[3]
+run = Run(default_run(**{"model.compute_dtype": "bfloat16", "model.attention_impl": attention,
                          "train.batch_size": int(sys.argv[2])}))
 t_setup = time.perf_counter()
 state = run.init_state()

@@ -30,7 +30,8 @@ def device_events(trace_dir: str) -> tuple[list[dict], list[str]]:
     names of all tracks (to see what the profiler recorded)."""
     path = max(pathlib.Path(trace_dir).rglob("perfetto_trace.json.gz"),
                key=lambda p: p.stat().st_mtime)
-    events = json.load(gzip.open(path))["traceEvents"]
+    with gzip.open(path) as f:
+        events = json.load(f)["traceEvents"]
     names = {e["pid"]: e["args"]["name"] for e in events
              if e.get("ph") == "M" and e.get("name") == "process_name"}
     device_pids = {pid for pid, name in names.items() if "device:GPU" in name or "/device" in name}
