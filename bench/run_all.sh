@@ -13,7 +13,7 @@ for s in $sections; do
   case $s in
     env) $PY -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())"
          nvidia-smi --query-gpu=name,memory.used,memory.total,utilization.gpu --format=csv ;;
-    profile) for b in 64 256; do $PY -m bench.profile --batch $b 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log profile; done ;;
+    profile) for a in "64 1" "256 1" "64 32"; do set -- $a; $PY -m bench.profile --batch $1 --patch $2 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log profile; done ;;
     step) $PY -m bench.train_step --batches 64 256 1024 --dtypes bfloat16 --attention cudnn default 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log step
           $PY -m bench.train_step --batches 64 256 --dtypes float32 --attention default 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log step ;;
     flags) for f in --xla_gpu_enable_triton_gemm=false --xla_gpu_enable_command_buffer= ; do
