@@ -98,6 +98,8 @@ def main(args: Args) -> int:
     # Under `uv run`, Ray 2.60 would rebuild the uv env for every worker; share this one.
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # snapshot often: lose little
+    # every checkpoint forces a snapshot (CheckpointConfig.num_to_keep): wanted, not a warning
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     from tuner import report
     from tuner.cell_search import PerCellSearcher  # noqa: F401  (fail fast if missing)
