@@ -13,12 +13,12 @@ for s in $sections; do
   case $s in
     env) $PY -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())"
          nvidia-smi --query-gpu=name,memory.used,memory.total,utilization.gpu --format=csv ;;
-    profile) for a in "64 1" "256 1" "64 32"; do set -- $a; $PY -m bench.profile --batch $1 --patch $2 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log profile; done ;;
-    step) $PY -m bench.train_step --batches 64 256 1024 --dtypes bfloat16 --attention cudnn default 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log step
+    profile) for a in ${PROFILE:-"64 1" "256 1" "64 32"}; do set -- $a; $PY -m bench.profile --batch $1 --patch $2 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log profile; done ;;
+    step) $PY -m bench.train_step --batches 64 256 1024 --dtypes bfloat16 --attention cudnn 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log step
           $PY -m bench.train_step --batches 64 256 --dtypes float32 --attention default 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log step ;;
     flags) for v in "XLA_FLAGS=--xla_gpu_enable_triton_gemm=false" \
-               "XLA_FLAGS=--xla_gpu_enable_triton_gemm=false JAX_THREEFRY_GPU_KERNEL_LOWERING=1" \
-               "XLA_FLAGS=--xla_gpu_enable_triton_gemm=false --xla_gpu_enable_cublaslt=true" ; do
+               "XLA_FLAGS=--xla_gpu_dot_merger_threshold_mb=0" \
+               "XLA_FLAGS=--xla_gpu_enable_triton_gemm=false --xla_gpu_dot_merger_threshold_mb=0" ; do
              env $v $PY -m bench.train_step --batches 64 256 --dtypes bfloat16 --attention cudnn 2>&1 \
                | tee -a "$OUT/log.txt" | grep '^{' | sed "s|^{|{\"env\": \"$v\", |" | log flags; done ;;
     dump) D=/tmp/hlo_dump; rm -rf $D

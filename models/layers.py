@@ -9,6 +9,7 @@ same pure function serves the full forward pass, prefill and one-token decoding.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -40,6 +41,34 @@ def apply_rope(x_BxLxHxK: jax.Array, positions_L: jax.Array, base: float = 10000
     return out.astype(x_BxLxHxK.dtype)
 
 
+class QKVProjection(nn.Module):
+    """Queries, keys and values from one (D, 3, H, K) kernel, applied as three matmuls.
+
+    The parameter (name, shape, init) is that of ``nn.DenseGeneral(features=(3, H, K),
+    use_bias=False)``, but q, k and v come out as separate contiguous arrays: slicing one fused
+    (B, L, 3, H, K) output made XLA concatenate and transpose their gradients again in every
+    layer's backward pass (bench/README.md).
+    """
+
+    n_heads: int
+    head_dim: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        def init(rng: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+            # DenseGeneral's init: lecun_normal on the flattened (D, 3*H*K) matrix
+            flat = nn.initializers.lecun_normal()(rng, (shape[0], math.prod(shape[1:])), dtype)
+            return flat.reshape(shape)
+
+        kernel_Dx3xHxK = self.param(
+            "kernel", init, (x_BxLxD.shape[-1], 3, self.n_heads, self.head_dim), jnp.float32)
+        x_BxLxD = x_BxLxD.astype(self.dtype)
+        kernel_Dx3xHxK = kernel_Dx3xHxK.astype(self.dtype)
+        return tuple(jnp.einsum("bld,dhk->blhk", x_BxLxD, kernel_Dx3xHxK[:, i])
+                     for i in range(3))
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with RoPE.
 
@@ -58,10 +87,8 @@ class CausalSelfAttention(nn.Module):
         self, x_BxLxD: jax.Array, positions_L: jax.Array, cache: KVCache | None = None
     ) -> tuple[jax.Array, KVCache | None]:
         head_dim = self.d_model // self.n_heads
-        dense = nn.DenseGeneral(
-            features=(3, self.n_heads, head_dim), dtype=self.dtype, use_bias=False, name="qkv"
-        )
-        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = jnp.moveaxis(dense(x_BxLxD), 2, 0)
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = QKVProjection(
+            self.n_heads, head_dim, self.dtype, name="qkv")(x_BxLxD)
         q_BxLxHxK = apply_rope(q_BxLxHxK, positions_L)
         k_BxLxHxK = apply_rope(k_BxLxHxK, positions_L)
         if cache is None:
@@ -98,7 +125,9 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
-        h_BxLxF = nn.gelu(nn.Dense(self.d_ff, dtype=self.dtype, name="up")(x_BxLxD))
+        # remat: the backward pass recomputes GELU from its input instead of the forward pass
+        # writing one more (B, L, F) intermediate for it (memory-bound on a GPU)
+        h_BxLxF = jax.checkpoint(nn.gelu)(nn.Dense(self.d_ff, dtype=self.dtype, name="up")(x_BxLxD))
         return nn.Dense(self.d_model, dtype=self.dtype, name="down")(h_BxLxF)
 
 
