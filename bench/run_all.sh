@@ -25,8 +25,10 @@ for s in $sections; do
           XLA_FLAGS="--xla_gpu_enable_triton_gemm=false --xla_dump_to=$D --xla_dump_hlo_module_re=.*train_steps.*" \
             $PY -m bench.profile --batch 64 --top 60 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log dump
           ls -la $D | head; tar czf "$OUT/hlo.tgz" -C $D . ;;
-    seeds) $PY -m bench.seeds --k 4 --patches 1 8 32 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log seeds ;;
-    cache) $PY -m bench.compile_cache --batch 64 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log cache ;;
+    seeds) XLA_FLAGS=--xla_gpu_enable_triton_gemm=false $PY -m bench.seeds --k 4 --patches 1 8 32 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log seeds ;;
+    cache) $PY -m bench.compile_cache --batch 64 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log cache
+           XLA_FLAGS=--xla_gpu_enable_triton_gemm=false $PY -m bench.compile_cache --batch 64 2>&1 \
+             | tee -a "$OUT/log.txt" | grep '^{' | sed 's|^{|{"env": "triton_gemm=false", |' | log cache ;;
     rollout) for d in bfloat16 float32; do $PY -m bench.rollout --dtype $d 2>&1 | tee -a "$OUT/log.txt" | grep -v '^WARNING' | log rollout; done ;;
     pack) $PY -m bench.packing --counts 1 2 4 --seconds 15 --batch 64 2>&1 | tee -a "$OUT/log.txt" | grep '^{' | log pack ;;
   esac

@@ -114,8 +114,14 @@ def test_gpu_share_sets_the_memory_fraction(monkeypatch):
     from tuner import gpu_share
 
     monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_triton_gemm=true --xla_dump_to=/x")
     gpu_share.configure(0.25)
     assert 0.2 < float(os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"]) <= 0.25
+    assert os.environ["XLA_FLAGS"].split() == ["--xla_gpu_enable_triton_gemm=true",
+                                               "--xla_dump_to=/x"]  # the caller's flags win
+    monkeypatch.delenv("XLA_FLAGS")
+    gpu_share.configure(1.0)
+    assert "--xla_gpu_enable_triton_gemm=false" in os.environ["XLA_FLAGS"]
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError):
             gpu_share.configure(bad)
