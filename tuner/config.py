@@ -21,7 +21,8 @@ class TrainConfig:
     steps: int = 2000  # optimizer steps (the budget)
     batch_size: int = 64  # sequences per step
     lr: float = 1e-3  # peak learning rate
-    weight_decay: float = 0.01  # decoupled (AdamW) decay on matrices only
+    weight_decay: float = 0.01  # decoupled decay on matrices only (not embeddings, biases, norms)
+    optimizer: str = "adamw"  # tuner.optimizers name: adamw | muon (Muon on matrices, Adam else)
     warmup_frac: float = 0.05  # linear warmup as a fraction of ``steps``; cosine to 0 after
     b1: float = 0.9  # Adam beta1
     b2: float = 0.95  # Adam beta2
@@ -40,6 +41,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.warmup_frac={self.warmup_frac} must be in [0, 1)")
         if self.weight_decay < 0:
             raise ValueError(f"TrainConfig.weight_decay={self.weight_decay} must be >= 0")
+        from tuner.optimizers import OPTIMIZERS
+
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainConfig.optimizer={self.optimizer!r}; "
+                             f"allowed: {sorted(OPTIMIZERS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +84,8 @@ class RunConfig:
 
         if self.task not in TASKS:
             raise ValueError(f"RunConfig.task={self.task!r}; allowed: {sorted(TASKS)}")
+        if self.task != "lds":  # the patch/rollout checks below concern the LDS only
+            return
         p = self.model.patch_size
         if self.data.seq_len % p:
             raise ValueError(

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from models.sequence_model import SequenceModel
+from tuner import optimizers
 from tuner.config import RunConfig, TrainConfig
 
 
@@ -54,14 +55,15 @@ class StepSpec:
     b1: float
     b2: float
     clip_norm: float
+    optimizer: str = "adamw"  # tuner.optimizers.OPTIMIZERS name
 
     @staticmethod
     def from_config(model: SequenceModel, t: TrainConfig) -> StepSpec:
-        return StepSpec(model, t.batch_size, t.b1, t.b2, t.clip_norm)
+        return StepSpec(model, t.batch_size, t.b1, t.b2, t.clip_norm, t.optimizer)
 
     def transform(self) -> optax.GradientTransformation:
-        return optax.chain(optax.clip_by_global_norm(self.clip_norm),
-                           optax.scale_by_adam(self.b1, self.b2))
+        """The update direction (no learning rate: lr and decay are applied traced)."""
+        return optimizers.OPTIMIZERS[self.optimizer](self.b1, self.b2, self.clip_norm)
 
 
 def build_model(cfg: RunConfig, task) -> SequenceModel:
@@ -95,16 +97,19 @@ def lr_multiplier(step: jax.Array, hp: HParams) -> jax.Array:
 
 
 def _decay_mask(params) -> Any:
-    """Weight decay on matrices only (not biases, norms)."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    """Weight decay on matrices only (not embedding tables, biases, norms)."""
+    return optimizers.decay_mask(params)
 
 
 def _one_step(spec: StepSpec, task, hp: HParams, state: TrainState
               ) -> tuple[TrainState, dict[str, jax.Array]]:
-    batch = task.sample(jax.random.fold_in(state.data_key, state.step), spec.batch_size)
+    step_key = jax.random.fold_in(state.data_key, state.step)
+    batch = task.sample(step_key, spec.batch_size)
+    # dropout (where a model has it) draws from (data_key, step) too, so a resume is exact
+    rngs = {"dropout": jax.random.fold_in(step_key, 1)}
 
     def loss_fn(params):
-        return task.loss(spec.model.apply(params, task.inputs(batch)), batch)
+        return task.loss(spec.model.apply(params, task.inputs(batch), rngs=rngs), batch)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = spec.transform().update(grads, state.opt_state, state.params)

@@ -1,0 +1,82 @@
+"""Optimizer name -> update direction, and which parameters take weight decay.
+
+The trainer applies every update as ``p <- p - lr_t * (u + wd * mask * p)`` with ``lr_t`` and
+``wd`` traced (one compile per cell); an optimizer here only supplies the direction ``u`` (a
+static ``optax.GradientTransformation`` without learning rate) and nothing else, so adding one
+is a table entry (``train.optimizer`` picks it).
+
+- ``adamw``: global-norm clip + Adam moments (decoupled decay comes from the trainer).
+- ``muon``: Newton-Schulz orthogonalized momentum (``optax.contrib.scale_by_muon``) on the 2-D
+  weight matrices, Adam on everything else (embedding tables, biases, norm scales, and kernels
+  of other ranks), as Muon's authors prescribe. Each Muon update is rescaled to an RMS of 0.2,
+  the typical RMS of an Adam update (Liu et al. 2025, "Muon is scalable for LLM training"), so
+  one learning-rate range serves both groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+EMBEDDING_NAMES = ("embedding",)  # leaf names of token/position tables (flax nn.Embed's param)
+MUON_RMS = 0.2  # RMS each Muon update is scaled to (about that of an Adam update)
+
+
+def _leaf_name(path) -> str:
+    last = path[-1]
+    return str(getattr(last, "key", getattr(last, "name", last)))
+
+
+def is_embedding(path) -> bool:
+    return _leaf_name(path) in EMBEDDING_NAMES
+
+
+def decay_mask(params) -> Any:
+    """Weight decay on weight matrices only: not on embedding tables, biases or norm scales.
+
+    Matrices are leaves of rank >= 2; embedding tables are excluded by name (``embedding``,
+    what ``nn.Embed`` calls its table), since decaying them shrinks rare tokens' vectors toward
+    zero for no regularizing benefit. The LDS model has no embedding table, so it decays exactly
+    what it always did (every kernel).
+    """
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: p.ndim >= 2 and not is_embedding(path), params)
+
+
+def _muon_labels(params) -> Any:
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: "muon" if p.ndim == 2 and not is_embedding(path) else "adam", params)
+
+
+def _rescale_rms(target: float) -> optax.GradientTransformation:
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(
+            lambda u: u * (target / (jnp.sqrt(jnp.mean(u.astype(jnp.float32) ** 2)) + 1e-12)),
+            updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def adamw(b1: float, b2: float, clip_norm: float) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(clip_norm), optax.scale_by_adam(b1, b2))
+
+
+def muon(b1: float, b2: float, clip_norm: float) -> optax.GradientTransformation:
+    """Muon on 2-D matrices (momentum ``b1``), Adam(``b1``, ``b2``) elsewhere; clipped first."""
+    return optax.chain(
+        optax.clip_by_global_norm(clip_norm),
+        optax.partition(
+            {"muon": optax.chain(optax.contrib.scale_by_muon(beta=b1), _rescale_rms(MUON_RMS)),
+             "adam": optax.scale_by_adam(b1, b2)},
+            _muon_labels))
+
+
+OPTIMIZERS: dict[str, Callable[[float, float, float], optax.GradientTransformation]] = {
+    "adamw": adamw,
+    "muon": muon,
+}
