@@ -22,7 +22,7 @@ import pytest
 
 TINY = Path(__file__).parent / "fixtures" / "tiny.yaml"
 CELLS = ["patch=1", "patch=4"]
-TRIALS_PER_CELL = 6
+TRIALS_PER_CELL = 10
 
 pytestmark = pytest.mark.slow
 

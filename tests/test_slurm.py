@@ -440,7 +440,7 @@ def test_smoke_experiment_runs_on_slurm_workers_and_survives_scancel(
     best = json.loads((root / "search_best.json").read_text())
     assert set(best) == {"patch=1", "patch=4"}
     trials = pd.read_csv(root / "search_trials.csv")
-    assert trials.groupby("cell").size().to_dict() == {"patch=1": 6, "patch=4": 6}
+    assert trials.groupby("cell").size().to_dict() == {"patch=1": 10, "patch=4": 10}
     finals = json.loads((root / "finals.json").read_text())
     assert len(finals) == 4 and all(r["step"] == 60 for r in finals)
     assert "## Verdict" in (root / "report" / "summary.md").read_text()
