@@ -24,6 +24,16 @@ class ModelConfig:
     revin: bool = True  # causal reversible instance normalization of inputs/outputs
     compute_dtype: str = "float32"  # float32 | bfloat16 (params and loss stay float32)
     attention_impl: str | None = None  # None: JAX picks; "cudnn": flash attention on GPU
+    # token models (models/tokens.py, toy.py, gpt.py); the defaults leave the LDS model as it is
+    pos_embedding: bool = False  # "tokens" input: add learned absolute positions (GPT-style)
+    max_len: int = 1024  # positions the learned positional table covers (prompt + generation)
+    tie_embeddings: bool = False  # "classifier" head reuses the token table as output matrix
+    attention: str = "softmax"  # toy backbone: softmax | quadratic ((q.k/K)^2, causal, no softmax)
+    mlp: str = "gelu"  # toy/mlp backbones: gelu | bilinear ((W x)*(V x)) | none (attention-only)
+    norm: str = "layernorm"  # toy/mlp backbones, classifier head: layernorm | rmsnorm | none
+    rope: bool = True  # toy backbone: rotary positions in attention (gpt has learned ones)
+    zero_init_out: bool = False  # toy/gpt/mlp: output projections of attention and MLP start at 0
+    dropout: float = 0.0  # toy/gpt: dropout rate on embeddings and residual branches (training)
 
     def __post_init__(self) -> None:
         from models import registry  # local import: registry imports the modules that use this
@@ -39,6 +49,19 @@ class ModelConfig:
         if self.attention_impl not in (None, "xla", "cudnn"):
             raise ValueError(f"ModelConfig.attention_impl={self.attention_impl!r}; "
                              "allowed: None, 'xla', 'cudnn'")
+        for field, allowed in (("attention", ("softmax", "quadratic")),
+                               ("mlp", ("gelu", "bilinear", "none")),
+                               ("norm", ("layernorm", "rmsnorm", "none"))):
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}; "
+                                 f"allowed: {list(allowed)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"ModelConfig.dropout={self.dropout}; allowed: [0, 1)")
+        if self.max_len < 1:
+            raise ValueError(f"ModelConfig.max_len={self.max_len} must be >= 1")
+        if self.tie_embeddings and (self.input_layer, self.head) != ("tokens", "classifier"):
+            raise ValueError("ModelConfig.tie_embeddings=True needs input_layer='tokens' and "
+                             f"head='classifier' (got {self.input_layer!r}, {self.head!r})")
         if min(self.n_layers, self.d_model, self.n_heads, self.d_ff) < 1:
             raise ValueError("ModelConfig n_layers, d_model, n_heads, d_ff must all be >= 1")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:

@@ -6,9 +6,12 @@ A new part registers here; ``ModelConfig`` validates names against these tables.
 from __future__ import annotations
 
 from models.backbone import Transformer
+from models.gpt import GPT
 from models.heads import RegressionHead
 from models.inputs import PatchInput
+from models.tokens import ClassifierHead, OneHotInput, TokenInput
+from models.toy import MLPBackbone, ToyTransformer
 
-INPUT_LAYERS = {"patch": PatchInput}
-BACKBONES = {"transformer": Transformer}
-HEADS = {"regression": RegressionHead}
+INPUT_LAYERS = {"patch": PatchInput, "tokens": TokenInput, "onehot": OneHotInput}
+BACKBONES = {"transformer": Transformer, "toy": ToyTransformer, "gpt": GPT, "mlp": MLPBackbone}
+HEADS = {"regression": RegressionHead, "classifier": ClassifierHead}

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from data.bigram import BigramConfig
 from data.lds import LDSConfig
+from data.modular import ModularConfig
+from data.text import TextConfig
 from models.config import ModelConfig
 
 
@@ -75,7 +78,10 @@ class RunConfig:
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     rollout: RolloutConfig = RolloutConfig()
-    task: str = "lds"  # data.registry name
+    bigram: BigramConfig = BigramConfig()  # task "bigram": the Markov chain
+    modular: ModularConfig = ModularConfig()  # task "modular": (a op b) mod p
+    text: TextConfig = TextConfig()  # task "text": the text file and tokenizer
+    task: str = "lds"  # data.registry name: lds | bigram | modular | text (reads its section)
     out_dir: str = "runs/default"  # metrics.jsonl, checkpoints and summary.json land here
     rollout_after: bool = True  # run the rollout evaluation when training ends
 

@@ -167,4 +167,5 @@ def evaluate(params, task, model: SequenceModel, batch: int) -> tuple[dict[str, 
     """Eval metrics on fixed held-out data, and the raw statistics they came from."""
     stats = eval_stats(params, task, jax.random.PRNGKey(EVAL_SEED), model=model, batch=batch)
     metrics = {k: float(v) for k, v in task.eval_metrics(stats).items()}
+    metrics["weight_norm"] = float(optax.tree.norm(params))  # what weight decay acts on
     return metrics, jax.device_get(stats)
