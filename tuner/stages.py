@@ -55,6 +55,11 @@ def _run_config(exp: Experiment, dirs: ExperimentDirs, name: str, status: Status
     )
 
 
+def _worker_settings(exp: Experiment, dirs: ExperimentDirs) -> dict[str, Any]:
+    """What a trial's process must set up before JAX starts (see tuner.trainable)."""
+    return {"jax_cache_dir": str(dirs.jax_cache), "gpu_fraction": exp.gpus_per_trial}
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchRound:
     """One Tune run of stage 1: the cells it searches, its LR range and where its studies live.
@@ -81,7 +86,7 @@ def build_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound | None 
     scheduler = PerCellScheduler(metric=exp.metric, mode=exp.mode, time_attr=TIME_ATTR,
                                  max_t=exp.max_t, grace_period=exp.grace_period,
                                  reduction_factor=exp.reduction_factor)
-    cells = {cell: {"stage": "search", "overrides": over, "jax_cache_dir": str(dirs.jax_cache)}
+    cells = {cell: {"stage": "search", "overrides": over, **_worker_settings(exp, dirs)}
              for cell, over in rnd.cells.items()}
     searcher = PerCellSearcher(cells, exp.trials_per_cell, rnd.lr_low, rnd.lr_high,
                                metric=exp.metric, mode=exp.mode, time_attr=TIME_ATTR,
@@ -157,7 +162,7 @@ def final_specs(exp: Experiment, best: dict[str, Any], dirs: ExperimentDirs) -> 
     """One trial spec per (cell, seed), at the cell's best learning rate."""
     cells = exp.cells()
     return [{"stage": "final", "cell": cell, "lr": best[cell]["lr"], "seed": seed,
-             "overrides": cells[cell], "jax_cache_dir": str(dirs.jax_cache)}
+             "overrides": cells[cell], **_worker_settings(exp, dirs)}
             for cell in cells for seed in exp.seeds]
 
 

@@ -15,7 +15,7 @@ import os
 import tempfile
 from typing import Any
 
-from tuner import checkpoint
+from tuner import checkpoint, compile_cache, gpu_share
 from tuner.config import RunConfig, replace
 from tuner.loop import DivergedError, Run
 
@@ -29,14 +29,12 @@ def trial_config(base: RunConfig, config: dict[str, Any]) -> RunConfig:
 
 
 def _prepare_worker(config: dict[str, Any]) -> None:
-    """Per-process JAX settings, before the first JAX computation of the worker."""
-    cache_dir = config.get("jax_cache_dir")
-    if cache_dir:
-        try:
-            from tuner.compile_cache import enable
-        except ImportError:  # the compile-cache module is optional
-            return
-        enable(cache_dir)
+    """Per-process JAX settings, before the first JAX computation of the worker: the GPU
+    memory share of a fractional-GPU trial and the experiment's compilation cache."""
+    if config.get("gpu_fraction"):
+        gpu_share.configure(float(config["gpu_fraction"]))
+    if config.get("jax_cache_dir"):
+        compile_cache.enable(config["jax_cache_dir"])
 
 
 def train_trial(config: dict[str, Any], base: RunConfig) -> None:
