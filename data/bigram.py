@@ -81,6 +81,13 @@ class BigramTask:
                    f32(entropy(pi)), cfg)
 
     supports_rollout = False
+    METRICS = ("ce", "perplexity", "accuracy", "entropy", "nmse", "nmse_info", "skill")
+    REPORTED = ("nmse", "ce", "accuracy", "skill")  # nmse = CE / optimum
+    MILESTONES = ()
+
+    @classmethod
+    def from_run_config(cls, cfg) -> BigramTask:
+        return cls.create(cfg.bigram)
 
     @property
     def io_dim(self) -> int:

@@ -43,6 +43,13 @@ class LDSTask:
                    cfg=cfg, patch_size=patch_size)
 
     supports_rollout = True  # tuner.rollout can evaluate it autoregressively
+    METRICS = ("nmse", "skill", "nmse_info")  # see data.registry for these declarations
+    REPORTED = METRICS
+    MILESTONES = ()
+
+    @classmethod
+    def from_run_config(cls, cfg) -> LDSTask:
+        return cls.create(cfg.data, cfg.model.patch_size)
 
     @property
     def dim_y(self) -> int:

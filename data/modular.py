@@ -82,6 +82,13 @@ class ModularTask:
                    jnp.asarray(y), jnp.asarray(is_train), cfg)
 
     supports_rollout = False
+    METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
+    REPORTED = ("test_acc", "train_acc", "test_loss", "grokking_step")
+    MILESTONES = (("grokking_step", "test_acc", GROKKED),)  # first step that generalises
+
+    @classmethod
+    def from_run_config(cls, cfg) -> ModularTask:
+        return cls.create(cfg.modular)
 
     @property
     def io_dim(self) -> int:

@@ -107,6 +107,13 @@ class TextTask:
                    cfg, tok)
 
     supports_rollout = False
+    METRICS = ("ce", "perplexity", "bits_per_token", "accuracy")
+    REPORTED = ("ce", "perplexity", "accuracy")
+    MILESTONES = ()
+
+    @classmethod
+    def from_run_config(cls, cfg) -> TextTask:
+        return cls.create(cfg.text)
 
     @property
     def io_dim(self) -> int:

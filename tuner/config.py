@@ -15,6 +15,8 @@ from data.modular import ModularConfig
 from data.text import TextConfig
 from models.config import ModelConfig
 
+SCHEDULES = ("cosine", "constant")  # learning-rate shape after the linear warmup
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -26,7 +28,8 @@ class TrainConfig:
     lr: float = 1e-3  # peak learning rate
     weight_decay: float = 0.01  # decoupled decay on matrices only (not embeddings, biases, norms)
     optimizer: str = "adamw"  # tuner.optimizers name: adamw | muon (Muon on matrices, Adam else)
-    warmup_frac: float = 0.05  # linear warmup as a fraction of ``steps``; cosine to 0 after
+    warmup_frac: float = 0.05  # linear warmup as a fraction of ``steps``
+    schedule: str = "cosine"  # after warmup: cosine (to 0 at ``steps``) | constant (grokking)
     b1: float = 0.9  # Adam beta1
     b2: float = 0.95  # Adam beta2
     clip_norm: float = 1.0  # global gradient-norm clip
@@ -42,6 +45,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr={self.lr} must be > 0")
         if not 0 <= self.warmup_frac < 1:
             raise ValueError(f"TrainConfig.warmup_frac={self.warmup_frac} must be in [0, 1)")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainConfig.schedule={self.schedule!r}; allowed: {list(SCHEDULES)}")
         if self.weight_decay < 0:
             raise ValueError(f"TrainConfig.weight_decay={self.weight_decay} must be >= 0")
         from tuner.optimizers import OPTIMIZERS

@@ -21,15 +21,27 @@ class DivergedError(FloatingPointError):
     """The loss became NaN/inf: the trial failed (and must never be picked as best)."""
 
 
+def milestone_metrics(task, reached: dict[str, int], step: int,
+                      metrics: dict[str, float]) -> dict[str, float]:
+    """Updates ``reached`` (milestone -> first step) from one evaluation; returns them as
+    ``eval/<milestone>`` entries, NaN while not reached. ``reached`` is part of a run's
+    checkpoint metadata, so a resumed run keeps the step it first got there."""
+    for name, metric, threshold in task.MILESTONES:
+        if name not in reached and metrics[metric] >= threshold:
+            reached[name] = step
+    return {f"eval/{name}": float(reached.get(name, math.nan)) for name, _, _ in task.MILESTONES}
+
+
 class Run:
     """One run's fixed parts: task, model, the static step spec and the traced hyperparameters."""
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        self.task = TASKS[cfg.task](cfg)
+        self.task = TASKS[cfg.task].from_run_config(cfg)
         self.model = trainer.build_model(cfg, self.task)
         self.spec = trainer.StepSpec.from_config(self.model, cfg.train)
         self.hparams = trainer.HParams.from_config(cfg.train)
+        self.milestones: dict[str, int] = {}  # task milestone -> first step reached (resumable)
 
     def init_state(self) -> trainer.TrainState:
         return trainer.init_state(self.spec, self.task, self.cfg.train.seed)
@@ -56,5 +68,6 @@ class Run:
             on_eval({"step": step, "train_loss": loss, "grad_norm": float(m["grad_norm"]),
                      "lr_now": float(t.lr * trainer.lr_multiplier(jax.numpy.asarray(step - 1),
                                                                   self.hparams)),
-                     **{f"eval/{k}": v for k, v in metrics.items()}}, state)
+                     **{f"eval/{k}": v for k, v in metrics.items()},
+                     **milestone_metrics(self.task, self.milestones, step, metrics)}, state)
         return state

@@ -52,6 +52,17 @@ def _muon_labels(params) -> Any:
         lambda path, p: "muon" if p.ndim == 2 and not is_embedding(path) else "adam", params)
 
 
+def _muon_dims(updates) -> Any:
+    """Every leaf Muon sees is a 2-D (in, out) matrix; the rest are partition's MaskedNodes.
+
+    Passed explicitly because ``scale_by_muon``'s default (None) cannot be mapped against the
+    masked tree that ``optax.partition`` hands it (optax 0.2.8).
+    """
+    masked = lambda x: isinstance(x, optax.transforms.MaskedNode)  # noqa: E731
+    return jax.tree.map(lambda u: u if masked(u) else optax.contrib.MuonDimensionNumbers(),
+                        updates, is_leaf=masked)
+
+
 def _rescale_rms(target: float) -> optax.GradientTransformation:
     def update(updates, state, params=None):
         del params
@@ -71,7 +82,9 @@ def muon(b1: float, b2: float, clip_norm: float) -> optax.GradientTransformation
     return optax.chain(
         optax.clip_by_global_norm(clip_norm),
         optax.partition(
-            {"muon": optax.chain(optax.contrib.scale_by_muon(beta=b1), _rescale_rms(MUON_RMS)),
+            {"muon": optax.chain(
+                optax.contrib.scale_by_muon(beta=b1, weight_dimension_numbers=_muon_dims),
+                _rescale_rms(MUON_RMS)),
              "adam": optax.scale_by_adam(b1, b2)},
             _muon_labels))
 

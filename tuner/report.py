@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from data.registry import TASKS  # noqa: E402
 from tuner.search_space import Claim, Experiment  # noqa: E402
 
 SCORE_PREFIX = "eval/score_t+"
@@ -56,7 +57,19 @@ def _effect(table: pd.DataFrame, effect_axis: str, axis: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _missing(series: pd.DataFrame, what: str) -> tuple[str, str] | None:
+    """Inconclusive when some value has no finite mean (e.g. a milestone no seed reached)."""
+    gaps = [str(v) for v, m in zip(series["value"], series["mean"], strict=True)
+            if not math.isfinite(m)]
+    if not gaps:
+        return None
+    return "inconclusive", (f"{what}: no finite value at {', '.join(gaps)} (every seed there "
+                            "diverged or never reached the metric)")
+
+
 def _trend_verdict(series: pd.DataFrame, direction: str, what: str) -> tuple[str, str]:
+    if missing := _missing(series, what):
+        return missing
     xs, ys, se = series["value"].astype(float), series["mean"], series["se"]
     rho = pd.Series(xs).rank().corr(pd.Series(ys).rank()) if len(series) > 2 else math.copysign(
         1.0, ys.iloc[-1] - ys.iloc[0])
@@ -76,6 +89,8 @@ def _trend_verdict(series: pd.DataFrame, direction: str, what: str) -> tuple[str
 
 
 def _compare_verdict(series: pd.DataFrame, better: Any, what: str) -> tuple[str, str]:
+    if missing := _missing(series, what):
+        return missing
     best_row = series[series["value"] == better].iloc[0]
     others = series[series["value"] != better]
     gaps = [(o["value"], o["mean"] - best_row["mean"], math.hypot(o["se"], best_row["se"]))
@@ -109,14 +124,15 @@ def _plot_claim(claim: Claim, table: pd.DataFrame, metric: str, path: Path) -> N
     x_axis = claim.effect_axis if claim.kind.startswith("effect") else claim.axis
     series_axes = [a for a in table.columns if a not in ("cell", "mean", "std", "n", x_axis)]
     groups = table.groupby(series_axes) if series_axes else [((), table)]
+    numeric = pd.api.types.is_numeric_dtype(table[x_axis])  # False for optimizer names etc.
     for key, group in groups:
         group = group.sort_values(x_axis)
         key = key if isinstance(key, tuple) else (key,)
         label = ", ".join(f"{a.split('.')[-1]}={k}" for a, k in zip(series_axes, key,
                                                                      strict=True))
-        ax.errorbar(group[x_axis].astype(str) if group[x_axis].dtype == object else group[x_axis],
+        ax.errorbar(group[x_axis] if numeric else group[x_axis].astype(str),
                     group["mean"], yerr=group["std"], marker="o", capsize=3, label=label or None)
-    if table[x_axis].dtype != object and (table[x_axis] > 0).all() and \
+    if numeric and (table[x_axis] > 0).all() and \
             table[x_axis].max() / table[x_axis].min() >= 8:
         ax.set_xscale("log", base=2)
     ax.set_xlabel(x_axis)
@@ -149,6 +165,10 @@ def _plot_rollouts(finals: pd.DataFrame, path: Path) -> list[int]:
     return horizons
 
 
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[dict],
           search_trials: pd.DataFrame) -> Path:
     """Writes ``root/report/`` and returns the path of ``summary.md``."""
@@ -166,7 +186,8 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
     lines = [f"# {exp.name}", "", f"**Hypothesis.** {exp.hypothesis}", "",
              f"Experiment file: `{exp.path}`; {len(exp.cells())} cells x "
              f"{exp.trials_per_cell} search trials, finals with seeds {list(exp.seeds)}, "
-             f"budget {exp.max_t} steps; metric `{metric}` (lower is better; the KF scores 1).",
+             f"budget {exp.max_t} steps; metric `{metric}` "
+             f"({'lower' if exp.mode == 'min' else 'higher'} is better).",
              "", "## Learning rate per cell (stage 1)", "",
              "| cell | best lr | search value | trials (complete/pruned/failed) | note |",
              "|---|---|---|---|---|"]
@@ -182,29 +203,32 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
                      f"{st.get('PRUNED', 0)}/{st.get('FAIL', 0)} | {note} |")
     score_cols = sorted((c for c in finals.columns if c.startswith(SCORE_PREFIX)),
                         key=lambda c: int(c[len(SCORE_PREFIX):]))
+    columns = [f"eval/{m}" for m in TASKS[exp.base.task].REPORTED if f"eval/{m}" in finals]
     lines += ["", "## Finals (stage 2): mean ± std over seeds", "",
-              "| cell | nmse | skill | nmse_info | " + " | ".join(
-                  c.replace("eval/score_", "") for c in score_cols) + " |",
-              "|---" * (4 + len(score_cols)) + "|"]
+              _row(["cell", *(c.removeprefix("eval/") for c in columns),
+                    *(c.replace("eval/score_", "") for c in score_cols)]),
+              "|---" * (1 + len(columns) + len(score_cols)) + "|"]
     for cell, group in finals.groupby("cell", sort=False):
         def ms(col, group=group):
             vals = group[col].astype(float)
             return f"{vals.mean():.4g} ± {vals.std(ddof=1):.2g}"
-        lines.append(f"| {cell} | {ms('eval/nmse')} | {ms('eval/skill')} | "
-                     f"{ms('eval/nmse_info')} | " + " | ".join(
-                         f"{group[c].astype(float).mean():.3g}" for c in score_cols) + " |")
+        lines.append(_row([cell, *(ms(c) for c in columns),
+                           *(f"{group[c].astype(float).mean():.3g}" for c in score_cols)]))
     diverged = finals[finals.get("diverged", False).fillna(False).astype(bool)]
     if len(diverged):
         runs = list(zip(diverged.cell, diverged.seed, strict=True))
         lines += ["", f"Diverged final runs (excluded): {runs}"]
-    lines += ["", "Rollout scores: model h-step error / KF h-step error after a "
-              f"{exp.base.rollout.warmup}-observation warmup, "
-              f"{exp.base.rollout.n_sequences} sequences; see `rollouts.png`.", "",
-              "## Verdict", ""]
+    if score_cols:
+        lines += ["", "Rollout scores: model h-step error / KF h-step error after a "
+                  f"{exp.base.rollout.warmup}-observation warmup, "
+                  f"{exp.base.rollout.n_sequences} sequences; see `rollouts.png`."]
+    lines += ["", "## Verdict", ""]
     for i, claim in enumerate(exp.claims):
-        verdict, evidence = judge(claim, table, metric)
+        claim_metric = claim.metric or metric
+        claim_table = table if claim_metric == metric else _cell_table(exp, finals, claim_metric)
+        verdict, evidence = judge(claim, claim_table, claim_metric)
         png = f"claim{i + 1}.png"
-        _plot_claim(claim, table, metric, out / png)
+        _plot_claim(claim, claim_table, claim_metric, out / png)
         lines.append(f"{i + 1}. **{claim.text}: {verdict}.** {evidence}. Plot: `{png}`.")
     if not exp.claims:
         lines.append("The experiment file states no checkable claims.")

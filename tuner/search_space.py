@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from data.registry import metric_names
 from tuner.config import RunConfig, replace
 
 SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -35,6 +36,9 @@ class Claim:
     - effect_trend: the effect of ``effect_axis`` (metric at its largest value minus at its
       smallest) moves with ``axis`` in ``direction``.
     - effect_compare: the effect of ``effect_axis`` is smaller when ``axis == better``.
+
+    ``metric`` (optional, default the experiment's ``asha.metric``) judges the claim on another
+    reported metric, e.g. ``eval/grokking_step`` when the search ranks runs by train accuracy.
     """
 
     kind: str
@@ -43,6 +47,7 @@ class Claim:
     direction: str | None = None
     better: Any = None
     effect_axis: str | None = None
+    metric: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +137,7 @@ _SECTIONS = {
     "wandb": {"project"},
     "smoke": {"fixed", "grid", "search", "asha", "finals", "resources"},
 }
-_METRICS = ("eval/nmse", "eval/skill", "eval/nmse_info", "train_loss")
+_TOP_FIELDS = ("task",)  # undotted RunConfig fields a file may set in fixed/grid
 
 
 def known() -> list[str]:
@@ -230,11 +235,13 @@ def _build(cfg: dict, lines: _Lines, path: Path, source, smoke: bool) -> Experim
                           f"multiple of train.eval_every={base.train.eval_every} (ASHA compares "
                           "trials at evaluations)")
     resources = cfg.get("resources") or {}
+    metrics = metric_names(base.task)  # what this experiment's task reports
     return Experiment(
         name=str(cfg["name"]) + ("-smoke" if smoke else ""),
         path=path,
         hypothesis=str(cfg["hypothesis"]).strip(),
-        claims=tuple(_claim(c, i, lines, grid) for i, c in enumerate(cfg.get("claims") or [])),
+        claims=tuple(_claim(c, i, lines, grid, metrics)
+                     for i, c in enumerate(cfg.get("claims") or [])),
         base=base,
         grid=grid,
         lr_low=lr_low,
@@ -242,7 +249,7 @@ def _build(cfg: dict, lines: _Lines, path: Path, source, smoke: bool) -> Experim
         trials_per_cell=get("search", "trials_per_cell", int, lambda v: v >= 1, ">= 1"),
         max_concurrent=get("search", "max_concurrent", int, lambda v: v >= 1, ">= 1")
         if "max_concurrent" in cfg["search"] else 2,
-        metric=get("asha", "metric", str, lambda v: v in _METRICS, list(_METRICS)),
+        metric=get("asha", "metric", str, lambda v: v in metrics, list(metrics)),
         mode=get("asha", "mode", str, lambda v: v in ("min", "max"), ["min", "max"]),
         grace_period=get("asha", "grace_period", int, lambda v: 1 <= v <= steps,
                          f"1..train.steps={steps}"),
@@ -264,6 +271,12 @@ def _apply(base: RunConfig, overrides: dict, lines: _Lines, section: str, source
         where = source(section, key)
         head, _, rest = str(key).partition(".")
         sub = getattr(base, head, None)
+        if not rest and head in _TOP_FIELDS:  # e.g. `task: bigram` in fixed
+            try:
+                base = replace(base, **{head: value})
+            except (ValueError, TypeError) as e:
+                raise lines.error(where, str(e)) from None
+            continue
         if not rest or not dataclasses.is_dataclass(sub):
             groups = [f.name for f in dataclasses.fields(base)
                       if dataclasses.is_dataclass(getattr(base, f.name))]
@@ -279,7 +292,7 @@ def _apply(base: RunConfig, overrides: dict, lines: _Lines, section: str, source
     return base
 
 
-def _claim(raw: Any, index: int, lines: _Lines, grid: dict) -> Claim:
+def _claim(raw: Any, index: int, lines: _Lines, grid: dict, metrics: tuple[str, ...]) -> Claim:
     where = ("claims",)
     if not isinstance(raw, dict):
         raise lines.error(where, f"claim {index} must be a mapping")
@@ -298,6 +311,9 @@ def _claim(raw: Any, index: int, lines: _Lines, grid: dict) -> Claim:
     if kind.endswith("compare") and raw.get("better") not in grid[raw["axis"]]:
         raise lines.error(where, f"claim {index}: better={raw.get('better')!r}; allowed: "
                           f"{grid[raw['axis']]}")
+    if raw.get("metric") is not None and raw["metric"] not in metrics:
+        raise lines.error(where, f"claim {index}: metric={raw['metric']!r}; allowed: "
+                          f"{list(metrics)}")
     return Claim(kind=kind, text=str(raw.get("text", kind)), axis=raw["axis"],
                  direction=raw.get("direction"), better=raw.get("better"),
-                 effect_axis=raw.get("effect_axis"))
+                 effect_axis=raw.get("effect_axis"), metric=raw.get("metric"))

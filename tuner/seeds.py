@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from tuner import trainer
 from tuner.config import RunConfig
-from tuner.loop import Run
+from tuner.loop import Run, milestone_metrics
 
 
 def seed_state(states: trainer.TrainState, i: int) -> trainer.TrainState:
@@ -47,6 +47,7 @@ def train_seeds(cfg: RunConfig, seeds: Sequence[int],
     states = trainer.init_states(run.spec, run.task, list(seeds))
     last: list[dict[str, Any]] = [{} for _ in seeds]
     diverged = [False] * len(seeds)
+    reached: list[dict[str, int]] = [{} for _ in seeds]
     step = 0
     while step < t.steps:
         n = min(t.eval_every - step % t.eval_every, t.steps - step)
@@ -66,7 +67,8 @@ def train_seeds(cfg: RunConfig, seeds: Sequence[int],
             state = seed_state(states, i)
             metrics, _ = trainer.evaluate(state.params, run.task, run.model, t.eval_batch)
             last[i] = {"step": step, "train_loss": loss, "grad_norm": float(grad_norms[i]),
-                       "lr_now": lr_now, **{f"eval/{k}": v for k, v in metrics.items()}}
+                       "lr_now": lr_now, **{f"eval/{k}": v for k, v in metrics.items()},
+                       **milestone_metrics(run.task, reached[i], step, metrics)}
             if on_eval is not None:
                 on_eval(seed, last[i], state)
     return [seed_state(states, i) for i in range(len(seeds))], last

@@ -34,10 +34,12 @@ def run(cfg: RunConfig) -> dict:
     state = r.init_state()
     ckpt = out / "checkpoint"
     if ckpt.exists():
-        state, _ = checkpoint.restore(ckpt, state)
+        state, meta = checkpoint.restore(ckpt, state)
+        r.milestones = dict(meta.get("milestones", {}))
         print(f"resumed from {ckpt} at step {int(state.step)}")
     zero = r.task.zero_predictor_metrics()
-    print(f"zero predictor: nmse {zero['nmse']:.4f}  skill {zero['skill']:.3f}")
+    reported = type(r.task).REPORTED
+    print("trivial predictor: " + "  ".join(f"{k} {zero[k]:.4g}" for k in reported if k in zero))
     last: dict = {}
 
     def on_eval(metrics: dict, st) -> None:
@@ -47,11 +49,11 @@ def run(cfg: RunConfig) -> dict:
             f.write(json.dumps(metrics) + "\n")
         tmp = out / "checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        checkpoint.save(tmp, st, {"step": metrics["step"]})
+        checkpoint.save(tmp, st, {"step": metrics["step"], "milestones": r.milestones})
         shutil.rmtree(ckpt, ignore_errors=True)
         tmp.rename(ckpt)
-        print(f"step {metrics['step']:>6}  loss {metrics['train_loss']:.4f}  "
-              f"nmse {metrics['eval/nmse']:.4f}  skill {metrics['eval/skill']:.3f}  "
+        scores = "  ".join(f"{k} {metrics[f'eval/{k}']:.4g}" for k in reported)
+        print(f"step {metrics['step']:>6}  loss {metrics['train_loss']:.4g}  {scores}  "
               f"({time.perf_counter() - started:.1f}s)", flush=True)
 
     state = r.train(state, on_eval)

@@ -15,6 +15,7 @@ import os
 import tempfile
 from typing import Any
 
+from data.registry import metric_names
 from tuner import checkpoint, compile_cache, gpu_share
 from tuner.config import RunConfig, replace
 from tuner.loop import DivergedError, Run
@@ -48,7 +49,8 @@ def train_trial(config: dict[str, Any], base: RunConfig) -> None:
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state, _ = checkpoint.restore(d, state)
+            state, meta = checkpoint.restore(d, state)
+        run.milestones = dict(meta.get("milestones", {}))
     final = config.get("stage") == "final"
     last_step = int(state.step)
 
@@ -61,14 +63,13 @@ def train_trial(config: dict[str, Any], base: RunConfig) -> None:
 
             metrics |= evaluate_rollouts(st.params, run.task, run.model, cfg.rollout)
         with tempfile.TemporaryDirectory() as d:
-            checkpoint.save(os.path.join(d, "state"), st, {"step": metrics["step"]})
+            checkpoint.save(os.path.join(d, "state"), st,
+                            {"step": metrics["step"], "milestones": run.milestones})
             tune.report({**metrics, "diverged": False},
                         checkpoint=tune.Checkpoint.from_directory(os.path.join(d, "state")))
 
     try:
         run.train(state, on_eval)
     except DivergedError as e:
-        nan = math.nan
-        tune.report({"step": last_step, "diverged": True,
-                     "error": str(e), "train_loss": nan, "eval/nmse": nan, "eval/skill": nan,
-                     "eval/nmse_info": nan})
+        tune.report({"step": last_step, "diverged": True, "error": str(e),
+                     **dict.fromkeys(metric_names(cfg.task), math.nan)})

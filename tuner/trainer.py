@@ -29,12 +29,13 @@ class HParams(NamedTuple):
     weight_decay: jax.Array
     warmup_steps: jax.Array
     total_steps: jax.Array
+    cosine: jax.Array  # 1.0: cosine decay after warmup; 0.0: constant (traced: no recompile)
 
     @staticmethod
     def from_config(t: TrainConfig) -> HParams:
         f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
         return HParams(f(t.lr), f(t.weight_decay), f(max(1.0, t.warmup_frac * t.steps)),
-                       f(t.steps))
+                       f(t.steps), f(t.schedule == "cosine"))
 
 
 class TrainState(NamedTuple):
@@ -88,12 +89,13 @@ def _init_state(seed_key: jax.Array, *, spec: StepSpec, input_shape: tuple[int, 
 
 
 def lr_multiplier(step: jax.Array, hp: HParams) -> jax.Array:
-    """Linear warmup to 1, then cosine decay to 0 at ``total_steps``."""
+    """Linear warmup to 1, then cosine decay to 0 at ``total_steps`` (or constant at 1)."""
     s = step.astype(jnp.float32) + 1.0
     warm = s / hp.warmup_steps
     frac = jnp.clip((s - hp.warmup_steps) / jnp.maximum(hp.total_steps - hp.warmup_steps, 1.0),
                     0.0, 1.0)
-    return jnp.where(s < hp.warmup_steps, warm, 0.5 * (1.0 + jnp.cos(math.pi * frac)))
+    cosine = 0.5 * (1.0 + jnp.cos(math.pi * frac))
+    return jnp.where(s < hp.warmup_steps, warm, 1.0 - hp.cosine * (1.0 - cosine))
 
 
 def _decay_mask(params) -> Any:

@@ -1,0 +1,46 @@
+"""Every non-LDS task under the service: ``python -m tuner.run <task experiment> --smoke``.
+
+The same pipeline as the LDS experiments (per-cell search, seeded finals, report), with nothing
+task-specific in ``tuner/``: each run must finish, search every cell, train every final seed to
+the full budget, and report the task's own metrics (no rollouts: these tasks have none).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from data.registry import TASKS
+from tuner import search_space
+
+
+@pytest.mark.parametrize("name", ["bigram", "grokking", "gpt", "toy_lm"])
+def test_task_experiment_smoke_runs_end_to_end(tmp_path, name):
+    exp = search_space.load(name, smoke=True)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", WANDB_MODE="offline", PYTHONUNBUFFERED="1")
+    res = subprocess.run([sys.executable, "-m", "tuner.run", name, "--smoke", "--out",
+                          str(tmp_path), "--num-cpus", "2"], capture_output=True, text=True,
+                         env=env, timeout=900)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
+    root = tmp_path / exp.name
+    trials = pd.read_csv(root / "report" / "trials.csv")
+    search = trials[trials.stage == "search"]
+    assert set(search.cell) == set(exp.cells())
+    assert search.groupby("cell").size().eq(exp.trials_per_cell).all()
+    finals = json.loads((root / "finals.json").read_text())
+    assert sorted((r["cell"], r["seed"]) for r in finals) == sorted(
+        (c, s) for c in exp.cells() for s in exp.seeds)
+    assert all(r["step"] == exp.max_t and not r["diverged"] for r in finals)
+    task = TASKS[exp.base.task]
+    assert all(f"eval/{m}" in r for r in finals for m in task.METRICS)
+    assert not any(k.startswith("eval/score_t+") for r in finals for k in r)
+    summary = (root / "report" / "summary.md").read_text()
+    finals_table = summary.split("## Finals", 1)[1].splitlines()
+    header = next(line for line in finals_table if line.startswith("| cell |"))
+    assert header.split(" | ")[1:] == [*task.REPORTED[:-1], task.REPORTED[-1] + " |"], header
+    assert summary.count("**") >= 2 * len(exp.claims) and "## Verdict" in summary
