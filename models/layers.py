@@ -28,6 +28,14 @@ class KVCache(NamedTuple):
         shape = (batch, slots, heads, head_dim)
         return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
+    def write(self, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array, start: jax.Array) -> KVCache:
+        """The cache with L new keys and values in slots ``start .. start + L - 1``."""
+        def put(buf_BxSxHxK, new_BxLxHxK):
+            return jax.lax.dynamic_update_slice_in_dim(
+                buf_BxSxHxK, new_BxLxHxK.astype(buf_BxSxHxK.dtype), start, axis=1)
+
+        return KVCache(put(self.k_BxSxHxK, k_BxLxHxK), put(self.v_BxSxHxK, v_BxLxHxK))
+
 
 def apply_rope(x_BxLxHxK: jax.Array, positions_L: jax.Array, base: float = 10000.0) -> jax.Array:
     """Rotary position embedding (rotate-half convention), computed in float32."""
@@ -98,18 +106,14 @@ class CausalSelfAttention(nn.Module):
             )
             new_cache = None
         else:
-            start = positions_L[0]
-            k_all = jax.lax.dynamic_update_slice_in_dim(
-                cache.k_BxSxHxK, k_BxLxHxK.astype(cache.k_BxSxHxK.dtype), start, axis=1)
-            v_all = jax.lax.dynamic_update_slice_in_dim(
-                cache.v_BxSxHxK, v_BxLxHxK.astype(cache.v_BxSxHxK.dtype), start, axis=1)
+            new_cache = cache.write(k_BxLxHxK, v_BxLxHxK, positions_L[0])
+            k_all, v_all = new_cache
             slots_S = jnp.arange(k_all.shape[1])
             mask_1x1xLxS = (slots_S[None, :] <= positions_L[:, None])[None, None]
             out_BxLxHxK = jax.nn.dot_product_attention(
                 q_BxLxHxK, k_all.astype(q_BxLxHxK.dtype), v_all.astype(q_BxLxHxK.dtype),
                 mask=mask_1x1xLxS,
             )
-            new_cache = KVCache(k_all, v_all)
         out_BxLxD = nn.DenseGeneral(
             features=self.d_model, axis=(-2, -1), dtype=self.dtype, use_bias=False, name="out"
         )(out_BxLxHxK)

@@ -76,13 +76,9 @@ class Attention(nn.Module):
             k_all, v_all, key_pos_S = k_BxLxHxK, v_BxLxHxK, positions_L
             new_cache = None
         else:
-            start = positions_L[0]
-            k_all = jax.lax.dynamic_update_slice_in_dim(
-                cache.k_BxSxHxK, k_BxLxHxK.astype(cache.k_BxSxHxK.dtype), start, axis=1)
-            v_all = jax.lax.dynamic_update_slice_in_dim(
-                cache.v_BxSxHxK, v_BxLxHxK.astype(cache.v_BxSxHxK.dtype), start, axis=1)
+            new_cache = cache.write(k_BxLxHxK, v_BxLxHxK, positions_L[0])
+            k_all, v_all = new_cache
             key_pos_S = jnp.arange(k_all.shape[1])
-            new_cache = KVCache(k_all, v_all)
         mask_LxS = key_pos_S[None, :] <= positions_L[:, None]
         w_BxHxLxS = attention_weights(q_BxLxHxK, k_all, mask_LxS, self.kind)
         out_BxLxHxK = jnp.einsum("bhls,bshk->blhk", w_BxHxLxS, v_all.astype(jnp.float32))
