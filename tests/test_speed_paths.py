@@ -78,8 +78,13 @@ def test_train_seeds_equal_separate_runs():
     from tuner.seeds import train_seeds
 
     cfg = replace(SMALL, **{"train.steps": 20, "train.eval_every": 10})
-    seen: dict[int, list[dict]] = {}
-    states, last = train_seeds(cfg, [0, 5], lambda s, m, st: seen.setdefault(s, []).append(m))
+    seen: dict[int, list[dict]] = {0: [], 5: []}
+
+    def record(step, progress, states):
+        for seed, m in zip((0, 5), progress.last, strict=True):
+            seen[seed].append(dict(m))
+
+    states, last = train_seeds(cfg, [0, 5], record)
     for i, seed in enumerate((0, 5)):
         alone: list[dict] = []
         run = Run(replace(cfg, **{"train.seed": seed}))
@@ -125,3 +130,37 @@ def test_gpu_share_sets_the_memory_fraction(monkeypatch):
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError):
             gpu_share.configure(bad)
+
+
+def test_train_seeds_resumes_from_a_checkpoint_exactly(tmp_path):
+    """Stopped after the first evaluation and resumed from the saved stacked state and
+    progress (what the finals trial checkpoints), the seeds end where an uninterrupted run
+    ends."""
+    import dataclasses
+
+    from tuner import checkpoint, trainer
+    from tuner.seeds import SeedsProgress, train_seeds
+
+    cfg = replace(SMALL, **{"train.steps": 20, "train.eval_every": 10})
+    _, uninterrupted = train_seeds(cfg, [0, 5])
+
+    class Stop(Exception):
+        pass
+
+    def save_and_stop(step, progress, states):
+        checkpoint.save(tmp_path / "ckpt", states,
+                        {"step": step, "progress": dataclasses.asdict(progress)})
+        raise Stop
+
+    with pytest.raises(Stop):
+        train_seeds(cfg, [0, 5], save_and_stop)
+    run = Run(cfg)
+    states, meta = checkpoint.restore(tmp_path / "ckpt",
+                                      trainer.init_states(run.spec, run.task, [0, 5]))
+    assert int(states.step[0]) == 10
+    _, resumed = train_seeds(cfg, [0, 5], states=states,
+                             progress=SeedsProgress(**meta["progress"]))
+    for full, res in zip(uninterrupted, resumed, strict=True):
+        assert full["step"] == res["step"] == 20
+        for key in ("train_loss", "eval/nmse", "eval/skill"):
+            np.testing.assert_allclose(res[key], full[key], rtol=1e-5)

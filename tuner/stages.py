@@ -2,9 +2,10 @@
 
 Stage 1 (search): one Tuner for the whole grid; :class:`PerCellSearcher` keeps an Optuna study
 per cell and :class:`PerCellScheduler` an ASHA per cell. Stage 2 (finals): the best learning
-rate of every cell retrained with each of the experiment's seeds at the full budget, ending in
-the rollout evaluation. A stage writes its result file only when all of its trials have ended;
-that file is the marker that the stage is done and is never rerun.
+rate of every cell retrained with each of the experiment's seeds at the full budget (one trial
+per cell, its seeds vmapped in one program), ending in the rollout evaluation. A stage writes
+its result file only when all of its trials have ended; that file is the marker that the stage
+is done and is never rerun.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tuner.cell_search import PerCellSearcher
 from tuner.experiment_dirs import ExperimentDirs
 from tuner.search_space import Experiment
 from tuner.status import StatusFile
-from tuner.trainable import train_trial
+from tuner.trainable import seed_key, train_cell_finals, train_trial
 from tuner.wandb_logging import make_callback
 
 TIME_ATTR = "step"
@@ -159,15 +160,29 @@ def run_search(exp: Experiment, dirs: ExperimentDirs, wandb: bool = True,
 
 
 def final_specs(exp: Experiment, best: dict[str, Any], dirs: ExperimentDirs) -> list[dict]:
-    """One trial spec per (cell, seed), at the cell's best learning rate."""
+    """One trial spec per cell: all of the experiment's seeds at the cell's best learning rate,
+    trained as one vmapped program (``tuner.trainable.train_cell_finals``)."""
     cells = exp.cells()
-    return [{"stage": "final", "cell": cell, "lr": best[cell]["lr"], "seed": seed,
+    return [{"stage": "final", "cell": cell, "lr": best[cell]["lr"], "seeds": list(exp.seeds),
              "overrides": cells[cell], **_worker_settings(exp, dirs)}
-            for cell in cells for seed in exp.seeds]
+            for cell in cells]
 
 
 def _final_trial(config: dict[str, Any], base) -> None:
-    train_trial(config["final"], base)
+    train_cell_finals(config["final"], base)
+
+
+def final_rows(spec: dict[str, Any], metrics: dict[str, Any], error: Any) -> list[dict]:
+    """One row per seed of a finals trial: cell, seed, lr, grid values and its own metrics."""
+    rows = []
+    for seed in spec["seeds"]:
+        prefix = seed_key(seed, "")
+        own = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+        rows.append({"cell": spec["cell"], "seed": seed, "lr": spec["lr"], **spec["overrides"],
+                     **{k: v for k, v in own.items()
+                        if k.startswith("eval/") or k in ("train_loss", "step", "diverged")},
+                     "error": None if error is None else str(error)})
+    return rows
 
 
 def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
@@ -181,8 +196,7 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
         print(f"resuming the finals from {path}", flush=True)
         tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
     else:
-        status = StatusFile(dirs.status, "finals", list(exp.cells()), len(exp.seeds),
-                            exp.metric, exp.mode)
+        status = StatusFile(dirs.status, "finals", list(exp.cells()), 1, exp.metric, exp.mode)
         tuner = tune.Tuner(
             trainable,
             param_space={"final": tune.grid_search(final_specs(exp, best, dirs))},
@@ -190,14 +204,8 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
                                         reuse_actors=True),
             run_config=_run_config(exp, dirs, "finals", status, wandb))
     results = tuner.fit()
-    rows = []
-    for r in results:
-        spec = r.config["final"]
-        metrics = {k: v for k, v in (r.metrics or {}).items()
-                   if k.startswith("eval/") or k in ("train_loss", "step", "diverged")}
-        rows.append({"cell": spec["cell"], "seed": spec["seed"], "lr": spec["lr"],
-                     **{k: v for k, v in spec["overrides"].items()}, **metrics,
-                     "error": None if r.error is None else str(r.error)})
+    rows = [row for r in results
+            for row in final_rows(r.config["final"], r.metrics or {}, r.error)]
     unfinished = [(x["cell"], x["seed"]) for x in rows
                   if x["error"] or not (x.get("diverged") or x.get("step") == exp.max_t)]
     if unfinished:

@@ -1,22 +1,27 @@
-"""The Ray Tune trainable: one trial = one training run of a cell, checkpointed at every evaluation.
+"""The Ray Tune trainables, checkpointed at every evaluation.
 
-Tune calls :func:`train_trial` in a worker (reused across trials with ``reuse_actors=True``; the
+Stage 1: :func:`train_trial`, one trial = one training run of a cell at one learning rate.
+Stage 2: :func:`train_cell_finals`, one trial = every final seed of a cell, vmapped.
+
+Tune calls them in a worker (reused across trials with ``reuse_actors=True``; the
 jitted step lives at module level in ``tuner.trainer`` with the learning rate traced, so a reused
 worker compiles once per cell shape). Every evaluation is reported together with a checkpoint of
 the full train state, so a trial that is paused by ASHA, killed with its node, or interrupted with
 the driver resumes exactly where it stopped. A diverging run (NaN loss) ends with
-``diverged=True`` and a NaN metric: the searcher records it as FAIL and it can never be best.
+``diverged=True`` and a NaN metric: the searcher tells Optuna PRUNED with a NaN (TPE's worst
+rank, marked ``diverged``), and it can never be best.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tempfile
 from typing import Any
 
 from data.registry import metric_names
-from tuner import checkpoint, compile_cache, gpu_share
+from tuner import checkpoint, compile_cache, gpu_share, trainer
 from tuner.config import RunConfig, replace
 from tuner.loop import DivergedError, Run
 
@@ -51,25 +56,72 @@ def train_trial(config: dict[str, Any], base: RunConfig) -> None:
         with ckpt.as_directory() as d:
             state, meta = checkpoint.restore(d, state)
         run.milestones = dict(meta.get("milestones", {}))
-    final = config.get("stage") == "final"
     last_step = int(state.step)
 
     def on_eval(metrics: dict[str, Any], st) -> None:
         nonlocal last_step
         last_step = metrics["step"]
-        if (final and metrics["step"] == cfg.train.steps and cfg.rollout_after
-                and getattr(run.task, "supports_rollout", False)):
-            from tuner.rollout import evaluate_rollouts
-
-            metrics |= evaluate_rollouts(st.params, run.task, run.model, cfg.rollout)
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint.save(os.path.join(d, "state"), st,
-                            {"step": metrics["step"], "milestones": run.milestones})
-            tune.report({**metrics, "diverged": False},
-                        checkpoint=tune.Checkpoint.from_directory(os.path.join(d, "state")))
+        _report(tune, {**metrics, "diverged": False}, st,
+                {"step": metrics["step"], "milestones": run.milestones})
 
     try:
         run.train(state, on_eval)
     except DivergedError as e:
         tune.report({"step": last_step, "diverged": True, "error": str(e),
                      **dict.fromkeys(metric_names(cfg.task), math.nan)})
+
+
+def seed_key(seed: int, metric: str) -> str:
+    """Result key of one seed's metric in a finals trial (``seed_1/eval/nmse``)."""
+    return f"seed_{seed}/{metric}"
+
+
+def train_cell_finals(config: dict[str, Any], base: RunConfig) -> None:
+    """Tune function trainable for stage 2: every seed of one cell in one vmapped program.
+
+    ``config["seeds"]`` are trained together (:func:`tuner.seeds.train_seeds`); each evaluation
+    reports every seed's metrics under ``seed_<s>/...`` plus their mean over non-diverged seeds
+    under the plain names (what the status file and W&B curves show), with a checkpoint of the
+    stacked state and per-seed progress. At the full budget each seed gets its rollouts.
+    """
+    from ray import tune
+
+    from tuner.seeds import SeedsProgress, seed_state, train_seeds
+
+    _prepare_worker(config)
+    seeds = [int(s) for s in config["seeds"]]
+    cfg = trial_config(base, config)
+    run = Run(cfg)
+    states = trainer.init_states(run.spec, run.task, seeds)
+    progress = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            states, meta = checkpoint.restore(d, states)
+        progress = SeedsProgress(**meta["progress"])
+    rollouts = cfg.rollout_after and run.task.supports_rollout
+
+    def on_eval(step: int, prog: SeedsProgress, sts) -> None:
+        if step == cfg.train.steps and rollouts:
+            from tuner.rollout import evaluate_rollouts
+
+            for i in range(len(seeds)):
+                if not prog.diverged(i):
+                    prog.last[i] |= evaluate_rollouts(seed_state(sts, i).params, run.task,
+                                                      run.model, cfg.rollout)
+        ok = [m for i, m in enumerate(prog.last) if not prog.diverged(i)]
+        means = {k: sum(m[k] for m in ok) / len(ok) for k in (ok[0] if ok else {})
+                 if k.startswith("eval/") or k == "train_loss"}
+        result = {"step": step, "diverged": not ok, **means,
+                  **{seed_key(s, k): v for s, m in zip(seeds, prog.last, strict=True)
+                     for k, v in m.items()}}
+        _report(tune, result, sts, {"step": step, "progress": dataclasses.asdict(prog)})
+
+    train_seeds(cfg, seeds, on_eval, run=run, states=states, progress=progress)
+
+
+def _report(tune, result: dict[str, Any], state, meta: dict[str, Any]) -> None:
+    """``tune.report`` with a checkpoint of ``state`` (every evaluation: resumable anywhere)."""
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint.save(os.path.join(d, "state"), state, meta)
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(os.path.join(d, "state")))
