@@ -90,7 +90,13 @@ def test_outcomes_and_best_only_from_complete(tmp_path):
     searcher.on_trial_complete("t3", {"step": MAX_T, "loss": 0.5})
     searcher.on_trial_complete("t3", {"step": MAX_T, "loss": 0.1})  # duplicate: ignored
 
-    assert _state_by_number(searcher, "a") == {0: "PRUNED", 1: "FAIL", 2: "FAIL", 3: "COMPLETE"}
+    # NaN: PRUNED with a NaN at its step (TPE's worst rank) and marked diverged; error: FAIL
+    assert _state_by_number(searcher, "a") == {0: "PRUNED", 1: "PRUNED", 2: "FAIL",
+                                               3: "COMPLETE"}
+    df = searcher.trials_dataframe()
+    assert df.diverged.tolist() == [False, True, False, False]
+    nan_trial = searcher._studies["a"].frozen(1)
+    assert math.isnan(nan_trial.intermediate_values[MAX_T])
     best = searcher.best_per_cell()["a"]
     assert best["trial_number"] == 3 and best["value"] == 0.5
     df = searcher.trials_dataframe()
@@ -243,15 +249,15 @@ def test_grid_search_per_cell(ray_cluster, tmp_path):
 
 
 @pytest.mark.slow
-def test_nan_trials_fail_and_never_win(ray_cluster, tmp_path):
+def test_nan_trials_are_marked_diverged_and_never_win(ray_cluster, tmp_path):
     cells = {"a": {"opt": -1.0, "nan_above": 1e-2}}
     searcher, _, results = _fit(tmp_path, cells, trials_per_cell=8, name="nan")
 
     assert len(results) == 8 and not results.errors
     df = searcher.trials_dataframe()
     diverged = df[df.lr > 1e-2]
-    assert len(diverged) >= 1 and (diverged.state == "FAIL").all()
-    assert (df[df.lr <= 1e-2].state != "FAIL").all()
+    assert len(diverged) >= 1 and (diverged.state == "PRUNED").all() and diverged.diverged.all()
+    assert not df[df.lr <= 1e-2].diverged.any() and (df.state != "FAIL").all()
     best = searcher.best_per_cell()["a"]
     assert best is None or best["lr"] <= 1e-2
 

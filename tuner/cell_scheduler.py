@@ -123,7 +123,7 @@ class PerCellScheduler(FIFOScheduler):
 
     Trials run in submission order (``FIFOScheduler.choose_trial_to_run``); only the stopping
     decision is per cell. A trial reporting a non-finite metric is stopped at once and never
-    enters a rung (the searcher then tells Optuna FAIL).
+    enters a rung (the searcher then tells Optuna PRUNED, marked diverged).
 
     State that must survive a driver restart is the rung contents per cell
     (:meth:`get_state`/:meth:`set_state`). Tune does not save it, so

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 _STATE_VERSION = 1
 _EDGE_FRACTION = 0.1
 _TUNE_ID_ATTR = "tune_trial_id"
+DIVERGED_ATTR = "diverged"  # Optuna user attribute of a trial whose metric turned non-finite
 
 
 class CellStudy:
@@ -101,6 +102,20 @@ class CellStudy:
     def tell(self, number: int, state: TrialState, value: float | None) -> None:
         self.study.tell(number, value, state=state, skip_if_finished=True)
 
+    def mark_diverged(self, number: int, step: int) -> None:
+        """Records a NaN at ``step`` and the ``diverged`` attribute on a live trial.
+
+        Told PRUNED afterwards, the trial ranks below every finite trial in TPE's split
+        (``optuna.samplers._tpe.sampler._get_pruned_trial_score`` scores a NaN as worst), so
+        TPE learns to avoid diverging rates; a FAIL trial is ignored by TPE, which then kept
+        proposing them (12 of 20 trials diverged in the tiny test experiment).
+        """
+        storage_id = self._storage_id(number)
+        if self.storage.get_trial(storage_id).state.is_finished():
+            return
+        self.storage.set_trial_intermediate_value(storage_id, step, math.nan)
+        self.storage.set_trial_user_attr(storage_id, DIVERGED_ATTR, True)
+
     def tag(self, number: int, tune_trial_id: str) -> None:
         self.storage.set_trial_user_attr(self._storage_id(number), _TUNE_ID_ATTR, tune_trial_id)
 
@@ -114,8 +129,10 @@ class PerCellSearcher(Searcher):
     Cells are served round-robin by need: ``suggest`` picks the cell with the fewest Optuna
     trials that still has budget (ties by the order of ``cells``); a cell holding an
     unclaimed trial (asked after the last snapshot of a driver that died) goes first. Trials
-    that ASHA stopped early are told PRUNED (their early loss would mislead TPE), trials that
-    errored or ended with a non-finite metric FAIL, full-budget trials COMPLETE.
+    that ASHA stopped early are told PRUNED (their early loss would mislead TPE); trials whose
+    metric turned non-finite (diverged) PRUNED with a NaN intermediate value and the
+    ``diverged`` attribute, so TPE steers away from their rates; trials that raised FAIL;
+    full-budget trials COMPLETE.
 
     Tune hooks (through ``ConcurrencyLimiter`` when ``max_concurrent_trials`` is set, then
     ``SearchGenerator``): ``suggest`` when Tune wants a trial, ``on_trial_result`` per result,
@@ -269,7 +286,7 @@ class PerCellSearcher(Searcher):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        """Tells Optuna FAIL (error/non-finite), PRUNED (ended before max_t) or COMPLETE.
+        """Tells Optuna FAIL (error), PRUNED (diverged, or ended before max_t) or COMPLETE.
 
         Called once per trial end by Tune; a second call for the same id, or a trial already
         told in the journal before a driver kill, is ignored. Tune does not pass the result on
@@ -286,6 +303,10 @@ class PerCellSearcher(Searcher):
         self._done.add(trial_id)
         state, value = self._outcome(trial_id, result, error)
         cell, number = self._assigned[trial_id]
+        if state == TrialState.PRUNED and result is not None and not _is_finite(
+                result.get(self._metric)):
+            step = result.get(self._time_attr, self._last_step.get(trial_id, 0))
+            self._studies[cell].mark_diverged(number, int(step or 0))
         self._studies[cell].tell(number, state, value)
 
     def save(self, checkpoint_path: str) -> None:
@@ -353,12 +374,14 @@ class PerCellSearcher(Searcher):
                 "state": t.state.name,
                 "value": t.value,
                 "last_step": max(t.intermediate_values) if t.intermediate_values else None,
+                "diverged": bool(t.user_attrs.get(DIVERGED_ATTR, False)),
                 _TUNE_ID_ATTR: t.user_attrs.get(_TUNE_ID_ATTR),
             }
             for cell, study in self._studies.items()
             for t in study.trials()
         ]
-        columns = ["cell", "number", "lr", "state", "value", "last_step", _TUNE_ID_ATTR]
+        columns = ["cell", "number", "lr", "state", "value", "last_step", "diverged",
+                   _TUNE_ID_ATTR]
         return pd.DataFrame(rows, columns=columns)
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -403,7 +426,7 @@ class PerCellSearcher(Searcher):
             return TrialState.FAIL, None
         value = result.get(self._metric)
         if not _is_finite(value):
-            return TrialState.FAIL, None
+            return TrialState.PRUNED, None  # diverged
         step = result.get(self._time_attr, self._last_step.get(trial_id))
         if step is None or float(step) < self._max_t:
             return TrialState.PRUNED, None

@@ -189,18 +189,21 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
              f"budget {exp.max_t} steps; metric `{metric}` "
              f"({'lower' if exp.mode == 'min' else 'higher'} is better).",
              "", "## Learning rate per cell (stage 1)", "",
-             "| cell | best lr | search value | trials (complete/pruned/failed) | note |",
+             "| cell | best lr | search value | trials (complete/pruned/diverged/failed) | note |",
              "|---|---|---|---|---|"]
     for cell in exp.cells():
         b = best[cell]
-        st = search_trials[search_trials["cell"] == cell]["state"].value_counts()
+        of_cell = search_trials[search_trials["cell"] == cell]
+        st = of_cell["state"].value_counts()
+        n_diverged = int(of_cell.get("diverged", pd.Series(dtype=bool)).fillna(False).sum())
         lo, hi = b.get("range", (exp.lr_low, exp.lr_high))
         note = (f"at the {b['at_edge']} edge of [{lo:g}, {hi:g}]: rerun with --widen-edges "
                 "or widen search.lr_low/lr_high" if b.get("at_edge") else "")
         if b.get("round", "search") != "search":
             note = f"from {b['round']} [{lo:g}, {hi:g}]; " + note
         lines.append(f"| {cell} | {b['lr']:.3g} | {b['value']:.4g} | {st.get('COMPLETE', 0)}/"
-                     f"{st.get('PRUNED', 0)}/{st.get('FAIL', 0)} | {note} |")
+                     f"{st.get('PRUNED', 0) - n_diverged}/{n_diverged}/{st.get('FAIL', 0)} | "
+                     f"{note} |")
     score_cols = sorted((c for c in finals.columns if c.startswith(SCORE_PREFIX)),
                         key=lambda c: int(c[len(SCORE_PREFIX):]))
     columns = [f"eval/{m}" for m in TASKS[exp.base.task].REPORTED if f"eval/{m}" in finals]
