@@ -60,6 +60,14 @@ def synthetic_trainable(config: dict[str, Any]) -> None:
             )
 
 
+def tune_config(searcher, scheduler):
+    """Two trials at a time through the per-cell searcher and scheduler, workers reused."""
+    from ray import tune
+
+    return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
+                           max_concurrent_trials=2, reuse_actors=True)
+
+
 def build_search(
     cells: dict[str, dict],
     trials_per_cell: int,
@@ -140,13 +148,7 @@ def run(
         searcher, scheduler = build_search(cells, trials_per_cell, max_t, study_dir)
         tuner = tune.Tuner(
             synthetic_trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=-1,
-                max_concurrent_trials=2,
-                reuse_actors=True,
-            ),
+            tune_config=tune_config(searcher, scheduler),
             run_config=tune.RunConfig(storage_path=os.path.abspath(storage), name=name, verbose=0),
         )
     results = tuner.fit()

@@ -213,13 +213,7 @@ def _fit(tmp_path: Path, cells: dict, trials_per_cell: int, name: str):
     tuner = tune.Tuner(
         driver.synthetic_trainable,
         param_space={"max_t": MAX_T, "sleep": 0.0},
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=-1,
-            max_concurrent_trials=2,
-            reuse_actors=True,
-        ),
+        tune_config=driver.tune_config(searcher, scheduler),
         run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), name=name, verbose=0),
     )
     return searcher, scheduler, tuner.fit()
