@@ -103,6 +103,19 @@ def test_outcomes_and_best_only_from_complete(tmp_path):
     assert df.loc[df.number == 0, "last_step"].item() == 3
 
 
+def test_tied_best_value_goes_to_the_trial_that_reached_it_first(tmp_path):
+    searcher = _searcher(tmp_path, cells={"a": {}}, trials_per_cell=3)
+    for i in range(3):
+        searcher.suggest(f"t{i}")
+    curves = {"t0": [0.5, 0.1, 0.1], "t1": [0.1, 0.1, 0.1], "t2": [0.3, 0.2, 0.2]}
+    for trial_id, curve in curves.items():
+        for step, loss in zip((3, 6, MAX_T), curve, strict=True):
+            searcher.on_trial_result(trial_id, {"step": step, "loss": loss})
+        searcher.on_trial_complete(trial_id, {"step": MAX_T, "loss": curve[-1]})
+    best = searcher.best_per_cell()["a"]
+    assert best["trial_number"] == 1 and best["value"] == 0.1  # t0 ties, but reached it later
+
+
 def test_best_is_none_without_complete_and_edge_flags(tmp_path):
     searcher = _searcher(tmp_path, cells={"a": {}}, trials_per_cell=1)
     searcher.suggest("t0")

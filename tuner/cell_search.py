@@ -440,8 +440,8 @@ class PerCellSearcher(Searcher):
         ]
         if not complete:
             return None
-        pick = min if self._mode == "min" else max
-        best = pick(complete, key=lambda t: t.value)
+        sign = 1.0 if self._mode == "min" else -1.0
+        best = min(complete, key=lambda t: (sign * t.value, _first_step_at_final_value(t)))
         lr = float(best.params["lr"])
         return {
             "lr": lr,
@@ -487,6 +487,14 @@ def _check_scheduler_matches(
             f"scheduler metric/mode/time_attr/max_t {theirs} != searcher's "
             f"{(metric, mode, time_attr, max_t)}"
         )
+
+
+def _first_step_at_final_value(trial: FrozenTrial) -> float:
+    """Step at which a trial first reported its final value: among trials that tie on the
+    value (e.g. every run that fits the training set has train accuracy 1.0), the one that got
+    there soonest is the best."""
+    return min((step for step, v in trial.intermediate_values.items() if v == trial.value),
+               default=math.inf)
 
 
 def _is_finite(value: Any) -> bool:
