@@ -342,16 +342,21 @@ def cluster(tmp_path: Path, bystander: subprocess.Popen[bytes]) -> Iterator[Clus
             assert not leftover, f"ray down left Slurm jobs behind: {leftover}"
 
 
+def ray_up(cluster: Cluster) -> None:
+    """`ray up` the test cluster: the token is private and the head holds no Slurm job."""
+    cluster.ray("up", "-y", str(cluster.yaml), timeout_s=120)
+    token = cluster.home / ".ray" / "auth_token"
+    assert token.stat().st_mode & 0o077 == 0, "auth token must be private"
+    assert not cluster.workers(), "the head needs no Slurm job; workers come with demand"
+
+
 @pytest.mark.extended  # the service test below covers ray up / scancel / completion / ray down
 @pytest.mark.timeout(300)
 def test_ray_up_tune_on_slurm_worker_survives_scancel(
     cluster: Cluster, bystander: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:
     t0 = time.monotonic()
-    cluster.ray("up", "-y", str(cluster.yaml), timeout_s=120)
-    token = cluster.home / ".ray" / "auth_token"
-    assert token.stat().st_mode & 0o077 == 0, "auth token must be private"
-    assert not cluster.workers(), "the head needs no Slurm job; workers come with demand"
+    ray_up(cluster)
 
     log = tmp_path / "job.log"
     job = cluster.submit(tune_entrypoint(tmp_path), log)
@@ -418,10 +423,7 @@ def test_smoke_experiment_runs_on_slurm_workers_and_survives_scancel(
     CPUs, so they can run nowhere else), the worker is cancelled mid-search, and the experiment
     still completes, with every trial of every cell and a report."""
     t0 = time.monotonic()
-    cluster.ray("up", "-y", str(cluster.yaml), timeout_s=120)
-    token = cluster.home / ".ray" / "auth_token"
-    assert token.stat().st_mode & 0o077 == 0, "auth token must be private"
-    assert not cluster.workers(), "the head needs no Slurm job; workers come with demand"
+    ray_up(cluster)
     out = tmp_path / "exps"
     log = tmp_path / "service.log"
     job = cluster.submit([sys.executable, "-m", "tuner.run", str(TINY), "--out", str(out)], log)
