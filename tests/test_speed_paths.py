@@ -136,10 +136,8 @@ def test_train_seeds_resumes_from_a_checkpoint_exactly(tmp_path):
     """Stopped after the first evaluation and resumed from the saved stacked state and
     progress (what the finals trial checkpoints), the seeds end where an uninterrupted run
     ends."""
-    import dataclasses
-
-    from tuner import checkpoint, trainer
-    from tuner.seeds import SeedsProgress, train_seeds
+    from tuner import checkpoint, seeds
+    from tuner.seeds import train_seeds
 
     cfg = replace(SMALL, **{"train.steps": 20, "train.eval_every": 10})
     _, uninterrupted = train_seeds(cfg, [0, 5])
@@ -148,18 +146,14 @@ def test_train_seeds_resumes_from_a_checkpoint_exactly(tmp_path):
         pass
 
     def save_and_stop(step, progress, states):
-        checkpoint.save(tmp_path / "ckpt", states,
-                        {"step": step, "progress": dataclasses.asdict(progress)})
+        checkpoint.save(tmp_path / "ckpt", states, seeds.checkpoint_meta(step, progress))
         raise Stop
 
     with pytest.raises(Stop):
         train_seeds(cfg, [0, 5], save_and_stop)
-    run = Run(cfg)
-    states, meta = checkpoint.restore(tmp_path / "ckpt",
-                                      trainer.init_states(run.spec, run.task, [0, 5]))
+    states, progress = seeds.restore(tmp_path / "ckpt", Run(cfg), [0, 5])
     assert int(states.step[0]) == 10
-    _, resumed = train_seeds(cfg, [0, 5], states=states,
-                             progress=SeedsProgress(**meta["progress"]))
+    _, resumed = train_seeds(cfg, [0, 5], states=states, progress=progress)
     for full, res in zip(uninterrupted, resumed, strict=True):
         assert full["step"] == res["step"] == 20
         for key in ("train_loss", "eval/nmse", "eval/skill"):

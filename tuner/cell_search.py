@@ -301,12 +301,10 @@ class PerCellSearcher(Searcher):
         if result is not None:
             self.on_trial_result(trial_id, result)
         self._done.add(trial_id)
-        state, value = self._outcome(trial_id, result, error)
+        state, value, diverged_at = self._outcome(trial_id, result, error)
         cell, number = self._assigned[trial_id]
-        if state == TrialState.PRUNED and result is not None and not _is_finite(
-                result.get(self._metric)):
-            step = result.get(self._time_attr, self._last_step.get(trial_id, 0))
-            self._studies[cell].mark_diverged(number, int(step or 0))
+        if diverged_at is not None:
+            self._studies[cell].mark_diverged(number, diverged_at)
         self._studies[cell].tell(number, state, value)
 
     def save(self, checkpoint_path: str) -> None:
@@ -421,16 +419,17 @@ class PerCellSearcher(Searcher):
 
     def _outcome(
         self, trial_id: str, result: dict | None, error: bool
-    ) -> tuple[TrialState, float | None]:
+    ) -> tuple[TrialState, float | None, int | None]:
+        """(state, value, step of divergence or None) of a trial that ended."""
         if error or result is None:
-            return TrialState.FAIL, None
+            return TrialState.FAIL, None, None
+        step = result.get(self._time_attr, self._last_step.get(trial_id))
         value = result.get(self._metric)
         if not _is_finite(value):
-            return TrialState.PRUNED, None  # diverged
-        step = result.get(self._time_attr, self._last_step.get(trial_id))
+            return TrialState.PRUNED, None, int(step or 0)
         if step is None or float(step) < self._max_t:
-            return TrialState.PRUNED, None
-        return TrialState.COMPLETE, float(value)
+            return TrialState.PRUNED, None, None
+        return TrialState.COMPLETE, float(value), None
 
     def _best(self, cell: str) -> dict[str, Any] | None:
         complete = [

@@ -16,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from tuner import trainer
+from tuner import checkpoint, trainer
 from tuner.config import RunConfig
 from tuner.loop import Run, milestone_metrics
 
@@ -39,6 +40,19 @@ class SeedsProgress:
 
     def diverged(self, i: int) -> bool:
         return bool(self.last[i].get("diverged"))
+
+
+def checkpoint_meta(step: int, progress: SeedsProgress) -> dict[str, Any]:
+    """What a finals checkpoint stores beside the stacked state (see :func:`restore`)."""
+    return {"step": step, "progress": dataclasses.asdict(progress)}
+
+
+def restore(directory: str | Path, run: Run, seeds: Sequence[int]
+            ) -> tuple[trainer.TrainState, SeedsProgress]:
+    """Stacked state and progress from a checkpoint saved with :func:`checkpoint_meta`."""
+    like = trainer.init_states(run.spec, run.task, list(seeds))
+    states, meta = checkpoint.restore(directory, like)
+    return states, SeedsProgress(**meta["progress"])
 
 
 def seed_state(states: trainer.TrainState, i: int) -> trainer.TrainState:

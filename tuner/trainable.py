@@ -14,24 +14,21 @@ rank, marked ``diverged``), and it can never be best.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import tempfile
 from typing import Any
 
 from data.registry import metric_names
-from tuner import checkpoint, compile_cache, gpu_share, trainer
+from tuner import checkpoint, compile_cache, gpu_share
 from tuner.config import RunConfig, replace
 from tuner.loop import DivergedError, Run
 
 
 def trial_config(base: RunConfig, config: dict[str, Any]) -> RunConfig:
-    """The run of a trial: the experiment's base + the cell's overrides + lr (+ seed in finals)."""
-    extra = {"train.lr": float(config["lr"])}
-    if "seed" in config:
-        extra["train.seed"] = int(config["seed"])
-    return replace(base, **config["overrides"], **extra)
+    """The run of a trial: the experiment's base + the cell's overrides + lr (finals set the
+    seeds themselves, :func:`tuner.seeds.train_seeds`)."""
+    return replace(base, **config["overrides"], **{"train.lr": float(config["lr"])})
 
 
 def _prepare_worker(config: dict[str, Any]) -> None:
@@ -86,28 +83,26 @@ def train_cell_finals(config: dict[str, Any], base: RunConfig) -> None:
     """
     from ray import tune
 
-    from tuner.seeds import SeedsProgress, seed_state, train_seeds
+    from tuner import seeds as seeds_lib
 
     _prepare_worker(config)
     seeds = [int(s) for s in config["seeds"]]
     cfg = trial_config(base, config)
     run = Run(cfg)
-    states = trainer.init_states(run.spec, run.task, seeds)
-    progress = None
+    states, progress = None, None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            states, meta = checkpoint.restore(d, states)
-        progress = SeedsProgress(**meta["progress"])
+            states, progress = seeds_lib.restore(d, run, seeds)
     rollouts = cfg.rollout_after and run.task.supports_rollout
 
-    def on_eval(step: int, prog: SeedsProgress, sts) -> None:
+    def on_eval(step: int, prog: seeds_lib.SeedsProgress, sts) -> None:
         if step == cfg.train.steps and rollouts:
             from tuner.rollout import evaluate_rollouts
 
             for i in range(len(seeds)):
                 if not prog.diverged(i):
-                    prog.last[i] |= evaluate_rollouts(seed_state(sts, i).params, run.task,
+                    prog.last[i] |= evaluate_rollouts(seeds_lib.seed_state(sts, i).params, run.task,
                                                       run.model, cfg.rollout)
         ok = [m for i, m in enumerate(prog.last) if not prog.diverged(i)]
         means = {k: sum(m[k] for m in ok) / len(ok) for k in (ok[0] if ok else {})
@@ -115,9 +110,9 @@ def train_cell_finals(config: dict[str, Any], base: RunConfig) -> None:
         result = {"step": step, "diverged": not ok, **means,
                   **{seed_key(s, k): v for s, m in zip(seeds, prog.last, strict=True)
                      for k, v in m.items()}}
-        _report(tune, result, sts, {"step": step, "progress": dataclasses.asdict(prog)})
+        _report(tune, result, sts, seeds_lib.checkpoint_meta(step, prog))
 
-    train_seeds(cfg, seeds, on_eval, run=run, states=states, progress=progress)
+    seeds_lib.train_seeds(cfg, seeds, on_eval, run=run, states=states, progress=progress)
 
 
 def _report(tune, result: dict[str, Any], state, meta: dict[str, Any]) -> None:

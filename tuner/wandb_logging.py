@@ -112,9 +112,8 @@ class CellWandbCallback(WandbLoggerCallback):
 
     def log_trial_start(self, trial) -> None:
         spec = trial_spec(trial.config)
-        seeds = spec.get("seeds", [spec["seed"]] if "seed" in spec else [])  # finals: a cell's
         self.kwargs["tags"] = [f"cell:{spec['cell']}", f"stage:{spec.get('stage', 'search')}",
-                               *(f"seed:{s}" for s in seeds)]
+                               *(f"seed:{s}" for s in spec.get("seeds", []))]  # finals: a cell's
         super().log_trial_start(trial)
 
     def _start_logging_actor(self, trial, exclude_results: list[str], **init_kwargs) -> None:
