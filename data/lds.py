@@ -9,7 +9,10 @@ Conventions:
   ``th ~ U[0, pi]`` (plus one real eigenvalue ``+-r`` when ``dim_x`` is odd). ``diagonal`` puts them
   in 2x2 rotation blocks; ``dense`` applies a random similarity ``A = S D S^-1`` to the very same
   block matrix D (same seed, same lambda -> same spectrum), with S = Q1 diag(s) Q2, Q orthogonal
-  and s in [1, 2], so cond(S) <= 2.
+  and s in [1, 2], so cond(S) <= 2. S comes from its own random stream (seeded by
+  ``(system_seed, SIMILARITY_STREAM)``), so it does not depend on the shape of C: at one
+  (seed, lambda) the dense A is the same for every ``dim_y`` (experiment 4 compares dim_y
+  on one A).
 - C is Gaussian with fan_out normalization: ``C_ij ~ N(0, 1 / dim_y)``, fan_out being the output
   dimension of the map x -> C x.
 """
@@ -25,6 +28,7 @@ import numpy as np
 
 Structure = Literal["dense", "diagonal", "scalar"]
 STRUCTURES: tuple[str, ...] = ("dense", "diagonal", "scalar")
+SIMILARITY_STREAM = 1  # second entropy word of the dense similarity's stream (the first: seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,11 +92,19 @@ def _orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
+def similarity(cfg: LDSConfig) -> np.ndarray:
+    """S of the dense structure (cond(S) <= 2), from a stream of its own: independent of C."""
+    srng = np.random.default_rng((cfg.system_seed, SIMILARITY_STREAM))
+    s = _orthogonal(srng, cfg.dim_x) @ np.diag(srng.uniform(1.0, 2.0, cfg.dim_x))
+    return s @ _orthogonal(srng, cfg.dim_x)
+
+
 def make_system_np(cfg: LDSConfig) -> tuple[np.ndarray, np.ndarray]:
     """(A, C) in float64 numpy: the exact system, also used by the Kalman baseline.
 
-    The spectrum and C are drawn first from the same stream for every structure, so dense and
-    diagonal at one (seed, lambda) share eigenvalues and C; only dense draws the similarity after.
+    The spectrum and C are drawn from the same stream for every structure, so dense and
+    diagonal at one (seed, lambda) share eigenvalues and C; the dense similarity S has a stream
+    of its own, so A does not change with ``dim_y``.
     """
     rng = np.random.default_rng(cfg.system_seed)
     d = _block_spectrum(rng, cfg.dim_x, cfg.lambda_val)
@@ -102,8 +114,7 @@ def make_system_np(cfg: LDSConfig) -> tuple[np.ndarray, np.ndarray]:
     elif cfg.structure == "diagonal":
         a = d
     else:
-        s = _orthogonal(rng, cfg.dim_x) @ np.diag(rng.uniform(1.0, 2.0, cfg.dim_x))
-        s = s @ _orthogonal(rng, cfg.dim_x)
+        s = similarity(cfg)
         a = s @ d @ np.linalg.inv(s)
     return a, c
 

@@ -29,6 +29,24 @@ def test_dense_and_diagonal_share_spectrum_in_range(dim_x, lam, seed):
     assert np.count_nonzero(a_diag) <= 2 * dim_x  # 2x2 blocks only
 
 
+@pytest.mark.parametrize("seed,lam", [(0, 0.96), (3, 0.99)])
+def test_dense_a_is_the_same_for_every_dim_y(seed, lam):
+    """Experiment 4 compares dim_y on one system: D, S and so A must not depend on C's shape,
+    while dense and diagonal keep sharing eigenvalues and C at each dim_y."""
+    cfgs = [lds.LDSConfig(dim_x=64, dim_y=y, lambda_val=lam, system_seed=seed)
+            for y in (1, 2, 4, 8)]
+    dense = [lds.make_system_np(c)[0] for c in cfgs]
+    diag = [lds.make_system_np(dataclasses.replace(c, structure="diagonal")) for c in cfgs]
+    sims = [lds.similarity(c) for c in cfgs]
+    for a, (d, c_diag), s, cfg in zip(dense, diag, sims, cfgs, strict=True):
+        np.testing.assert_array_equal(a, dense[0])
+        np.testing.assert_array_equal(d, diag[0][0])
+        np.testing.assert_array_equal(s, sims[0])
+        np.testing.assert_allclose(a, s @ d @ np.linalg.inv(s), atol=1e-12)
+        np.testing.assert_array_equal(lds.make_system_np(cfg)[1], c_diag)
+    assert np.linalg.cond(sims[0]) <= 2 + 1e-9
+
+
 def test_scalar_is_lambda_identity_and_c_has_fan_out_variance():
     a, c = lds.make_system_np(lds.LDSConfig(dim_x=256, dim_y=64, structure="scalar",
                                             lambda_val=0.7))
