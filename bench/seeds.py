@@ -28,9 +28,9 @@ def main() -> None:
         (state, _), _ = timed(trainer.train_steps, state, run.task, run.hparams, **kw)
         (state, _), one_s = timed(trainer.train_steps, state, run.task, run.hparams, **kw)
         states = trainer.init_states(run.spec, run.task, list(range(a.k)))
-        (states, _), _ = timed(trainer.train_steps_seeds, states, run.task, run.hparams, **kw)
-        (states, _), vmap_s = timed(trainer.train_steps_seeds, states, run.task, run.hparams,
-                                    **kw)
+        tasks = trainer.stack([run.task] * a.k)
+        (states, _), _ = timed(trainer.train_steps_seeds, states, tasks, run.hparams, **kw)
+        (states, _), vmap_s = timed(trainer.train_steps_seeds, states, tasks, run.hparams, **kw)
         emit(bench="seeds", patch=patch, k=a.k, batch=a.batch,
              separate_ms_per_step=round(a.k * one_s / a.steps * 1e3, 3),
              vmapped_ms_per_step=round(vmap_s / a.steps * 1e3, 3),

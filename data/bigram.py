@@ -83,6 +83,10 @@ class BigramTask:
     supports_rollout = False
     METRICS = ("ce", "perplexity", "accuracy", "entropy", "nmse", "nmse_info", "skill")
     REPORTED = ("nmse", "ce", "accuracy", "skill")  # nmse = CE / optimum
+    HIGHER_IS_BETTER = ("accuracy", "skill")
+    SYSTEM_METRICS = ("entropy",)
+    LEARNING_CHECK = ("skill", 0.05)  # closes 5% of the unigram -> optimum gap
+    SYSTEM_SEED = "bigram.chain_seed"
     MILESTONES = ()
 
     @classmethod

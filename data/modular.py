@@ -84,6 +84,10 @@ class ModularTask:
     supports_rollout = False
     METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
     REPORTED = ("test_acc", "train_acc", "test_loss", "grokking_step")
+    HIGHER_IS_BETTER = ("train_acc", "test_acc")
+    SYSTEM_METRICS = ()
+    LEARNING_CHECK = None  # grokking cells are judged on their milestones, not vs chance
+    SYSTEM_SEED = "modular.split_seed"
     MILESTONES = (("grokking_step", "test_acc", GROKKED),)  # first step that generalises
 
     @classmethod

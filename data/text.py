@@ -109,6 +109,10 @@ class TextTask:
     supports_rollout = False
     METRICS = ("ce", "perplexity", "bits_per_token", "accuracy")
     REPORTED = ("ce", "perplexity", "accuracy")
+    HIGHER_IS_BETTER = ("accuracy",)
+    SYSTEM_METRICS = ()
+    LEARNING_CHECK = None
+    SYSTEM_SEED = None  # one corpus: seeds vary init and the sampled windows only
     MILESTONES = ()
 
     @classmethod

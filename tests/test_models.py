@@ -65,9 +65,23 @@ def test_chunked_rollouts_equal_unchunked():
     cfg = RolloutConfig(warmup=16, horizons=(1, 2, 8, 16), n_sequences=48)
     whole = evaluate_rollouts(params, task, model, cfg, chunk=48)
     chunked = evaluate_rollouts(params, task, model, cfg, chunk=10)
-    assert whole.keys() == {f"eval/score_t+{h}" for h in (1, 2, 8, 16)}
+    assert whole.keys() == {f"eval/score{kind}_t+{h}" for h in (1, 2, 8, 16)
+                            for kind in ("", "_se")}
     for k in whole:
         np.testing.assert_allclose(chunked[k], whole[k], rtol=1e-6)
+
+
+def test_rollout_standard_error_matches_the_spread_over_repeats():
+    """The reported Monte-Carlo standard error of a score agrees with the spread of the score
+    over independent repeats (other rollout keys): their ratio is near 1 at every horizon."""
+    model, params, _ = tiny(2)
+    task = LDSTask.create(lds.LDSConfig(dim_x=4, dim_y=Y, seq_len=T), patch_size=2)
+    repeats = [evaluate_rollouts(params, task, model, RolloutConfig(
+        warmup=16, horizons=(2, 8), n_sequences=64, seed=s)) for s in range(24)]
+    for h in (2, 8):
+        scores = np.array([r[f"eval/score_t+{h}"] for r in repeats])
+        se = np.mean([r[f"eval/score_se_t+{h}"] for r in repeats])
+        assert 0.6 < scores.std(ddof=1) / se < 1.6, (h, scores.std(ddof=1), se)
 
 
 @pytest.mark.parametrize("kwargs,field", [({"d_model": 30, "n_heads": 4}, "d_model"),

@@ -23,8 +23,8 @@ def test_vmapped_seeds_equal_separate_runs():
     run = Run(SMALL)
     seeds = [0, 1, 7]
     states, metrics = trainer.train_steps_seeds(
-        trainer.init_states(run.spec, run.task, seeds), run.task, run.hparams, spec=run.spec,
-        n_steps=30)
+        trainer.init_states(run.spec, run.task, seeds), trainer.stack([run.task] * 3),
+        run.hparams, spec=run.spec, n_steps=30)
     for i, seed in enumerate(seeds):
         alone, m = trainer.train_steps(trainer.init_state(run.spec, run.task, seed), run.task,
                                        run.hparams, spec=run.spec, n_steps=30)
@@ -74,8 +74,9 @@ def test_compilation_cache_is_written_then_read(tmp_path):
 
 
 def test_train_seeds_equal_separate_runs():
-    """tuner.seeds.train_seeds (one vmapped program) reports what each seed's own run does."""
-    from tuner.seeds import train_seeds
+    """tuner.seeds.train_seeds (one vmapped program) reports what each seed's own run does,
+    each seed on its own system (seed_config), scored on the finals' own held-out key."""
+    from tuner.seeds import FINALS_EVAL_SEED, seed_config, train_seeds
 
     cfg = replace(SMALL, **{"train.steps": 20, "train.eval_every": 10})
     seen: dict[int, list[dict]] = {0: [], 5: []}
@@ -87,7 +88,10 @@ def test_train_seeds_equal_separate_runs():
     states, last = train_seeds(cfg, [0, 5], record)
     for i, seed in enumerate((0, 5)):
         alone: list[dict] = []
-        run = Run(replace(cfg, **{"train.seed": seed}))
+        own = seed_config(cfg, seed)
+        assert own.data.system_seed == cfg.data.system_seed + 1 + seed
+        assert (own.train.seed, own.train.eval_seed) == (seed, FINALS_EVAL_SEED)
+        run = Run(own)
         state = run.train(run.init_state(), lambda m, s, h=alone: h.append(m))
         assert [m["step"] for m in seen[seed]] == [m["step"] for m in alone] == [10, 20]
         for ours, theirs in zip(seen[seed], alone, strict=True):
@@ -151,7 +155,7 @@ def test_train_seeds_resumes_from_a_checkpoint_exactly(tmp_path):
 
     with pytest.raises(Stop):
         train_seeds(cfg, [0, 5], save_and_stop)
-    states, progress = seeds.restore(tmp_path / "ckpt", Run(cfg), [0, 5])
+    states, progress = seeds.restore(tmp_path / "ckpt", seeds.SeedRuns(cfg, [0, 5]))
     assert int(states.step[0]) == 10
     _, resumed = train_seeds(cfg, [0, 5], states=states, progress=progress)
     for full, res in zip(uninterrupted, resumed, strict=True):

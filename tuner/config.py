@@ -35,6 +35,7 @@ class TrainConfig:
     clip_norm: float = 1.0  # global gradient-norm clip
     eval_every: int = 200  # steps between evaluations (and the unit ASHA counts in)
     eval_batch: int = 512  # held-out sequences per evaluation (fixed key: same every time)
+    eval_seed: int = 2**31 - 1  # key of the held-out data (finals use another: tuner.seeds)
     seed: int = 0  # init and data-stream seed (the system is data.system_seed)
 
     def __post_init__(self) -> None:

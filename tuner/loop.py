@@ -47,7 +47,8 @@ class Run:
         return trainer.init_state(self.spec, self.task, self.cfg.train.seed)
 
     def evaluate(self, state: trainer.TrainState):
-        return trainer.evaluate(state.params, self.task, self.model, self.cfg.train.eval_batch)
+        return trainer.evaluate(state.params, self.task, self.model, self.cfg.train.eval_batch,
+                                self.cfg.train.eval_seed)
 
     def train(self, state: trainer.TrainState,
               on_eval: Callable[[dict[str, Any], trainer.TrainState], None]

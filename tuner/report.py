@@ -1,10 +1,11 @@
 """The experiment report: all trials as CSV/Parquet, a markdown summary and PNG plots that answer
-the hypothesis, ending in a plain verdict per claim with its evidence.
+the hypothesis, ending in a verdict per claim that names the metrics it rests on.
 
-Written only once every run of the experiment has finished (the SPEC's protocol). Claims are
-judged on per-cell means over the final seeds; a difference counts only when it exceeds twice its
-standard error (seed spread propagated through the averages), otherwise the verdict is
-"inconclusive".
+Written only once every run of the experiment has finished (the SPEC's protocol). The statistics
+of the verdicts (replicates, series, the learning check) are in :mod:`tuner.verdicts`; this module
+only lays them out: the finals per cell (mean ± sd over seeds, each seed its own system), the
+task's system properties apart (e.g. the LDS's information cost of patching), the rollout scores
+with their standard errors, and per claim its verdict, evidence and plot.
 """
 
 from __future__ import annotations
@@ -20,109 +21,49 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from data.registry import TASKS  # noqa: E402
+from data.registry import TASKS, metric_mode  # noqa: E402
+from tuner import verdicts  # noqa: E402
+from tuner.rollout import SCORE_PREFIX, SCORE_SE_PREFIX  # noqa: E402
 from tuner.search_space import Claim, Experiment  # noqa: E402
 
-SCORE_PREFIX = "eval/score_t+"
+
+def claim_metrics(claim: Claim, exp: Experiment) -> tuple[str, ...]:
+    """The metrics a claim is judged on: its own, else the experiment's search metric."""
+    return tuple(claim.metrics) or (exp.metric,)
 
 
-def _cell_table(exp: Experiment, finals: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per cell: grid values, mean, std and count of ``metric`` over the finished seeds."""
-    ok = finals[~finals.get("diverged", False).fillna(False).astype(bool)]
-    grouped = ok.groupby("cell")[metric]
-    table = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1).fillna(0.0),
-                          "n": grouped.count()})
-    grid = pd.DataFrame.from_dict(exp.cells(), orient="index")  # keeps each axis' own type
-    return grid.join(table, how="inner").reset_index(names="cell")
+def judge_all(exp: Experiment, finals: pd.DataFrame
+              ) -> tuple[list[verdicts.ClaimVerdict], dict[str, pd.DataFrame], dict[str, str]]:
+    """Every claim's verdict, the per-metric cell tables they used, and the unusable cells."""
+    task = TASKS[exp.base.task]
+    cells = exp.cells()
+    needed = {m for c in exp.claims for m in claim_metrics(c, exp)}
+    tables = {m: verdicts.cell_table(cells, finals, m) for m in sorted(needed)}
+    check = getattr(task, "LEARNING_CHECK", None)
+    check_table = (verdicts.cell_table(cells, finals, f"eval/{check[0]}") if check else None)
+    any_table = verdicts.cell_table(cells, finals, "step")
+    unusable = verdicts.usability(any_table, check_table, check[1] if check else None)
+    out = [verdicts.judge(c, {m: tables[m] for m in claim_metrics(c, exp)},
+                          {m: metric_mode(exp.base.task, m) for m in claim_metrics(c, exp)},
+                          unusable) for c in exp.claims]
+    return out, tables, unusable
 
 
-def _agg(table: pd.DataFrame, axis: str) -> pd.DataFrame:
-    """Average cell means over every other axis, per value of ``axis``; standard error of it."""
-    rows = []
-    for value, group in table.groupby(axis, sort=True):
-        se = math.sqrt(((group["std"] ** 2) / group["n"].clip(lower=1)).sum()) / len(group)
-        rows.append({"value": value, "mean": group["mean"].mean(), "se": se})
-    return pd.DataFrame(rows)
-
-
-def _effect(table: pd.DataFrame, effect_axis: str, axis: str) -> pd.DataFrame:
-    """Per value of ``axis``: metric at the largest ``effect_axis`` minus at its smallest."""
-    lo_v, hi_v = table[effect_axis].min(), table[effect_axis].max()
-    rows = []
-    for value, group in table.groupby(axis, sort=True):
-        lo = _agg(group[group[effect_axis] == lo_v], axis).iloc[0]
-        hi = _agg(group[group[effect_axis] == hi_v], axis).iloc[0]
-        rows.append({"value": value, "mean": hi["mean"] - lo["mean"],
-                     "se": math.hypot(hi["se"], lo["se"])})
-    return pd.DataFrame(rows)
-
-
-def _missing(series: pd.DataFrame, what: str) -> tuple[str, str] | None:
-    """Inconclusive when some value has no finite mean (e.g. a milestone no seed reached)."""
-    gaps = [str(v) for v, m in zip(series["value"], series["mean"], strict=True)
-            if not math.isfinite(m)]
-    if not gaps:
-        return None
-    return "inconclusive", (f"{what}: no finite value at {', '.join(gaps)} (every seed there "
-                            "diverged or never reached the metric)")
-
-
-def _trend_verdict(series: pd.DataFrame, direction: str, what: str) -> tuple[str, str]:
-    if missing := _missing(series, what):
-        return missing
-    xs, ys, se = series["value"].astype(float), series["mean"], series["se"]
-    rho = pd.Series(xs).rank().corr(pd.Series(ys).rank()) if len(series) > 2 else math.copysign(
-        1.0, ys.iloc[-1] - ys.iloc[0])
-    change = ys.iloc[-1] - ys.iloc[0]
-    change_se = math.hypot(se.iloc[0], se.iloc[-1])
-    sign = 1 if direction == "increasing" else -1
-    points = ", ".join(f"{v:g}: {m:.4g}±{s:.2g}" for v, m, s in zip(xs, ys, se, strict=True))
-    evidence = (f"{what} per value ({points}); Spearman rho = {rho:+.2f}; end-to-end change "
-                f"{change:+.4g} (standard error {change_se:.2g})")
-    if abs(change) <= 2 * change_se:
-        return "inconclusive", evidence + ": the change is within twice its standard error"
-    if sign * rho >= 0.7 and sign * change > 0:
-        return "supported", evidence
-    if sign * rho <= -0.7 and sign * change < 0:
-        return "contradicted", evidence
-    return "not supported", evidence + ": not monotone in the expected direction"
-
-
-def _compare_verdict(series: pd.DataFrame, better: Any, what: str) -> tuple[str, str]:
-    if missing := _missing(series, what):
-        return missing
-    best_row = series[series["value"] == better].iloc[0]
-    others = series[series["value"] != better]
-    gaps = [(o["value"], o["mean"] - best_row["mean"], math.hypot(o["se"], best_row["se"]))
-            for _, o in others.iterrows()]
-    evidence = f"{what}: {better} {best_row['mean']:.4g}±{best_row['se']:.2g} vs " + ", ".join(
-        f"{v} {best_row['mean'] + g:.4g} (gap {g:+.3g}±{s:.2g})" for v, g, s in gaps)
-    if all(g > 2 * s for _, g, s in gaps):
-        return "supported", evidence
-    if all(g < -2 * s for _, g, s in gaps):
-        return "contradicted", evidence
-    return "inconclusive", evidence + ": the gap is within twice its standard error"
-
-
-def judge(claim: Claim, table: pd.DataFrame, metric: str) -> tuple[str, str]:
-    """(verdict, evidence) for one claim from the per-cell table."""
-    if claim.kind == "trend":
-        return _trend_verdict(_agg(table, claim.axis), claim.direction,
-                              f"mean {metric} over the other axes")
-    if claim.kind == "compare":
-        return _compare_verdict(_agg(table, claim.axis), claim.better, f"mean {metric}")
-    effect = _effect(table, claim.effect_axis, claim.axis)
-    what = (f"effect of {claim.effect_axis} ({metric} at its largest value minus at its "
-            "smallest)")
-    if claim.kind == "effect_trend":
-        return _trend_verdict(effect, claim.direction, what)
-    return _compare_verdict(effect, claim.better, what)
-
-
-def _plot_claim(claim: Claim, table: pd.DataFrame, metric: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
+def _plot_claim(claim: Claim, tables: dict[str, pd.DataFrame], path: Path) -> None:
+    """One panel per metric of the claim: cell means ± sd over seeds along the x axis."""
+    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4), squeeze=False)
     x_axis = claim.effect_axis if claim.kind.startswith("effect") else claim.axis
-    series_axes = [a for a in table.columns if a not in ("cell", "mean", "std", "n", x_axis)]
+    for ax, (metric, table) in zip(axes[0], tables.items(), strict=True):
+        _plot_cells(ax, table, x_axis, f"{metric} (final, mean ± sd over seeds)")
+    fig.suptitle(textwrap.fill(claim.text, 90), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_cells(ax, table: pd.DataFrame, x_axis: str, ylabel: str) -> None:
+    series_axes = [a for a in table.columns
+                   if a not in ("cell", "mean", "sd", "n", "se", "df", "n_runs", x_axis)]
     groups = table.groupby(series_axes) if series_axes else [((), table)]
     numeric = pd.api.types.is_numeric_dtype(table[x_axis])  # False for optimizer names etc.
     for key, group in groups:
@@ -131,42 +72,71 @@ def _plot_claim(claim: Claim, table: pd.DataFrame, metric: str, path: Path) -> N
         label = ", ".join(f"{a.split('.')[-1]}={k}" for a, k in zip(series_axes, key,
                                                                      strict=True))
         ax.errorbar(group[x_axis] if numeric else group[x_axis].astype(str),
-                    group["mean"], yerr=group["std"], marker="o", capsize=3, label=label or None)
+                    group["mean"], yerr=group["sd"], marker="o", capsize=3, label=label or None)
     if numeric and (table[x_axis] > 0).all() and \
             table[x_axis].max() / table[x_axis].min() >= 8:
         ax.set_xscale("log", base=2)
     ax.set_xlabel(x_axis)
-    ax.set_ylabel(f"{metric} (final, mean ± std over seeds)")
-    ax.set_title(textwrap.fill(claim.text, 70), fontsize=9)
+    ax.set_ylabel(ylabel)
     if series_axes:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _plot_rollouts(finals: pd.DataFrame, path: Path) -> list[int]:
-    cols = sorted((c for c in finals.columns if c.startswith(SCORE_PREFIX)),
-                  key=lambda c: int(c[len(SCORE_PREFIX):]))
+    """One small panel per cell: mean score per horizon with its standard error over seeds."""
+    cols = _score_columns(finals)
     horizons = [int(c[len(SCORE_PREFIX):]) for c in cols]
     if not cols:
         return []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for cell, group in finals.groupby("cell", sort=False):
-        ax.plot(horizons, group[cols].mean().to_numpy(), marker=".", label=cell)
-    ax.set_xscale("log", base=2)
-    ax.axhline(1.0, color="k", lw=0.8, ls="--")
-    ax.set_xlabel("horizon h (generated steps after the warmup)")
-    ax.set_ylabel("model h-step error / KF h-step error")
-    ax.legend(fontsize=6, ncol=2)
+    groups = list(verdicts.finished(finals).groupby("cell", sort=False))
+    ncol = min(4, len(groups))
+    nrow = math.ceil(len(groups) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False,
+                             sharex=True)
+    for ax, (cell, group) in zip(axes.flat, groups, strict=False):
+        vals = group[cols].astype(float)
+        se = vals.std(ddof=1) / math.sqrt(len(vals)) if len(vals) > 1 else None
+        ax.errorbar(horizons, vals.mean().to_numpy(), yerr=None if se is None else se.to_numpy(),
+                    marker=".", capsize=2)
+        ax.set_xscale("log", base=2)
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_title(cell, fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    fig.supxlabel("horizon h (generated steps after the warmup)", fontsize=8)
+    fig.supylabel("model h-step error / KF h-step error", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return horizons
 
 
+def _score_columns(finals: pd.DataFrame) -> list[str]:
+    return sorted((c for c in finals.columns if c.startswith(SCORE_PREFIX)),
+                  key=lambda c: int(c[len(SCORE_PREFIX):]))
+
+
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def _mean_sd(vals: pd.Series) -> str:
+    vals = vals.astype(float)
+    vals = vals[vals.map(math.isfinite)]
+    if not len(vals):
+        return "n/a"
+    sd = f"{vals.std(ddof=1):.2g}" if len(vals) > 1 else "n/a"
+    return f"{vals.mean():.4g} ± {sd}"
+
+
+def _mean_se(vals: pd.Series) -> str:
+    vals = vals.astype(float)
+    vals = vals[vals.map(math.isfinite)]
+    if not len(vals):
+        return "n/a"
+    se = f"{vals.std(ddof=1) / math.sqrt(len(vals)):.2g}" if len(vals) > 1 else "n/a"
+    return f"{vals.mean():.3g} ± {se}"
 
 
 def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[dict],
@@ -175,6 +145,7 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
     out = root / "report"
     out.mkdir(parents=True, exist_ok=True)
     finals = pd.DataFrame(finals_rows)
+    task = TASKS[exp.base.task]
     metric = exp.metric
     all_rows = pd.concat([search_trials.assign(stage="search"), finals.assign(stage="final")],
                          ignore_index=True)
@@ -182,12 +153,12 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
     all_rows.astype({c: str for c in all_rows.columns if all_rows[c].dtype == object}).to_parquet(
         out / "trials.parquet", index=False)
 
-    table = _cell_table(exp, finals, metric)
+    claim_verdicts, tables, unusable = judge_all(exp, finals)
     lines = [f"# {exp.name}", "", f"**Hypothesis.** {exp.hypothesis}", "",
              f"Experiment file: `{exp.path}`; {len(exp.cells())} cells x "
-             f"{exp.trials_per_cell} search trials, finals with seeds {list(exp.seeds)}, "
-             f"budget {exp.max_t} steps; metric `{metric}` "
-             f"({'lower' if exp.mode == 'min' else 'higher'} is better).",
+             f"{exp.trials_per_cell} search trials (searched on `{metric}`, "
+             f"{'lower' if exp.mode == 'min' else 'higher'} is better), finals with seeds "
+             f"{list(exp.seeds)}, budget {exp.max_t} steps.",
              "", "## Learning rate per cell (stage 1)", "",
              "| cell | best lr | search value | trials (complete/pruned/diverged/failed) | note |",
              "|---|---|---|---|---|"]
@@ -204,35 +175,68 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
         lines.append(f"| {cell} | {b['lr']:.3g} | {b['value']:.4g} | {st.get('COMPLETE', 0)}/"
                      f"{st.get('PRUNED', 0) - n_diverged}/{n_diverged}/{st.get('FAIL', 0)} | "
                      f"{note} |")
-    score_cols = sorted((c for c in finals.columns if c.startswith(SCORE_PREFIX)),
-                        key=lambda c: int(c[len(SCORE_PREFIX):]))
-    columns = [f"eval/{m}" for m in TASKS[exp.base.task].REPORTED if f"eval/{m}" in finals]
-    lines += ["", "## Finals (stage 2): mean ± std over seeds", "",
-              _row(["cell", *(c.removeprefix("eval/") for c in columns),
-                    *(c.replace("eval/score_", "") for c in score_cols)]),
-              "|---" * (1 + len(columns) + len(score_cols)) + "|"]
-    for cell, group in finals.groupby("cell", sort=False):
-        def ms(col, group=group):
-            vals = group[col].astype(float)
-            return f"{vals.mean():.4g} ± {vals.std(ddof=1):.2g}"
-        lines.append(_row([cell, *(ms(c) for c in columns),
-                           *(f"{group[c].astype(float).mean():.3g}" for c in score_cols)]))
-    diverged = finals[finals.get("diverged", False).fillna(False).astype(bool)]
+    system_cols = [f"eval/{m}" for m in getattr(task, "SYSTEM_METRICS", ()) if f"eval/{m}"
+                   in finals]
+    columns = [f"eval/{m}" for m in task.REPORTED if f"eval/{m}" in finals]
+    systems = (f"; seed s trains on its own system ({task.SYSTEM_SEED} = file's + 1 + s), so the "
+               "spread covers the system draw" if task.SYSTEM_SEED else "")
+    lines += ["", "## Finals (stage 2): mean ± sd over seeds", "",
+              f"Each final seed is its own run (init, data{', system' if systems else ''}){systems}"
+              "; scored on held-out data that did not choose the learning rate. `flag`: why a "
+              "cell carries no verdict (see Verdict).", "",
+              _row(["cell", "seeds ok/run", *(c.removeprefix("eval/") for c in columns),
+                    "flag"]),
+              "|---" * (3 + len(columns)) + "|"]
+    ok = verdicts.finished(finals)
+    for cell in exp.cells():
+        group = ok[ok["cell"] == cell]
+        n_runs = int((finals["cell"] == cell).sum()) if len(finals) else 0
+        lines.append(_row([cell, f"{len(group)}/{n_runs}",
+                           *(_mean_sd(group[c]) if c in group else "n/a" for c in columns),
+                           unusable.get(cell, "")]))
+    diverged = finals[finals.get("diverged", pd.Series(False, index=finals.index))
+                      .astype("boolean").fillna(False).astype(bool)]
     if len(diverged):
         runs = list(zip(diverged.cell, diverged.seed, strict=True))
         lines += ["", f"Diverged final runs (excluded): {runs}"]
+    if system_cols:
+        lines += ["", "## Properties of the systems (not of the model)", "",
+                  "The same for every predictor of a cell: what the task itself imposes (for "
+                  "the LDS, `info_cost` = error of the Kalman filter that sees only what a "
+                  "patch-P model sees / error of the full filter). Plot: `system.png`.", "",
+                  _row(["cell", *(c.removeprefix("eval/") for c in system_cols)]),
+                  "|---" * (1 + len(system_cols)) + "|"]
+        for cell in exp.cells():
+            group = ok[ok["cell"] == cell]
+            lines.append(_row([cell, *(_mean_sd(group[c]) for c in system_cols)]))
+        _plot_system(exp, finals, system_cols, out / "system.png")
+    score_cols = _score_columns(finals)
     if score_cols:
-        lines += ["", "Rollout scores: model h-step error / KF h-step error after a "
-                  f"{exp.base.rollout.warmup}-observation warmup, "
-                  f"{exp.base.rollout.n_sequences} sequences; see `rollouts.png`."]
-    lines += ["", "## Verdict", ""]
-    for i, claim in enumerate(exp.claims):
-        claim_metric = claim.metric or metric
-        claim_table = table if claim_metric == metric else _cell_table(exp, finals, claim_metric)
-        verdict, evidence = judge(claim, claim_table, claim_metric)
+        lines += ["", "## Rollouts: mean ± standard error over seeds", "",
+                  f"Model h-step error / KF h-step error after a {exp.base.rollout.warmup}-"
+                  f"observation warmup, {exp.base.rollout.n_sequences} sequences per seed "
+                  "(the Monte-Carlo standard error of one seed's score is in `mc se`, as a "
+                  "fraction of the score, largest horizon); see `rollouts.png`.", "",
+                  _row(["cell", *(c.replace("eval/score_", "") for c in score_cols), "mc se"]),
+                  "|---" * (2 + len(score_cols)) + "|"]
+        last = score_cols[-1]
+        last_se = last.replace(SCORE_PREFIX, SCORE_SE_PREFIX)
+        for cell in exp.cells():
+            group = ok[ok["cell"] == cell]
+            rel = (group[last_se] / group[last]).mean() if last_se in group else math.nan
+            lines.append(_row([cell, *(_mean_se(group[c]) for c in score_cols),
+                               f"{rel:.1%}" if math.isfinite(rel) else "n/a"]))
+    lines += ["", "## Verdict", "",
+              "Each claim names the metrics that answer it; it is supported (contradicted) only "
+              "when every one of them says so, by a difference beyond its 95% t threshold over "
+              "the seeds (tuner/verdicts.py). Cells that are not clearly better than the "
+              "trivial predictor, or lack replicates, are left out of every claim.", ""]
+    for i, (claim, v) in enumerate(zip(exp.claims, claim_verdicts, strict=True)):
         png = f"claim{i + 1}.png"
-        _plot_claim(claim, claim_table, claim_metric, out / png)
-        lines.append(f"{i + 1}. **{claim.text}: {verdict}.** {evidence}. Plot: `{png}`.")
+        _plot_claim(claim, {m: tables[m] for m in claim_metrics(claim, exp)}, out / png)
+        names = ", ".join(f"`{m}`" for m in claim_metrics(claim, exp))
+        lines.append(f"{i + 1}. **{claim.text}: {v.verdict}** (on {names}). {v.evidence()}. "
+                     f"Plot: `{png}`.")
     if not exp.claims:
         lines.append("The experiment file states no checkable claims.")
     _plot_rollouts(finals, out / "rollouts.png")
@@ -241,7 +245,19 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
     return summary
 
 
-def verdict_lines(summary: Path) -> list[str]:
-    text = summary.read_text().split("## Verdict", 1)[-1]
-    return [line for line in text.splitlines() if line.strip()]
+def _plot_system(exp: Experiment, finals: pd.DataFrame, cols: list[str], path: Path) -> None:
+    """The system properties per cell along the experiment's first grid axis."""
+    x_axis = next(iter(exp.grid))
+    fig, axes = plt.subplots(1, len(cols), figsize=(6 * len(cols), 4), squeeze=False)
+    for ax, col in zip(axes[0], cols, strict=True):
+        table = verdicts.cell_table(exp.cells(), finals, col)
+        _plot_cells(ax, table, x_axis, f"{col} (mean ± sd over systems)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
+
+def verdict_lines(summary: Path) -> list[str]:
+    """The numbered verdict lines of a written summary (what the CLI prints)."""
+    text = summary.read_text().split("## Verdict", 1)[-1]
+    return [line for line in text.splitlines() if line[:1].isdigit()]

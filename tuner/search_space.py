@@ -47,7 +47,7 @@ class Claim:
     direction: str | None = None
     better: Any = None
     effect_axis: str | None = None
-    metric: str | None = None
+    metrics: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,4 +316,6 @@ def _claim(raw: Any, index: int, lines: _Lines, grid: dict, metrics: tuple[str, 
                           f"{list(metrics)}")
     return Claim(kind=kind, text=str(raw.get("text", kind)), axis=raw["axis"],
                  direction=raw.get("direction"), better=raw.get("better"),
-                 effect_axis=raw.get("effect_axis"), metric=raw.get("metric"))
+                 effect_axis=raw.get("effect_axis"),
+                 metrics=tuple(raw.get("metrics") or ([raw["metric"]] if raw.get("metric")
+                                                      else [])))

@@ -1,10 +1,23 @@
-"""Finals: every seed of a cell trained in one vmapped program.
+"""Finals: every seed of a cell trained in one vmapped program, each on its own system.
+
+Seeds replicate over everything a claim generalises over (SPEC section 6), so final seed ``s``
+changes three things (:func:`seed_config`):
+
+- ``train.seed = s``: initialization and the training data stream;
+- the task's system (``SYSTEM_SEED`` field of the task class, e.g. ``data.system_seed`` for the
+  LDS) ``= base + 1 + s``: every seed trains on its own system draw, never the search's (``base``);
+- ``train.eval_seed = FINALS_EVAL_SEED``: finals are scored on held-out data that played no part
+  in choosing the learning rate.
+
+The search trials (:func:`search_config`) use ``SEARCH_SEED``, which no final seed may take, on
+the file's own system: the rate is chosen on a run disjoint from every final one.
 
 A default-size model leaves most of a GPU idle, and separate seed runs each pay their own
-dispatches (and, in separate processes, their own compiles). Stacking K seeds on a leading axis
-and vmapping the trainer's own step (:func:`tuner.trainer.train_steps_seeds`) runs them as one
-program with K times the work per kernel; each seed's trajectory equals its separate run (same
-init key, same data stream, same HParams), which ``tests/test_speed_paths.py`` checks.
+dispatches (and, in separate processes, their own compiles). Stacking K seeds (states and
+tasks) on a leading axis and vmapping the trainer's own step
+(:func:`tuner.trainer.train_steps_seeds`) runs them as one program with K times the work per
+kernel; each seed's trajectory equals its separate run of :func:`seed_config`, which
+``tests/test_speed_paths.py`` checks.
 
 No Ray here: the finals stage calls :func:`train_seeds` inside one trial per cell
 (``tuner.trainable.train_cell_finals``), which checkpoints the stacked state and the
@@ -22,9 +35,39 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from data.registry import TASKS
 from tuner import checkpoint, trainer
-from tuner.config import RunConfig
+from tuner.config import RunConfig, replace
 from tuner.loop import Run, milestone_metrics
+
+SEARCH_SEED = 1_000_000  # train.seed of every search trial; final seeds lie in [0, SEARCH_SEED)
+FINALS_EVAL_SEED = 2**31 - 2  # held-out key of the finals (the search's is train.eval_seed)
+
+
+def system_seed_field(cfg: RunConfig) -> str | None:
+    """Dotted RunConfig field that picks the task's system (None: the task has no draw)."""
+    return TASKS[cfg.task].SYSTEM_SEED
+
+
+def get_field(cfg: RunConfig, dotted: str):
+    """The value of a dotted RunConfig field (``data.system_seed``)."""
+    head, _, rest = dotted.partition(".")
+    return getattr(getattr(cfg, head), rest)
+
+
+def seed_config(cfg: RunConfig, seed: int) -> RunConfig:
+    """The run of final seed ``seed``: own init/data seed, own system, finals' eval key."""
+    if not 0 <= seed < SEARCH_SEED:
+        raise ValueError(f"final seed {seed}; allowed: 0 <= seed < {SEARCH_SEED} (the search's)")
+    over = {"train.seed": seed, "train.eval_seed": FINALS_EVAL_SEED}
+    if (field := system_seed_field(cfg)) is not None:
+        over[field] = get_field(cfg, field) + 1 + seed
+    return replace(cfg, **over)
+
+
+def search_config(cfg: RunConfig) -> RunConfig:
+    """The run of a search trial: the file's own system, a seed no final run uses."""
+    return replace(cfg, **{"train.seed": SEARCH_SEED})
 
 
 @dataclasses.dataclass
@@ -47,25 +90,39 @@ def checkpoint_meta(step: int, progress: SeedsProgress) -> dict[str, Any]:
     return {"step": step, "progress": dataclasses.asdict(progress)}
 
 
-def restore(directory: str | Path, run: Run, seeds: Sequence[int]
-            ) -> tuple[trainer.TrainState, SeedsProgress]:
+class SeedRuns:
+    """The K runs of a cell's finals: one model and step, K tasks (systems), stacked."""
+
+    def __init__(self, cfg: RunConfig, seeds: Sequence[int]):
+        if not seeds:
+            raise ValueError("the finals need at least one seed")
+        self.cfg, self.seeds = cfg, [int(s) for s in seeds]
+        self.configs = [seed_config(cfg, s) for s in self.seeds]
+        self.runs = [Run(c) for c in self.configs]  # cheap: tasks are host arrays, no compile
+        self.run = self.runs[0]  # model, step spec and hparams are the same for every seed
+        self.tasks = trainer.stack([r.task for r in self.runs])
+
+    def init_states(self) -> trainer.TrainState:
+        return trainer.stack([r.init_state() for r in self.runs])
+
+
+def restore(directory: str | Path, runs: SeedRuns) -> tuple[trainer.TrainState, SeedsProgress]:
     """Stacked state and progress from a checkpoint saved with :func:`checkpoint_meta`."""
-    like = trainer.init_states(run.spec, run.task, list(seeds))
-    states, meta = checkpoint.restore(directory, like)
+    states, meta = checkpoint.restore(directory, runs.init_states())
     return states, SeedsProgress(**meta["progress"])
 
 
 def seed_state(states: trainer.TrainState, i: int) -> trainer.TrainState:
     """Seed ``i``'s state out of a stacked (vmapped) state."""
-    return jax.tree.map(lambda x: x[i], states)
+    return trainer.unstack(states, i)
 
 
 def train_seeds(cfg: RunConfig, seeds: Sequence[int],
                 on_eval: Callable[[int, SeedsProgress, trainer.TrainState], None] | None = None,
-                *, run: Run | None = None, states: trainer.TrainState | None = None,
+                *, runs: SeedRuns | None = None, states: trainer.TrainState | None = None,
                 progress: SeedsProgress | None = None,
                 ) -> tuple[list[trainer.TrainState], list[dict[str, Any]]]:
-    """Trains ``cfg`` once per seed (``cfg.train.seed`` replaced), all seeds in one program.
+    """Trains ``seed_config(cfg, s)`` for every seed s, all seeds in one program.
 
     Every ``eval_every`` steps and at the end, ``on_eval(step, progress, states)`` is called
     once, with ``progress.last[i]`` holding seed i's metrics (those :meth:`Run.train` reports,
@@ -75,35 +132,33 @@ def train_seeds(cfg: RunConfig, seeds: Sequence[int],
 
     Returns the final per-seed states and last metrics, in the order of ``seeds``.
     """
-    if not seeds:
-        raise ValueError("train_seeds needs at least one seed")
-    run = run or Run(cfg)
-    t = cfg.train
+    runs = runs or SeedRuns(cfg, seeds)
+    run, t = runs.run, cfg.train
     if states is None:
-        states = trainer.init_states(run.spec, run.task, list(seeds))
-    progress = progress or SeedsProgress.start(len(seeds))
+        states = runs.init_states()
+    progress = progress or SeedsProgress.start(len(runs.seeds))
     step = int(states.step[0])
-    while step < t.steps and not all(progress.diverged(i) for i in range(len(seeds))):
+    n_seeds = len(runs.seeds)
+    while step < t.steps and not all(progress.diverged(i) for i in range(n_seeds)):
         n = min(t.eval_every - step % t.eval_every, t.steps - step)
-        states, m = trainer.train_steps_seeds(states, run.task, run.hparams, spec=run.spec,
+        states, m = trainer.train_steps_seeds(states, runs.tasks, run.hparams, spec=run.spec,
                                               n_steps=n)
         step += n
         losses, grad_norms = jax.device_get((m["loss"], m["grad_norm"]))
         lr_now = float(t.lr * trainer.lr_multiplier(jnp.asarray(step - 1), run.hparams))
-        for i in range(len(seeds)):
+        for i, seed_run in enumerate(runs.runs):
             if progress.diverged(i):
                 continue
             loss = float(losses[i])
             if not math.isfinite(loss):
                 progress.last[i] = {"step": step, "train_loss": loss, "diverged": True}
                 continue
-            metrics, _ = trainer.evaluate(seed_state(states, i).params, run.task, run.model,
-                                          t.eval_batch)
+            metrics, _ = seed_run.evaluate(seed_state(states, i))
             progress.last[i] = {
                 "step": step, "train_loss": loss, "grad_norm": float(grad_norms[i]),
                 "lr_now": lr_now, "diverged": False,
                 **{f"eval/{k}": v for k, v in metrics.items()},
-                **milestone_metrics(run.task, progress.reached[i], step, metrics)}
+                **milestone_metrics(seed_run.task, progress.reached[i], step, metrics)}
         if on_eval is not None:
             on_eval(step, progress, states)
-    return [seed_state(states, i) for i in range(len(seeds))], progress.last
+    return [seed_state(states, i) for i in range(n_seeds)], progress.last

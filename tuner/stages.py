@@ -180,7 +180,8 @@ def final_rows(spec: dict[str, Any], metrics: dict[str, Any], error: Any) -> lis
         own = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
         rows.append({"cell": spec["cell"], "seed": seed, "lr": spec["lr"], **spec["overrides"],
                      **{k: v for k, v in own.items()
-                        if k.startswith("eval/") or k in ("train_loss", "step", "diverged")},
+                        if k.startswith("eval/") or k in ("train_loss", "step", "diverged",
+                                                        "system_seed")},
                      "error": None if error is None else str(error)})
     return rows
 

@@ -23,11 +23,15 @@ from data.registry import metric_names
 from tuner import checkpoint, compile_cache, gpu_share
 from tuner.config import RunConfig, replace
 from tuner.loop import DivergedError, Run
+from tuner.seeds import search_config
 
 
 def trial_config(base: RunConfig, config: dict[str, Any]) -> RunConfig:
-    """The run of a trial: the experiment's base + the cell's overrides + lr (finals set the
-    seeds themselves, :func:`tuner.seeds.train_seeds`)."""
+    """The cell's run at the trial's lr: the experiment's base + the cell's overrides + lr.
+
+    Search trials then take :func:`tuner.seeds.search_config` and finals
+    :func:`tuner.seeds.seed_config` per seed (seeds and systems disjoint between the two).
+    """
     return replace(base, **config["overrides"], **{"train.lr": float(config["lr"])})
 
 
@@ -45,7 +49,7 @@ def train_trial(config: dict[str, Any], base: RunConfig) -> None:
     from ray import tune  # imported here: the training core must import without Ray
 
     _prepare_worker(config)
-    cfg = trial_config(base, config)
+    cfg = search_config(trial_config(base, config))
     run = Run(cfg)
     state = run.init_state()
     ckpt = tune.get_checkpoint()
@@ -88,31 +92,35 @@ def train_cell_finals(config: dict[str, Any], base: RunConfig) -> None:
     _prepare_worker(config)
     seeds = [int(s) for s in config["seeds"]]
     cfg = trial_config(base, config)
-    run = Run(cfg)
+    runs = seeds_lib.SeedRuns(cfg, seeds)
     states, progress = None, None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            states, progress = seeds_lib.restore(d, run, seeds)
-    rollouts = cfg.rollout_after and run.task.supports_rollout
+            states, progress = seeds_lib.restore(d, runs)
+    rollouts = cfg.rollout_after and runs.run.task.supports_rollout
+    field = seeds_lib.system_seed_field(cfg)
+    system_seeds = [seeds_lib.get_field(c, field) if field else None for c in runs.configs]
 
     def on_eval(step: int, prog: seeds_lib.SeedsProgress, sts) -> None:
         if step == cfg.train.steps and rollouts:
             from tuner.rollout import evaluate_rollouts
 
-            for i in range(len(seeds)):
+            for i, r in enumerate(runs.runs):  # each seed on its own system
                 if not prog.diverged(i):
-                    prog.last[i] |= evaluate_rollouts(seeds_lib.seed_state(sts, i).params, run.task,
-                                                      run.model, cfg.rollout)
+                    prog.last[i] |= evaluate_rollouts(seeds_lib.seed_state(sts, i).params,
+                                                      r.task, r.model, cfg.rollout)
         ok = [m for i, m in enumerate(prog.last) if not prog.diverged(i)]
         means = {k: sum(m[k] for m in ok) / len(ok) for k in (ok[0] if ok else {})
                  if k.startswith("eval/") or k == "train_loss"}
         result = {"step": step, "diverged": not ok, **means,
                   **{seed_key(s, k): v for s, m in zip(seeds, prog.last, strict=True)
-                     for k, v in m.items()}}
+                     for k, v in m.items()},
+                  **{seed_key(s, "system_seed"): sys_seed
+                     for s, sys_seed in zip(seeds, system_seeds, strict=True)}}
         _report(tune, result, sts, seeds_lib.checkpoint_meta(step, prog))
 
-    seeds_lib.train_seeds(cfg, seeds, on_eval, run=run, states=states, progress=progress)
+    seeds_lib.train_seeds(cfg, seeds, on_eval, runs=runs, states=states, progress=progress)
 
 
 def _report(tune, result: dict[str, Any], state, meta: dict[str, Any]) -> None:

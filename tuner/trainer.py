@@ -138,20 +138,36 @@ def train_steps(state: TrainState, task, hp: HParams, *, spec: StepSpec, n_steps
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "n_steps"), donate_argnames=("states",))
-def train_steps_seeds(states: TrainState, task, hp: HParams, *, spec: StepSpec, n_steps: int
+def train_steps_seeds(states: TrainState, tasks, hp: HParams, *, spec: StepSpec, n_steps: int
                       ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """:func:`train_steps` for K seeds at once: ``states`` stacked on a leading axis (vmap).
+    """:func:`train_steps` for K seeds at once: ``states`` and ``tasks`` stacked on a leading
+    axis (:func:`stack`), seed i training on task i (its own system), all in one vmapped program.
 
     One program trains every seed of a cell, so a small model fills more of the accelerator
     and the cell compiles once; each seed's trajectory equals its separate run.
     """
-    return jax.vmap(lambda s: _train_steps(s, task, hp, spec, n_steps))(states)
+    return jax.vmap(lambda s, task: _train_steps(s, task, hp, spec, n_steps))(states, tasks)
+
+
+def stack(trees: list) -> Any:
+    """Pytrees of one structure stacked leaf by leaf on a new leading axis.
+
+    Static (non-pytree) fields are taken from the first tree: tasks of one cell differ only in
+    their arrays (e.g. each final seed's system), never in shapes.
+    """
+    treedef = jax.tree.structure(trees[0])
+    leaves = [jax.tree.leaves(t) for t in trees]
+    return jax.tree.unflatten(treedef, [jnp.stack(xs) for xs in zip(*leaves, strict=True)])
+
+
+def unstack(tree: Any, i: int) -> Any:
+    """Entry ``i`` of a tree stacked by :func:`stack` (or by vmap)."""
+    return jax.tree.map(lambda x: x[i], tree)
 
 
 def init_states(spec: StepSpec, task, seeds: list[int]) -> TrainState:
     """:func:`init_state` for several seeds, stacked on a leading axis."""
-    states = [init_state(spec, task, s) for s in seeds]
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    return stack([init_state(spec, task, s) for s in seeds])
 
 
 @functools.partial(jax.jit, static_argnames=("model", "batch"))
@@ -162,12 +178,11 @@ def eval_stats(params, task, key: jax.Array, *, model: SequenceModel, batch: int
     return task.eval_stats(model.apply(params, task.inputs(b)), b)
 
 
-EVAL_SEED = 2**31 - 1  # held-out stream, disjoint from every training seed
-
-
-def evaluate(params, task, model: SequenceModel, batch: int) -> tuple[dict[str, float], Any]:
-    """Eval metrics on fixed held-out data, and the raw statistics they came from."""
-    stats = eval_stats(params, task, jax.random.PRNGKey(EVAL_SEED), model=model, batch=batch)
+def evaluate(params, task, model: SequenceModel, batch: int, eval_seed: int
+             ) -> tuple[dict[str, float], Any]:
+    """Eval metrics on the held-out data of ``eval_seed`` (the same at every evaluation of a
+    run), and the raw statistics they came from."""
+    stats = eval_stats(params, task, jax.random.PRNGKey(eval_seed), model=model, batch=batch)
     metrics = {k: float(v) for k, v in task.eval_metrics(stats).items()}
     metrics["weight_norm"] = float(optax.tree.norm(params))  # what weight decay acts on
     return metrics, jax.device_get(stats)
