@@ -103,6 +103,29 @@ def test_outcomes_and_best_only_from_complete(tmp_path):
     assert df.loc[df.number == 0, "last_step"].item() == 3
 
 
+def test_tpe_ranks_a_late_divergence_below_every_pruned_trial(tmp_path):
+    """TPE's own split (good vs bad trials): a trial that diverged at the last step ranks
+    below trials ASHA stopped at the first rung, whatever their loss, and below complete ones."""
+    from optuna.samplers._tpe.sampler import _split_trials
+
+    searcher = _searcher(tmp_path, cells={"a": {}}, trials_per_cell=5)
+    for i in range(5):
+        searcher.suggest(f"t{i}")
+    for i, loss in enumerate((0.9, 0.8, 0.7)):  # stopped at step 1
+        searcher.on_trial_result(f"t{i}", {"step": 1, "loss": loss})
+        searcher.on_trial_complete(f"t{i}", {"step": 1, "loss": loss})
+    for step in range(1, MAX_T):  # fine until the end, then NaN
+        searcher.on_trial_result("t3", {"step": step, "loss": 0.01})
+    searcher.on_trial_complete("t3", {"step": MAX_T, "loss": float("nan")})
+    searcher.on_trial_result("t4", {"step": MAX_T, "loss": 0.5})
+    searcher.on_trial_complete("t4", {"step": MAX_T, "loss": 0.5})
+    study = searcher._studies["a"].study
+    trials = study.get_trials(deepcopy=False)
+    below, above = _split_trials(study, trials, n_below=len(trials) - 1)
+    assert [t.number for t in above] == [3]
+    assert searcher.best_per_cell()["a"]["trial_number"] == 4
+
+
 def test_tied_best_value_goes_to_the_trial_that_reached_it_first(tmp_path):
     searcher = _searcher(tmp_path, cells={"a": {}}, trials_per_cell=3)
     for i in range(3):
@@ -130,7 +153,9 @@ def test_snapshot_restore_reuses_unclaimed_trial_and_skips_told(tmp_path):
     first = _searcher(tmp_path, trials_per_cell=2, scheduler=scheduler)
     first.suggest("t0")  # a/0
     first.suggest("t1")  # b/0
+    # Tune hands every result to both (the journal is what the rungs are rebuilt from)
     scheduler.on_trial_result(None, _trial("t0", "a"), {"step": 1, "loss": 1.0})
+    first.on_trial_result("t0", {"step": 1, "loss": 1.0})
     snapshot = tmp_path / "searcher-state.json"
     first.save(str(snapshot))
     # After the snapshot: a/1 asked, t1 told in the journal, then the driver dies.
@@ -378,19 +403,49 @@ def test_kill_and_resume(ray_cluster, tmp_path):
     assert len(after["searcher_state"]["done"]) > len(before["done"])
 
 
-def test_backfill_replays_journaled_results_once():
-    """Results journaled after the last snapshot enter the rungs as on_result would have put
-    them, and a trial already recorded is not counted again."""
+def test_rungs_rebuilt_from_histories_equal_the_live_rungs():
+    """Replaying each trial's results (the journal) fills the rungs exactly as the live path
+    did, whatever order the trials' results arrived in, and keys them by the Tune id that now
+    holds the trial (a trial handed to a new id after a restart is counted once)."""
     from tuner.cell_scheduler import PerCellScheduler
 
-    sched = PerCellScheduler(metric="loss", mode="min", time_attr="step", max_t=60,
-                             grace_period=20, reduction_factor=3)
-    rungs = sched._cell_rungs("a")
-    rungs.on_result("t1", 20, -1.0)
-    sched.backfill("a", "t1", {20: 1.0, 40: 0.9, 60: 0.8})  # t1 already at 20; adds 60
-    sched.backfill("a", "t2", {20: 2.0, 40: 1.5})  # stopped before 60: only the 20 rung
-    state = dict((m, rec) for m, rec in rungs.get_state())
-    assert state[20.0] == {"t1": -1.0, "t2": -2.0}
-    assert state[60.0] == {"t1": -0.8}
-    sched.backfill("a", "t2", {20: 2.0, 40: 1.5})
-    assert sched.rungs()["a"] == [(20.0, 2), (60.0, 1)]
+    def sched():
+        return PerCellScheduler(metric="loss", mode="min", time_attr="step", max_t=60,
+                                grace_period=20, reduction_factor=3)
+
+    histories = {"t1": {20: 1.0, 40: 0.9, 60: 0.8}, "t2": {20: 2.0, 40: 1.5},
+                 "t3": {20: 0.5, 40: float("nan")}}
+    live = sched()
+    order = [("t2", 20), ("t1", 20), ("t3", 20), ("t2", 40), ("t1", 40), ("t3", 40), ("t1", 60)]
+    for trial_id, step in order:
+        live.on_trial_result(None, _trial(trial_id, "a"), {"step": step,
+                                                          "loss": histories[trial_id][step]})
+    live.on_trial_complete(None, _trial("t1", "a"), {"step": 60, "loss": 0.8})  # Tune's end
+    rebuilt = sched()
+    rebuilt.rebuild({"a": histories})
+    assert rebuilt.get_state()["cells"]["a"]["rungs"] == live.get_state()["cells"]["a"]["rungs"]
+    assert rebuilt.rungs()["a"] == [(20.0, 3), (60.0, 1)]
+    # the old id of a re-handed trial is gone from the journal: rebuilt once, under the new id
+    rebuilt.rebuild({"a": {"t1-new": histories["t1"], "t2": histories["t2"]}})
+    assert rebuilt.rungs()["a"] == [(20.0, 2), (60.0, 1)]
+
+
+def test_trial_told_after_the_snapshot_is_stopped_when_resumed(tmp_path):
+    """A trial the searcher told (journal) after Tune's last snapshot is resumed by Tune from
+    that snapshot; the scheduler stops it at its first result instead of training it on."""
+    first = _searcher(tmp_path, cells={"a": {}}, trials_per_cell=2, scheduler=_scheduler())
+    first.suggest("t0")
+    first.suggest("t1")
+    snapshot = tmp_path / "snap.json"
+    first.save(str(snapshot))
+    first.on_trial_result("t0", {"step": 1, "loss": 3.0})
+    first.on_trial_complete("t0", {"step": 1, "loss": 3.0})  # told PRUNED, after the snapshot
+    scheduler = _scheduler()
+    fresh = _searcher(tmp_path, cells={"a": {}}, trials_per_cell=2, scheduler=scheduler)
+    fresh.restore(str(snapshot))
+    assert scheduler.on_trial_result(None, _trial("t0", "a"), {"step": 2, "loss": 1.0}) == \
+        TrialScheduler.STOP
+    assert scheduler.on_trial_result(None, _trial("t1", "a"), {"step": 1, "loss": 1.0}) == \
+        TrialScheduler.CONTINUE
+    fresh.on_trial_complete("t0", {"step": 2, "loss": 1.0})  # not told twice
+    assert _state_by_number(fresh, "a")[0] == "PRUNED"

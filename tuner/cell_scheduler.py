@@ -78,21 +78,6 @@ class CellRungs:
             break
         return action
 
-    def backfill(self, trial_id: str, rewards_by_step: dict[float, float]) -> None:
-        """Records what :meth:`on_result` would have recorded from these results, where missing.
-
-        Results that reached the journal after the last Tune snapshot are absent from the
-        restored rungs; replaying them keeps the rungs equal to the full history. Milestone m
-        takes the reward of the first result at a step >= m, as ``on_result`` does.
-        """
-        steps = sorted(rewards_by_step)
-        for milestone, recorded in self._rungs:
-            if trial_id in recorded:
-                continue
-            at = next((s for s in steps if s >= milestone), None)
-            if at is not None and math.isfinite(rewards_by_step[at]):
-                recorded[trial_id] = float(rewards_by_step[at])
-
     def summary(self) -> list[tuple[float, int]]:
         """(milestone, number of recorded values), ascending milestones."""
         return [(m, len(recorded)) for m, recorded in reversed(self._rungs)]
@@ -165,6 +150,7 @@ class PerCellScheduler(FIFOScheduler):
         self.reduction_factor = reduction_factor
         self._cells: dict[str, CellRungs] = {}
         self._num_stopped: dict[str, int] = {}
+        self._stop_ids: set[str] = set()
 
     @property
     def mode(self) -> str:
@@ -189,6 +175,8 @@ class PerCellScheduler(FIFOScheduler):
 
     def on_trial_result(self, tune_controller: TuneController, trial: Trial, result: dict) -> str:
         """Called by Tune on every reported result; returns CONTINUE or STOP."""
+        if trial.trial_id in self._stop_ids:
+            return TrialScheduler.STOP
         if self.time_attr not in result or self._metric not in result:
             return TrialScheduler.CONTINUE
         cell = _cell_of(trial)
@@ -249,12 +237,26 @@ class PerCellScheduler(FIFOScheduler):
             self._cell_rungs(cell).set_state(cell_state["rungs"])
             self._num_stopped[cell] = int(cell_state["num_stopped"])
 
-    def backfill(self, cell: str, trial_id: str, values_by_step: dict[float, float]) -> None:
-        """Replays a trial's metric history (e.g. from its Optuna journal) into the cell's rungs
-        where the restored snapshot lacks it; see :meth:`CellRungs.backfill`."""
-        sign = 1.0 if self.mode == "max" else -1.0
-        self._cell_rungs(cell).backfill(
-            trial_id, {float(s): sign * float(v) for s, v in values_by_step.items()})
+    def rebuild(self, histories: dict[str, dict[str, dict[float, float]]]) -> None:
+        """Replaces the rungs of every cell in ``histories`` (cell -> Tune trial id -> step ->
+        metric) by replaying each trial's results in step order through the live path
+        (:meth:`CellRungs.on_result`, one milestone per result), so a restore can never fill
+        the rungs differently from a live run. The searcher passes the Optuna journals: the one
+        record of every result, keyed by the Tune id that now holds each Optuna trial (a trial
+        handed to a new Tune id after a restart is counted once). Non-finite values never
+        enter a rung, as live."""
+        for cell, trials in histories.items():
+            rungs = CellRungs(self.grace_period, self.max_t, self.reduction_factor)
+            for trial_id, values in trials.items():
+                for step in sorted(values):
+                    if _finite(values[step]):
+                        rungs.on_result(trial_id, step, self._sign * float(values[step]))
+            self._cells[cell] = rungs
+
+    def stop_at_next_result(self, trial_ids: set[str]) -> None:
+        """Trials the searcher already told finished (after Tune's last snapshot, before the
+        driver stopped): Tune resumes them, they must not train on."""
+        self._stop_ids |= set(trial_ids)
 
     def _cell_rungs(self, cell: str) -> CellRungs:
         if cell not in self._cells:

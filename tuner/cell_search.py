@@ -13,7 +13,8 @@ Invariants kept across a driver kill and ``Tuner.restore``:
   of that cell instead of asking a new one;
 * a Tune trial finishes against the Optuna trial number it was handed at ``suggest``; a
   trial that was already told in the journal before the kill is not told again;
-* the scheduler's rung contents are restored together with the searcher's bookkeeping.
+* the scheduler's rungs are rebuilt from the journals (the one record of every result) by the
+  live path, and a trial told after the snapshot is stopped at its first resumed result.
 """
 
 from __future__ import annotations
@@ -103,18 +104,22 @@ class CellStudy:
         self.study.tell(number, value, state=state, skip_if_finished=True)
 
     def mark_diverged(self, number: int, step: int) -> None:
-        """Records a NaN at ``step`` and the ``diverged`` attribute on a live trial.
+        """Records a NaN at ``step``, the ``diverged`` attribute and a violated constraint on a
+        live trial (then told PRUNED).
 
-        Told PRUNED afterwards, the trial ranks below every finite trial in TPE's split
-        (``optuna.samplers._tpe.sampler._get_pruned_trial_score`` scores a NaN as worst), so
-        TPE learns to avoid diverging rates; a FAIL trial is ignored by TPE, which then kept
-        proposing them (12 of 20 trials diverged in the tiny test experiment).
+        TPE ranks trials complete first, then pruned by the last step reached (later is better,
+        ``optuna.samplers._tpe.sampler._get_pruned_trial_score``), then infeasible ones: a NaN
+        alone would rank a rate that diverged at step 20,000 above every trial ASHA stopped at
+        3,000. The constraint ``diverged = 1`` (``Trial.set_constraint``) makes the trial
+        infeasible, worst whatever its step, so TPE steers away from diverging rates; a FAIL
+        trial is ignored by TPE, which then kept proposing them.
         """
         storage_id = self._storage_id(number)
         if self.storage.get_trial(storage_id).state.is_finished():
             return
         self.storage.set_trial_intermediate_value(storage_id, step, math.nan)
         self.storage.set_trial_user_attr(storage_id, DIVERGED_ATTR, True)
+        optuna.trial.Trial(self.study, storage_id).set_constraint(DIVERGED_ATTR, 1.0)
 
     def tag(self, number: int, tune_trial_id: str) -> None:
         self.storage.set_trial_user_attr(self._storage_id(number), _TUNE_ID_ATTR, tune_trial_id)
@@ -338,13 +343,23 @@ class PerCellSearcher(Searcher):
         self._last_step = {k: float(v) for k, v in state["last_step"].items()}
         if self._scheduler is not None and state["scheduler"] is not None:
             self._scheduler.set_state(state["scheduler"])
+        told_since = set()  # finished in the journal after the snapshot Tune restores from
+        histories: dict[str, dict[str, dict[float, float]]] = {}
+        for cell, study in self._studies.items():
+            histories[cell] = {}
+            for t in study.trials():
+                tune_id = t.user_attrs.get(_TUNE_ID_ATTR)
+                if not tune_id:
+                    continue
+                histories[cell][tune_id] = dict(t.intermediate_values)
+                if t.state.is_finished() and tune_id in self._assigned \
+                        and tune_id not in self._done:
+                    told_since.add(tune_id)
+        self._done |= told_since
         if self._scheduler is not None:
-            # results journaled after the snapshot: the journal is the full history
-            for cell, study in self._studies.items():
-                for t in study.trials():
-                    tune_id = t.user_attrs.get(_TUNE_ID_ATTR)
-                    if tune_id and t.intermediate_values:
-                        self._scheduler.backfill(cell, tune_id, t.intermediate_values)
+            # the journals are the one record of every result: the rungs are rebuilt from them
+            self._scheduler.rebuild(histories)
+            self._scheduler.stop_at_next_result(told_since)
 
     # ----------------------------------------------------------------- for the CLI
     @property

@@ -65,10 +65,11 @@ def _start_ray(args: Args, wandb_mode: str):
     import ray
 
     env = {"WANDB_MODE": wandb_mode, "WANDB_SILENT": "true"}
+    # the driver too: WandbLoggerCallback.setup runs here and, online, demands an API key
+    os.environ.update(env)
     address = args.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
     if address:
         return ray.init(address=address, runtime_env={"env_vars": env})
-    os.environ.update(env)
     # local cluster: dashboard on loopback only; Ray 2.60 turns token auth on for new local
     # clusters (token in ~/.ray/auth_token) unless RAY_AUTH_MODE says otherwise: leave it on
     return ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=True,
@@ -103,7 +104,7 @@ def main(args: Args) -> int:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     from tuner import report
     from tuner.cell_search import PerCellSearcher  # noqa: F401  (fail fast if missing)
-    from tuner.stages import run_finals, run_search
+    from tuner.stages import Interrupted, run_finals, run_search
     from tuner.wandb_logging import choose_mode
 
     mode = choose_mode() if args.wandb else "disabled"
@@ -120,8 +121,12 @@ def main(args: Args) -> int:
     print(f"live status: {dirs.status}; W&B mode: {mode}"
           + (f" (sync later: wandb sync {dirs.wandb}/wandb/offline-run-*)"
              if mode == "offline" else ""), flush=True)
-    best = run_search(exp, dirs, wandb=args.wandb, widen_edges=args.widen_edges)
-    finals = run_finals(exp, dirs, best, wandb=args.wandb)
+    try:
+        best = run_search(exp, dirs, wandb=args.wandb, widen_edges=args.widen_edges)
+        finals = run_finals(exp, dirs, best, wandb=args.wandb)
+    except Interrupted as e:
+        print(f"\n{e}", file=sys.stderr, flush=True)
+        return 130
     import pandas as pd
 
     summary = report.write(exp, dirs.root, best, finals,

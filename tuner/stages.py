@@ -31,6 +31,14 @@ from tuner.wandb_logging import make_callback
 TIME_ATTR = "step"
 
 
+class Interrupted(Exception):
+    """A stage's Tune run ended before all of its trials did (Ctrl+C, SIGUSR1, a lost
+    driver): nothing is finalised, rerunning the same command resumes it."""
+
+    def __init__(self, stage: str, detail: str):
+        super().__init__(f"{stage} interrupted ({detail}); rerun the same command to resume")
+
+
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str))
@@ -50,7 +58,10 @@ def _run_config(exp: Experiment, dirs: ExperimentDirs, name: str, status: Status
         callbacks.append(make_callback(exp.wandb_project, exp.name, dirs.wandb))
     return tune.RunConfig(
         storage_path=str(dirs.root), name=name, callbacks=callbacks, verbose=1,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # two: the checkpoint that Tune's last snapshot names survives until the next snapshot
+        # (with one, registering a new checkpoint deleted it first: a kill in between
+        # restored a trial to a deleted checkpoint)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         # a lost worker node (e.g. a preempted Slurm job) retries from the last checkpoint
         failure_config=tune.FailureConfig(max_failures=3),
     )
@@ -114,10 +125,26 @@ def _run_round(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound, wandb: b
                                         num_samples=-1, max_concurrent_trials=exp.max_concurrent,
                                         reuse_actors=True),
             run_config=_run_config(exp, dirs, rnd.name, status, wandb))
-    tuner.fit()
+    results = tuner.fit()
     searcher, _ = build_search(exp, dirs, rnd)
     searcher.restore_from_dir(str(path))
+    _check_search_finished(rnd, results, searcher, exp.trials_per_cell)
     return searcher
+
+
+def _check_search_finished(rnd: SearchRound, results, searcher: PerCellSearcher,
+                           per_cell: int) -> None:
+    """Raises :class:`Interrupted` unless every Tune trial ended and every cell's study holds
+    ``per_cell`` finished trials. Tune's ``fit`` returns normally on SIGINT/SIGUSR1, so this is
+    what keeps a paused search from being taken as its result."""
+    unended = len(results) - results.num_terminated - results.num_errors
+    df = searcher.trials_dataframe()
+    short = {c: int((df.cell == c).sum()) for c in rnd.cells if (df.cell == c).sum() < per_cell}
+    running = sorted(set(df.loc[~df.state.isin(["COMPLETE", "PRUNED", "FAIL"]), "cell"]))
+    if unended or short or running:
+        raise Interrupted(rnd.name, f"{unended} trial(s) not ended; cells short of "
+                          f"{per_cell} trials: {short or 'none'}; cells with trials still "
+                          f"open: {running or 'none'}")
 
 
 def _better(exp: Experiment, a: dict, b: dict | None) -> bool:
@@ -205,12 +232,15 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
                                         reuse_actors=True),
             run_config=_run_config(exp, dirs, "finals", status, wandb))
     results = tuner.fit()
+    if results.num_terminated + results.num_errors < len(results):
+        raise Interrupted("finals", f"{len(results) - results.num_terminated - results.num_errors}"
+                          " trial(s) not ended")
     rows = [row for r in results
             for row in final_rows(r.config["final"], r.metrics or {}, r.error)]
     unfinished = [(x["cell"], x["seed"]) for x in rows
                   if x["error"] or not (x.get("diverged") or x.get("step") == exp.max_t)]
-    if unfinished:
-        raise RuntimeError(f"final runs did not finish: {unfinished}; rerun the same command "
-                           "to resume them")
+    missing = set(exp.cells()) - {x["cell"] for x in rows}
+    if unfinished or missing:
+        raise Interrupted("finals", f"runs not finished: {unfinished + sorted(missing)}")
     _write_json(dirs.finals, rows)
     return rows

@@ -73,7 +73,11 @@ class WandbRuns:
         self._runs[trial_id] = (run, types.SimpleNamespace(_exclude=set(exclude),
                                                            _to_config=set(to_config)))
 
-    def log(self, trial_id: str, result: dict[str, Any]) -> None:
+    def log(self, trial_id: str, result: dict[str, Any], start_args: tuple) -> None:
+        """Logs one result; ``start_args`` (those of :meth:`start`) rebuild the run where this
+        actor lost it (Ray restarted the actor): W&B resumes the same run id."""
+        if trial_id not in self._runs:
+            self.start(trial_id, *start_args)
         run, filt = self._runs[trial_id]
         log, config_update = _WandbLoggingActor._handle_result(filt, result)
         run.config.update(config_update, allow_val_change=True)
@@ -104,10 +108,11 @@ class CellWandbCallback(WandbLoggerCallback):
         super().setup(*args, **kwargs)
         self._runs_actor = None
         self._finishing: list = []
+        self._start_args: dict[str, tuple] = {}
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)  # an actor handle must not land in Tune's snapshots
-        state["_runs_actor"], state["_finishing"] = None, []
+        state["_runs_actor"], state["_finishing"], state["_start_args"] = None, [], {}
         return state
 
     def log_trial_start(self, trial) -> None:
@@ -119,13 +124,16 @@ class CellWandbCallback(WandbLoggerCallback):
     def _start_logging_actor(self, trial, exclude_results: list[str], **init_kwargs) -> None:
         if trial in self._trial_logging_actors:
             return
+        # a resumed trial (driver restart, node loss) continues its own run, same id
+        init_kwargs = {**init_kwargs, "resume": "allow"}
         if self._runs_actor is None:
             env = {k: os.environ[k] for k in ("WANDB_API_KEY", "WANDB_MODE") if k in os.environ}
             self._runs_actor = ray.remote(
                 num_cpus=0, max_restarts=-1, max_task_retries=-1, **_force_on_current_node(),
                 runtime_env={"env_vars": env})(WandbRuns).remote()
-        self._runs_actor.start.remote(trial.trial_id, trial.local_path, exclude_results,
-                                      self.AUTO_CONFIG_KEYS, init_kwargs)
+        args = (trial.local_path, exclude_results, self.AUTO_CONFIG_KEYS, init_kwargs)
+        self._start_args[trial.trial_id] = args
+        self._runs_actor.start.remote(trial.trial_id, *args)
         self._trial_logging_actors[trial] = self._runs_actor
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
@@ -133,7 +141,7 @@ class CellWandbCallback(WandbLoggerCallback):
             self.log_trial_start(trial)
         result = _clean_log(result, video_kwargs=self.video_kwargs,
                             image_kwargs=self.image_kwargs)
-        self._runs_actor.log.remote(trial.trial_id, result)
+        self._runs_actor.log.remote(trial.trial_id, result, self._start_args[trial.trial_id])
 
     def log_trial_save(self, trial) -> None:
         """Checkpoints are not uploaded (``upload_checkpoints`` stays off)."""
