@@ -378,6 +378,9 @@ def test_whole_file_mistakes(tmp_path):
     with pytest.raises(search_space.SearchSpaceError, match=r"bad.yaml:18: grid.data.dim_y\[1\]: "
                        r"refers to itself"):
         search_space.load(str(write(tmp_path, GOOD.replace(DIM_Y, "  data.dim_y: &a [1, *a]"))))
+    with pytest.raises(search_space.SearchSpaceError, match=r"bad.yaml:1: not valid YAML: "
+                       "nested too deeply"):
+        search_space.load(str(write(tmp_path, "name: " + "[" * 5000 + "]" * 5000 + "\n")))
     path = tmp_path / "bin.yaml"
     path.write_bytes(b"name: \xff\n")
     with pytest.raises(search_space.SearchSpaceError, match=r"bin.yaml:1: not UTF-8"):

@@ -150,6 +150,9 @@ class _Lines:
                 hint = " (a tab: YAML indents with spaces only)"
             raise SearchSpaceError(f"{path}:{line}: not valid YAML: {problem}{hint}; allowed: "
                                    "a YAML mapping of sections, indented with spaces") from None
+        except RecursionError:
+            raise SearchSpaceError(f"{path}:1: not valid YAML: nested too deeply; allowed: an "
+                                   "experiment file of a few levels") from None
         finally:
             loader.dispose()
         self._budget = 100_000  # nodes walked (aliases are walked again wherever used)
