@@ -7,7 +7,7 @@ import time
 
 import jax
 
-from tuner.config import RunConfig, replace
+from tuner.core.config import RunConfig, replace
 
 
 def default_run(**overrides) -> RunConfig:

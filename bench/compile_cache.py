@@ -2,11 +2,12 @@
 
     python -m bench.compile_cache [--dir /tmp/jax_cache_bench] [--batch 64]
 
-Runs the same short training in fresh processes sharing one cache directory (tuner.compile_cache)
-and reports, per process: time to the first finished step (imports, task, init, compile, one
-dispatch), the step's ``lower().compile()`` alone (compile or cache load), the first
-``train_steps`` call after it and a second one (the first run's extra is runtime setup such as
-cuDNN plans, not compilation), and JAX's own count of cache hits and misses.
+Runs the same short training in fresh processes sharing one cache directory
+(tuner.core.compile_cache) and reports, per process: time to the first finished step (imports,
+task, init, compile, one dispatch), the step's ``lower().compile()`` alone (compile or cache
+load), the first ``train_steps`` call after it and a second one (the first run's extra is
+runtime setup such as cuDNN plans, not compilation), and JAX's own count of cache hits and
+misses.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ import sys
 WORKER = """
 import sys, time, json
 t0 = time.perf_counter()
-from tuner.compile_cache import enable
+from tuner.core.compile_cache import enable
 enable(sys.argv[1])
 import jax
 events = []
 jax.monitoring.register_event_listener(lambda e, **kw: events.append(e))
 from bench.common import default_run
-from tuner import trainer
-from tuner.loop import Run
+from tuner.core import steps
+from tuner.core.loop import Run
 attention = None if sys.argv[3] == "default" else sys.argv[3]
 run = Run(default_run(**{"model.compute_dtype": "bfloat16", "model.attention_impl": attention,
                          "train.batch_size": int(sys.argv[2])}))
@@ -35,7 +36,7 @@ t_setup = time.perf_counter()
 state = run.init_state()
 jax.block_until_ready(state)
 t_init = time.perf_counter()
-compiled = trainer.train_steps.lower(state, run.task, run.hparams, spec=run.spec,
+compiled = steps.train_steps.lower(state, run.task, run.hparams, spec=run.spec,
                                      n_steps=50).compile()
 t_compile = time.perf_counter()
 state, m = compiled(state, run.task, run.hparams)

@@ -19,8 +19,8 @@ import argparse
 import time
 
 from bench.common import emit
-from tuner.config import RunConfig, replace
-from tuner.loop import Run
+from tuner.core.config import RunConfig, replace
+from tuner.core.loop import Run
 
 ARCHS = {
     "transformer": {"model.input_layer": "tokens", "model.backbone": "toy"},

@@ -1,5 +1,5 @@
 """Total training throughput with 1, 2 and 4 trials sharing one GPU (emulating Ray's fractional
-GPUs with processes; each sizes its JAX pool with tuner.gpu_share).
+GPUs with processes; each sizes its JAX pool with tuner.core.gpu_share).
 
     python -m bench.packing [--counts 1 2 4] [--batch 64] [--seconds 20]
 
@@ -19,25 +19,25 @@ import time
 WORKER = """
 import json, sys, time
 from pathlib import Path
-from tuner.gpu_share import configure
+from tuner.core.gpu_share import configure
 n, barrier = int(sys.argv[1]), Path(sys.argv[2])
 seconds, batch = float(sys.argv[3]), int(sys.argv[4])
 configure(1.0 / n)
 import jax
 from bench.common import default_run, fast_attention
-from tuner import trainer
-from tuner.loop import Run
+from tuner.core import steps
+from tuner.core.loop import Run
 run = Run(default_run(**{"model.compute_dtype": "bfloat16", "train.batch_size": batch,
                          "model.attention_impl": fast_attention()}))
 state = run.init_state()
 kw = dict(spec=run.spec, n_steps=20)
-state, m = trainer.train_steps(state, run.task, run.hparams, **kw); jax.block_until_ready(m)
+state, m = steps.train_steps(state, run.task, run.hparams, **kw); jax.block_until_ready(m)
 (barrier / f"{time.time()}-{id(state)}").touch()
 while len(list(barrier.iterdir())) < n:
     time.sleep(0.05)
 steps, t0 = 0, time.perf_counter()
 while time.perf_counter() - t0 < seconds:
-    state, m = trainer.train_steps(state, run.task, run.hparams, **kw); jax.block_until_ready(m)
+    state, m = steps.train_steps(state, run.task, run.hparams, **kw); jax.block_until_ready(m)
     steps += 20
 dt = time.perf_counter() - t0
 print(json.dumps({"tokens_per_s": steps * batch * run.cfg.data.seq_len / dt}))

@@ -21,8 +21,8 @@ import time
 import jax
 
 from bench.common import default_run, emit
-from tuner import trainer
-from tuner.loop import Run
+from tuner.core import steps
+from tuner.core.loop import Run
 
 
 def device_events(trace_dir: str) -> tuple[list[dict], list[str]]:
@@ -56,17 +56,17 @@ def main() -> None:
     state = run.init_state()
     kw = {"spec": run.spec, "n_steps": a.steps_per_call}
     for _ in range(2):
-        state, m = trainer.train_steps(state, run.task, run.hparams, **kw)
+        state, m = steps.train_steps(state, run.task, run.hparams, **kw)
     jax.block_until_ready(m)
     with tempfile.TemporaryDirectory() as d:
         with jax.profiler.trace(d, create_perfetto_trace=True):
             t0 = time.perf_counter()
             for _ in range(a.calls):
-                state, m = trainer.train_steps(state, run.task, run.hparams, **kw)
+                state, m = steps.train_steps(state, run.task, run.hparams, **kw)
             jax.block_until_ready(m)
             wall = time.perf_counter() - t0
         events, tracks = device_events(d)
-    steps = a.calls * a.steps_per_call
+    n_traced = a.calls * a.steps_per_call
     by_name: dict[str, float] = collections.defaultdict(float)
     count: dict[str, int] = collections.defaultdict(int)
     for e in events:
@@ -75,9 +75,9 @@ def main() -> None:
     busy_us = sum(by_name.values())
     top = sorted(by_name.items(), key=lambda kv: -kv[1])[: a.top]
     emit(bench="profile", batch=a.batch, dtype=a.dtype, attention=a.attention, patch=a.patch,
-         wall_ms_per_step_traced=round(wall / steps * 1e3, 3),
-         kernel_ms_per_step=round(busy_us / steps / 1e3, 3),
-         events_per_step=round(len(events) / steps, 1), tracks=tracks[:8],
+         wall_ms_per_step_traced=round(wall / n_traced * 1e3, 3),
+         kernel_ms_per_step=round(busy_us / n_traced / 1e3, 3),
+         events_per_step=round(len(events) / n_traced, 1), tracks=tracks[:8],
          top=[{"name": n[:90], "ms_per_step": round(us / steps / 1e3, 4),
                "calls_per_step": round(count[n] / steps, 2)} for n, us in top])
 

@@ -2,7 +2,7 @@
 
     python -m bench.rollout [--n 8192] [--budget-gb 4]
 
-Reports the memory estimate (tuner.rollout.memory_per_sequence) against the measured device
+Reports the memory estimate (data.lds_rollout.memory_per_sequence) against the measured device
 peak, the first call (with compilation) and a second, compiled call.
 """
 
@@ -13,9 +13,9 @@ import argparse
 import jax
 
 from bench.common import default_run, emit, timed
-from tuner.config import RolloutConfig
-from tuner.loop import Run
-from tuner.rollout import chunk_size, describe_memory, evaluate_rollouts, memory_per_sequence
+from data.lds_rollout import chunk_size, describe_memory, evaluate_rollouts, memory_per_sequence
+from tuner.core.config import RolloutConfig
+from tuner.core.loop import Run
 
 
 def main() -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 
 from bench.common import default_run, emit, fast_attention, timed
-from tuner import trainer
-from tuner.loop import Run
+from tuner.core import steps
+from tuner.core.loop import Run
 
 
 def main() -> None:
@@ -25,12 +25,12 @@ def main() -> None:
                                  "model.attention_impl": fast_attention()}))
         kw = {"spec": run.spec, "n_steps": a.steps}
         state = run.init_state()
-        (state, _), _ = timed(trainer.train_steps, state, run.task, run.hparams, **kw)
-        (state, _), one_s = timed(trainer.train_steps, state, run.task, run.hparams, **kw)
-        states = trainer.init_states(run.spec, run.task, list(range(a.k)))
-        tasks = trainer.stack([run.task] * a.k)
-        (states, _), _ = timed(trainer.train_steps_seeds, states, tasks, run.hparams, **kw)
-        (states, _), vmap_s = timed(trainer.train_steps_seeds, states, tasks, run.hparams, **kw)
+        (state, _), _ = timed(steps.train_steps, state, run.task, run.hparams, **kw)
+        (state, _), one_s = timed(steps.train_steps, state, run.task, run.hparams, **kw)
+        states = steps.init_states(run.spec, run.task, list(range(a.k)))
+        tasks = steps.stack([run.task] * a.k)
+        (states, _), _ = timed(steps.train_steps_seeds, states, tasks, run.hparams, **kw)
+        (states, _), vmap_s = timed(steps.train_steps_seeds, states, tasks, run.hparams, **kw)
         emit(bench="seeds", patch=patch, k=a.k, batch=a.batch,
              separate_ms_per_step=round(a.k * one_s / a.steps * 1e3, 3),
              vmapped_ms_per_step=round(vmap_s / a.steps * 1e3, 3),

@@ -16,8 +16,8 @@ import jax
 
 from bench.common import default_run, emit, timed
 from data import lds
-from tuner import trainer
-from tuner.loop import Run
+from tuner.core import steps
+from tuner.core.loop import Run
 
 
 def _sample_seconds(sample, task, reps: int = 20) -> float:
@@ -34,11 +34,11 @@ def measure(batch: int, dtype: str, attention: str | None, steps_per_call: int, 
     run = Run(cfg)
     state = run.init_state()
     kw = {"spec": run.spec, "n_steps": steps_per_call}
-    (state, _), compile_s = timed(trainer.train_steps, state, run.task, run.hparams, **kw)
-    (state, m), _ = timed(trainer.train_steps, state, run.task, run.hparams, **kw)
+    (state, _), compile_s = timed(steps.train_steps, state, run.task, run.hparams, **kw)
+    (state, m), _ = timed(steps.train_steps, state, run.task, run.hparams, **kw)
     total = 0.0
     for _ in range(calls):
-        (state, m), dt = timed(trainer.train_steps, state, run.task, run.hparams, **kw)
+        (state, m), dt = timed(steps.train_steps, state, run.task, run.hparams, **kw)
         total += dt
     step_s = total / (calls * steps_per_call)
     sample_s = _sample_seconds(jax.jit(lambda task, key: task.sample(key, batch)), run.task)

@@ -42,7 +42,7 @@ class LDSTask:
                    zero_T=as32(kalman.zero_mse(exact, cfg.seq_len)),
                    cfg=cfg, patch_size=patch_size)
 
-    supports_rollout = True  # tuner.rollout can evaluate it autoregressively
+    supports_rollout = True  # data.lds_rollout can evaluate it autoregressively
     # see data.registry for these declarations
     METRICS = ("nmse", "skill", "nmse_info", "skill_info", "info_cost")
     REPORTED = ("nmse_info", "skill_info", "nmse", "skill")

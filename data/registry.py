@@ -8,7 +8,7 @@ imports tuner) and declares what it reports, so the service needs no per-task co
 - ``REPORTED``: the columns of the experiment report's finals table, headline first;
 - ``MILESTONES``: ``(name, metric, threshold)`` triples: the first evaluated step at which
   ``metric >= threshold`` is reported as ``eval/<name>`` (the grokking step), NaN before;
-- ``supports_rollout``: whether tuner.rollout can evaluate it autoregressively;
+- ``supports_rollout``: whether data.lds_rollout can evaluate it autoregressively;
 - ``HIGHER_IS_BETTER``: the metrics where larger is better (every other one: lower is better);
 - ``SYSTEM_METRICS``: metrics that describe the task instance (e.g. the LDS's information cost
   of patching), the same for every model: the report shows them apart, never as a result;
@@ -16,7 +16,7 @@ imports tuner) and declares what it reports, so the service needs no per-task co
   ``floor`` on that metric (0 is the trivial predictor) is flagged as not learned, and no claim
   rests on it;
 - ``SYSTEM_SEED``: the dotted config field that draws the task instance (LDS system, Markov
-  chain, train split), or None; each final seed gets its own draw (``tuner.seeds``).
+  chain, train split), or None; each final seed gets its own draw (``tuner.core.seeds``).
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from data.bigram import BigramConfig, conditional_entropy, entropy, make_chain
-from tuner.config import RunConfig, replace
-from tuner.loop import Run
+from tuner.core.config import RunConfig, replace
+from tuner.core.loop import Run
 
 MODEL = {"model.input_layer": "tokens", "model.backbone": "transformer",
          "model.head": "classifier", "model.n_layers": 1, "model.d_model": 32,

@@ -8,7 +8,7 @@ import pytest
 
 from data import lds
 from models.config import ModelConfig
-from tuner.config import RunConfig
+from tuner.core.config import RunConfig
 
 
 def eig_sorted(a):

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from data import lds
+from data.lds_rollout import evaluate_rollouts
 from data.lds_task import LDSTask
 from models.config import ModelConfig
 from models.sequence_model import SequenceModel, generate
-from tuner.config import RolloutConfig
-from tuner.rollout import evaluate_rollouts
+from tuner.core.config import RolloutConfig
 
 T, Y = 64, 2
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from data.modular import ModularConfig, grokking_step, make_split
-from tuner.config import RunConfig, replace
-from tuner.loop import Run
+from tuner.core.config import RunConfig, replace
+from tuner.core.loop import Run
 
 
 def test_split_covers_every_pair_once_and_answers_are_modular_sums():

@@ -130,11 +130,11 @@ def test_sigkill_mid_search_then_rerun_loses_and_repeats_nothing(tmp_path):
             assert by_number[t.number].state == t.state
             assert by_number[t.number].params == t.params
     # ASHA rungs survived the restore: every trial that reached step 20 is recorded there
-    from tuner import search_space
-    from tuner.experiment_dirs import ExperimentDirs
-    from tuner.stages import build_search
+    from tuner.service import experiment
+    from tuner.service.dirs import ExperimentDirs
+    from tuner.service.stages import build_search
 
-    exp = search_space.load(str(TINY))
+    exp = experiment.load(str(TINY))
     searcher, scheduler = build_search(exp, ExperimentDirs(root))
     searcher.restore_from_dir(str(root / "search"))
     rungs = scheduler.rungs()

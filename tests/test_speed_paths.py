@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from tuner import trainer
-from tuner.config import RunConfig, replace
-from tuner.loop import Run
+from tuner.core import steps
+from tuner.core.config import RunConfig, replace
+from tuner.core.loop import Run
 
 SMALL = replace(RunConfig(), **{
     "data.dim_x": 4, "data.seq_len": 32, "model.n_layers": 1, "model.d_model": 32,
@@ -22,11 +22,11 @@ SMALL = replace(RunConfig(), **{
 def test_vmapped_seeds_equal_separate_runs():
     run = Run(SMALL)
     seeds = [0, 1, 7]
-    states, metrics = trainer.train_steps_seeds(
-        trainer.init_states(run.spec, run.task, seeds), trainer.stack([run.task] * 3),
+    states, metrics = steps.train_steps_seeds(
+        steps.init_states(run.spec, run.task, seeds), steps.stack([run.task] * 3),
         run.hparams, spec=run.spec, n_steps=30)
     for i, seed in enumerate(seeds):
-        alone, m = trainer.train_steps(trainer.init_state(run.spec, run.task, seed), run.task,
+        alone, m = steps.train_steps(steps.init_state(run.spec, run.task, seed), run.task,
                                        run.hparams, spec=run.spec, n_steps=30)
         np.testing.assert_allclose(metrics["loss"][i], m["loss"], rtol=1e-5)
         for a, b in zip(jax.tree.leaves(alone.params),
@@ -51,10 +51,10 @@ def test_compilation_cache_is_written_then_read(tmp_path):
     """A second process compiling the same programs loads them from the cache (JAX's own
     monitoring events count the hits) and writes nothing new."""
     script = (
-        "import sys, jax; from tuner.compile_cache import enable; enable(sys.argv[1]);"
+        "import sys, jax; from tuner.core.compile_cache import enable; enable(sys.argv[1]);"
         "events = [];"
         "jax.monitoring.register_event_listener(lambda e, **kw: events.append(e));"
-        "from tests.test_speed_paths import SMALL; from tuner.loop import Run;"
+        "from tests.test_speed_paths import SMALL; from tuner.core.loop import Run;"
         "r = Run(SMALL); r.train(r.init_state(), lambda m, s: None);"
         "print('HITS', events.count('/jax/compilation_cache/cache_hits'))")
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -74,9 +74,9 @@ def test_compilation_cache_is_written_then_read(tmp_path):
 
 
 def test_train_seeds_equal_separate_runs():
-    """tuner.seeds.train_seeds (one vmapped program) reports what each seed's own run does,
+    """tuner.core.seeds.train_seeds (one vmapped program) reports what each seed's own run does,
     each seed on its own system (seed_config), scored on the finals' own held-out key."""
-    from tuner.seeds import FINALS_EVAL_SEED, seed_config, train_seeds
+    from tuner.core.seeds import FINALS_EVAL_SEED, seed_config, train_seeds
 
     cfg = replace(SMALL, **{"train.steps": 20, "train.eval_every": 10})
     seen: dict[int, list[dict]] = {0: [], 5: []}
@@ -120,7 +120,7 @@ def test_cudnn_attention_matches_xla():
 
 def test_gpu_share_sets_the_memory_fraction(monkeypatch):
     """A quarter of a GPU caps JAX's pool below a quarter (headroom), without importing JAX."""
-    from tuner import gpu_share
+    from tuner.core import gpu_share
 
     monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
     monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_triton_gemm=true --xla_dump_to=/x")
@@ -140,8 +140,8 @@ def test_train_seeds_resumes_from_a_checkpoint_exactly(tmp_path):
     """Stopped after the first evaluation and resumed from the saved stacked state and
     progress (what the finals trial checkpoints), the seeds end where an uninterrupted run
     ends."""
-    from tuner import checkpoint, seeds
-    from tuner.seeds import train_seeds
+    from tuner.core import checkpoint, seeds
+    from tuner.core.seeds import train_seeds
 
     cfg = replace(SMALL, **{"train.steps": 20, "train.eval_every": 10})
     _, uninterrupted = train_seeds(cfg, [0, 5])

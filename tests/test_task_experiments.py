@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from data.registry import TASKS
-from tuner import search_space
+from tuner.service import experiment
 
 
 @pytest.mark.parametrize("name", [
@@ -26,7 +26,7 @@ from tuner import search_space
     # the text task again (toy_lm covers it under the service; test_text_models the GPT model)
     pytest.param("gpt", marks=pytest.mark.extended)])
 def test_task_experiment_smoke_runs_end_to_end(tmp_path, name):
-    exp = search_space.load(name, smoke=True)
+    exp = experiment.load(name, smoke=True)
     env = dict(os.environ, JAX_PLATFORMS="cpu", WANDB_MODE="offline", PYTHONUNBUFFERED="1")
     res = subprocess.run([sys.executable, "-m", "tuner.run", name, "--smoke", "--out",
                           str(tmp_path), "--num-cpus", "2", "--no-wandb"],  # W&B: test_service

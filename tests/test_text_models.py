@@ -13,8 +13,8 @@ from data.text import TextConfig, TextTask, Tokenizer
 from models import gpt, toy
 from models.config import ModelConfig
 from models.sequence_model import SequenceModel
-from tuner.config import RunConfig, replace
-from tuner.loop import Run
+from tuner.core.config import RunConfig, replace
+from tuner.core.loop import Run
 
 TOK = dict(input_layer="tokens", head="classifier", n_layers=2, d_model=16, n_heads=2, d_ff=24)
 

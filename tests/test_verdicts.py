@@ -25,9 +25,11 @@ import pandas as pd
 import pytest
 
 from data import kalman, lds
-from tuner import report, search_space, verdicts
-from tuner.config import replace
-from tuner.seeds import seed_config
+from tuner.core.config import replace
+from tuner.core.seeds import seed_config
+from tuner.service import experiment
+from tuner.service.report import render as report
+from tuner.service.report import verdicts
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -50,7 +52,7 @@ def _metrics(err: np.ndarray, kf: np.ndarray, info: np.ndarray, zero: np.ndarray
 @functools.cache
 def oracle_finals(name: str, predictor: str) -> pd.DataFrame:
     """The finals rows ``predictor`` ("info" optimum or "zero") would produce for ``name``."""
-    exp = search_space.load(name)
+    exp = experiment.load(name)
     rows = []
     for cell, over in exp.cells().items():
         for seed in exp.seeds:
@@ -67,7 +69,7 @@ EXPERIMENTS = ["exp1", "exp2", "exp3", "exp4"]
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_information_limited_optimum_earns_no_verdict(name):
-    exp = search_space.load(name)
+    exp = experiment.load(name)
     assert exp.claims and all(c.metrics for c in exp.claims)  # each claim names its metrics
     results, _, unusable = report.judge_all(exp, oracle_finals(name, "info"))
     assert not unusable  # the optimum beats the zero predictor everywhere
@@ -77,7 +79,7 @@ def test_information_limited_optimum_earns_no_verdict(name):
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_zero_predictor_is_flagged_in_every_cell(name):
-    exp = search_space.load(name)
+    exp = experiment.load(name)
     results, _, unusable = report.judge_all(exp, oracle_finals(name, "zero"))
     assert set(unusable) == set(exp.cells())
     assert all("trivial predictor" in why for why in unusable.values())
@@ -98,14 +100,14 @@ def test_the_oracles_fool_a_judge_on_plain_nmse():
     """What the tests above guard against: on plain nmse the optimum 'shows' that patching
     matters more at high lambda and at small dim_y, and the zero predictor that higher lambda
     is harder."""
-    exp3, exp4, exp1 = (search_space.load(n) for n in ("exp3", "exp4", "exp1"))
+    exp3, exp4, exp1 = (experiment.load(n) for n in ("exp3", "exp4", "exp1"))
     assert _old_judge(exp3, oracle_finals("exp3", "info"))[0] == "supported"
     assert set(_old_judge(exp4, oracle_finals("exp4", "info"))) & set(verdicts.DECISIVE)
     assert _old_judge(exp1, oracle_finals("exp1", "zero"))[0] == "supported"
 
 
-def _claims() -> list[search_space.Claim]:
-    C = search_space.Claim  # noqa: N806
+def _claims() -> list[experiment.Claim]:
+    C = experiment.Claim  # noqa: N806
     return [C("trend", "t", "a", direction="increasing", metrics=("m",)),
             C("compare", "c", "b", better="x", metrics=("m",)),
             C("effect_trend", "et", "a", direction="increasing", effect_axis="p",
@@ -187,7 +189,7 @@ def test_learning_check_uses_the_lower_confidence_bound():
 
 
 def test_a_cell_whose_seeds_all_diverged_is_reported_and_the_report_written(tmp_path):
-    exp = search_space.load(str(FIXTURES / "tiny.yaml"))
+    exp = experiment.load(str(FIXTURES / "tiny.yaml"))
     cells = list(exp.cells())
     rows = [{"cell": cells[0], "seed": s, "lr": 1e-3, **exp.cells()[cells[0]], "step": 60,
              "diverged": False, "eval/nmse": 1.1 + 0.01 * s, "eval/nmse_info": 1.05 + 0.01 * s,

@@ -27,7 +27,7 @@ class TrainConfig:
     batch_size: int = 64  # sequences per step
     lr: float = 1e-3  # peak learning rate
     weight_decay: float = 0.01  # decoupled decay on matrices only (not embeddings, biases, norms)
-    optimizer: str = "adamw"  # tuner.optimizers name: adamw | muon (Muon on matrices, Adam else)
+    optimizer: str = "adamw"  # tuner.core.optimizers: adamw | muon (Muon on matrices, Adam else)
     warmup_frac: float = 0.05  # linear warmup as a fraction of ``steps``
     schedule: str = "cosine"  # after warmup: cosine (to 0 at ``steps``) | constant (grokking)
     b1: float = 0.9  # Adam beta1
@@ -35,7 +35,7 @@ class TrainConfig:
     clip_norm: float = 1.0  # global gradient-norm clip
     eval_every: int = 200  # steps between evaluations (and the unit ASHA counts in)
     eval_batch: int = 512  # held-out sequences per evaluation (fixed key: same every time)
-    eval_seed: int = 2**31 - 1  # key of the held-out data (finals use another: tuner.seeds)
+    eval_seed: int = 2**31 - 1  # key of the held-out data (finals use another: tuner.core.seeds)
     seed: int = 0  # init and data-stream seed (the system is data.system_seed)
 
     def __post_init__(self) -> None:
@@ -50,7 +50,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.schedule={self.schedule!r}; allowed: {list(SCHEDULES)}")
         if self.weight_decay < 0:
             raise ValueError(f"TrainConfig.weight_decay={self.weight_decay} must be >= 0")
-        from tuner.optimizers import OPTIMIZERS
+        from tuner.core.optimizers import OPTIMIZERS
 
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig.optimizer={self.optimizer!r}; "

@@ -22,7 +22,7 @@ import numpy as np
 from data import kalman
 from data.lds import sample
 from models.sequence_model import SequenceModel, generate
-from tuner.config import RolloutConfig
+from tuner.core.config import RolloutConfig
 
 SCORE_PREFIX = "eval/score_t+"  # + horizon: model h-step error / KF h-step error
 SCORE_SE_PREFIX = "eval/score_se_t+"  # + horizon: its Monte-Carlo standard error

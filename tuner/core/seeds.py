@@ -15,12 +15,12 @@ the file's own system: the rate is chosen on a run disjoint from every final one
 A default-size model leaves most of a GPU idle, and separate seed runs each pay their own
 dispatches (and, in separate processes, their own compiles). Stacking K seeds (states and
 tasks) on a leading axis and vmapping the trainer's own step
-(:func:`tuner.trainer.train_steps_seeds`) runs them as one program with K times the work per
+(:func:`tuner.core.steps.train_steps_seeds`) runs them as one program with K times the work per
 kernel; each seed's trajectory equals its separate run of :func:`seed_config`, which
 ``tests/test_speed_paths.py`` checks.
 
 No Ray here: the finals stage calls :func:`train_seeds` inside one trial per cell
-(``tuner.trainable.train_cell_finals``), which checkpoints the stacked state and the
+(``tuner.service.trials.train_cell_finals``), which checkpoints the stacked state and the
 :class:`SeedsProgress` at every evaluation, so an interrupted cell resumes exactly.
 """
 
@@ -36,9 +36,9 @@ import jax
 import jax.numpy as jnp
 
 from data.registry import TASKS
-from tuner import checkpoint, trainer
-from tuner.config import RunConfig, replace
-from tuner.loop import Run, milestone_metrics
+from tuner.core import checkpoint, steps
+from tuner.core.config import RunConfig, replace
+from tuner.core.loop import Run, milestone_metrics
 
 SEARCH_SEED = 1_000_000  # train.seed of every search trial; final seeds lie in [0, SEARCH_SEED)
 FINALS_EVAL_SEED = 2**31 - 2  # held-out key of the finals (the search's is train.eval_seed)
@@ -100,28 +100,28 @@ class SeedRuns:
         self.configs = [seed_config(cfg, s) for s in self.seeds]
         self.runs = [Run(c) for c in self.configs]  # cheap: tasks are host arrays, no compile
         self.run = self.runs[0]  # model, step spec and hparams are the same for every seed
-        self.tasks = trainer.stack([r.task for r in self.runs])
+        self.tasks = steps.stack([r.task for r in self.runs])
 
-    def init_states(self) -> trainer.TrainState:
-        return trainer.stack([r.init_state() for r in self.runs])
+    def init_states(self) -> steps.TrainState:
+        return steps.stack([r.init_state() for r in self.runs])
 
 
-def restore(directory: str | Path, runs: SeedRuns) -> tuple[trainer.TrainState, SeedsProgress]:
+def restore(directory: str | Path, runs: SeedRuns) -> tuple[steps.TrainState, SeedsProgress]:
     """Stacked state and progress from a checkpoint saved with :func:`checkpoint_meta`."""
     states, meta = checkpoint.restore(directory, runs.init_states())
     return states, SeedsProgress(**meta["progress"])
 
 
-def seed_state(states: trainer.TrainState, i: int) -> trainer.TrainState:
+def seed_state(states: steps.TrainState, i: int) -> steps.TrainState:
     """Seed ``i``'s state out of a stacked (vmapped) state."""
-    return trainer.unstack(states, i)
+    return steps.unstack(states, i)
 
 
 def train_seeds(cfg: RunConfig, seeds: Sequence[int],
-                on_eval: Callable[[int, SeedsProgress, trainer.TrainState], None] | None = None,
-                *, runs: SeedRuns | None = None, states: trainer.TrainState | None = None,
+                on_eval: Callable[[int, SeedsProgress, steps.TrainState], None] | None = None,
+                *, runs: SeedRuns | None = None, states: steps.TrainState | None = None,
                 progress: SeedsProgress | None = None,
-                ) -> tuple[list[trainer.TrainState], list[dict[str, Any]]]:
+                ) -> tuple[list[steps.TrainState], list[dict[str, Any]]]:
     """Trains ``seed_config(cfg, s)`` for every seed s, all seeds in one program.
 
     Every ``eval_every`` steps and at the end, ``on_eval(step, progress, states)`` is called
@@ -141,11 +141,11 @@ def train_seeds(cfg: RunConfig, seeds: Sequence[int],
     n_seeds = len(runs.seeds)
     while step < t.steps and not all(progress.diverged(i) for i in range(n_seeds)):
         n = min(t.eval_every - step % t.eval_every, t.steps - step)
-        states, m = trainer.train_steps_seeds(states, runs.tasks, run.hparams, spec=run.spec,
+        states, m = steps.train_steps_seeds(states, runs.tasks, run.hparams, spec=run.spec,
                                               n_steps=n)
         step += n
         losses, grad_norms = jax.device_get((m["loss"], m["grad_norm"]))
-        lr_now = float(t.lr * trainer.lr_multiplier(jnp.asarray(step - 1), run.hparams))
+        lr_now = float(t.lr * steps.lr_multiplier(jnp.asarray(step - 1), run.hparams))
         for i, seed_run in enumerate(runs.runs):
             if progress.diverged(i):
                 continue

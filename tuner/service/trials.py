@@ -4,7 +4,7 @@ Stage 1: :func:`train_trial`, one trial = one training run of a cell at one lear
 Stage 2: :func:`train_cell_finals`, one trial = every final seed of a cell, vmapped.
 
 Tune calls them in a worker (reused across trials with ``reuse_actors=True``; the
-jitted step lives at module level in ``tuner.trainer`` with the learning rate traced, so a reused
+jitted step lives at module level in ``tuner.core.steps`` with the learning rate traced, so a reused
 worker compiles once per cell shape). Every evaluation is reported together with a checkpoint of
 the full train state, so a trial that is paused by ASHA, killed with its node, or interrupted with
 the driver resumes exactly where it stopped. A diverging run (NaN loss) ends with
@@ -20,17 +20,17 @@ import tempfile
 from typing import Any
 
 from data.registry import metric_names
-from tuner import checkpoint, compile_cache, gpu_share
-from tuner.config import RunConfig, replace
-from tuner.loop import DivergedError, Run
-from tuner.seeds import search_config
+from tuner.core import checkpoint, compile_cache, gpu_share
+from tuner.core.config import RunConfig, replace
+from tuner.core.loop import DivergedError, Run
+from tuner.core.seeds import search_config
 
 
 def trial_config(base: RunConfig, config: dict[str, Any]) -> RunConfig:
     """The cell's run at the trial's lr: the experiment's base + the cell's overrides + lr.
 
-    Search trials then take :func:`tuner.seeds.search_config` and finals
-    :func:`tuner.seeds.seed_config` per seed (seeds and systems disjoint between the two).
+    Search trials then take :func:`tuner.core.seeds.search_config` and finals
+    :func:`tuner.core.seeds.seed_config` per seed (seeds and systems disjoint between the two).
     """
     return replace(base, **config["overrides"], **{"train.lr": float(config["lr"])})
 
@@ -80,14 +80,14 @@ def seed_key(seed: int, metric: str) -> str:
 def train_cell_finals(config: dict[str, Any], base: RunConfig) -> None:
     """Tune function trainable for stage 2: every seed of one cell in one vmapped program.
 
-    ``config["seeds"]`` are trained together (:func:`tuner.seeds.train_seeds`); each evaluation
+    ``config["seeds"]`` are trained together (:func:`tuner.core.seeds.train_seeds`); each evaluation
     reports every seed's metrics under ``seed_<s>/...`` plus their mean over non-diverged seeds
     under the plain names (what the status file and W&B curves show), with a checkpoint of the
     stacked state and per-seed progress. At the full budget each seed gets its rollouts.
     """
     from ray import tune
 
-    from tuner import seeds as seeds_lib
+    from tuner.core import seeds as seeds_lib
 
     _prepare_worker(config)
     seeds = [int(s) for s in config["seeds"]]
@@ -104,7 +104,7 @@ def train_cell_finals(config: dict[str, Any], base: RunConfig) -> None:
 
     def on_eval(step: int, prog: seeds_lib.SeedsProgress, sts) -> None:
         if step == cfg.train.steps and rollouts:
-            from tuner.rollout import evaluate_rollouts
+            from data.lds_rollout import evaluate_rollouts
 
             for i, r in enumerate(runs.runs):  # each seed on its own system
                 if not prog.diverged(i):

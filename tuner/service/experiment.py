@@ -27,15 +27,15 @@ from typing import Any
 import yaml
 
 from data.registry import metric_mode, metric_names
-from tuner.config import RunConfig, replace
-from tuner.seeds import SEARCH_SEED
+from tuner.core.config import RunConfig, replace
+from tuner.core.seeds import SEARCH_SEED
 
 __all__ = ["CLAIM_KINDS", "MAX_CELLS", "SEARCH_SEED", "SEARCH_SPACES", "Claim", "Experiment",
            "SearchSpaceError", "cell_id", "known", "load", "resolve"]
 
-SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+SEARCH_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 CLAIM_KINDS = ("trend", "compare", "effect_trend", "effect_compare")
-# Training seeds from SEARCH_SEED up are reserved for the learning-rate search (tuner.seeds),
+# Training seeds from SEARCH_SEED up are reserved for the learning-rate search (tuner.core.seeds),
 # so finals.seeds must lie in [0, SEARCH_SEED).
 MAX_CELLS = 10_000  # more grid cells than this is a typo (every cell gets trials_per_cell runs)
 
@@ -662,7 +662,7 @@ def _config_message(e: Exception) -> str:
         if sep:
             rule = rule.removeprefix("be ").removeprefix("lie ")
             return f"{head} is not allowed; allowed: {rule}"
-    return f"{msg}; allowed: what that check of tuner.config accepts"
+    return f"{msg}; allowed: what that check of tuner.core.config accepts"
 
 
 def _culprit(base: RunConfig, overrides: dict, message: str) -> str | None:

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import optax
 
 from models.sequence_model import SequenceModel
-from tuner import optimizers
-from tuner.config import RunConfig, TrainConfig
+from tuner.core import optimizers
+from tuner.core.config import RunConfig, TrainConfig
 
 
 class HParams(NamedTuple):
@@ -56,7 +56,7 @@ class StepSpec:
     b1: float
     b2: float
     clip_norm: float
-    optimizer: str = "adamw"  # tuner.optimizers.OPTIMIZERS name
+    optimizer: str = "adamw"  # tuner.core.optimizers.OPTIMIZERS name
 
     @staticmethod
     def from_config(model: SequenceModel, t: TrainConfig) -> StepSpec:

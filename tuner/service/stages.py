@@ -20,13 +20,13 @@ from typing import Any
 import pandas as pd
 from ray import tune
 
-from tuner.cell_scheduler import PerCellScheduler
-from tuner.cell_search import PerCellSearcher
-from tuner.experiment_dirs import ExperimentDirs
-from tuner.search_space import Experiment
-from tuner.status import StatusFile
-from tuner.trainable import seed_key, train_cell_finals, train_trial
-from tuner.wandb_logging import make_callback
+from tuner.service.dirs import ExperimentDirs
+from tuner.service.experiment import Experiment
+from tuner.service.search.scheduler import PerCellScheduler
+from tuner.service.search.searcher import PerCellSearcher
+from tuner.service.status import StatusFile
+from tuner.service.trials import seed_key, train_cell_finals, train_trial
+from tuner.service.wandb_logging import make_callback
 
 TIME_ATTR = "step"
 
@@ -68,7 +68,7 @@ def _run_config(exp: Experiment, dirs: ExperimentDirs, name: str, status: Status
 
 
 def _worker_settings(exp: Experiment, dirs: ExperimentDirs) -> dict[str, Any]:
-    """What a trial's process must set up before JAX starts (see tuner.trainable)."""
+    """What a trial's process must set up before JAX starts (see tuner.service.trials)."""
     return {"jax_cache_dir": str(dirs.jax_cache), "gpu_fraction": exp.gpus_per_trial}
 
 
@@ -188,7 +188,7 @@ def run_search(exp: Experiment, dirs: ExperimentDirs, wandb: bool = True,
 
 def final_specs(exp: Experiment, best: dict[str, Any], dirs: ExperimentDirs) -> list[dict]:
     """One trial spec per cell: all of the experiment's seeds at the cell's best learning rate,
-    trained as one vmapped program (``tuner.trainable.train_cell_finals``)."""
+    trained as one vmapped program (``tuner.service.trials.train_cell_finals``)."""
     cells = exp.cells()
     return [{"stage": "final", "cell": cell, "lr": best[cell]["lr"], "seeds": list(exp.seeds),
              "overrides": cells[cell], **_worker_settings(exp, dirs)}

@@ -24,7 +24,7 @@ from ray.air.constants import TRAINING_ITERATION
 from ray.air.integrations.wandb import WandbLoggerCallback, _clean_log, _WandbLoggingActor
 from ray.air.util.node import _force_on_current_node
 
-from tuner.status import trial_spec
+from tuner.service.status import trial_spec
 
 FINISH_TIMEOUT_S = 300  # experiment end waits this long for runs to be written
 

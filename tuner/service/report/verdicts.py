@@ -3,7 +3,7 @@
 What a verdict rests on (SPEC section 6, "What a verdict may rest on"):
 
 - **Replicates.** Per cell and metric, the finished final seeds; each seed has its own system,
-  init and data (``tuner.seeds``), so the spread covers the system draw. A cell's standard
+  init and data (``tuner.core.seeds``), so the spread covers the system draw. A cell's standard
   error is sd / sqrt(n) with n - 1 degrees of freedom; a cell with fewer than 2 finished seeds
   has none and is *unusable* (as is a cell whose seeds all diverged).
 - **Difficulty, not the metric's sign.** Claims speak of difficulty: the *badness* of a metric

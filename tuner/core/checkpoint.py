@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from tuner.trainer import TrainState
+from tuner.core.steps import TrainState
 
 _STATE = "state"
 _META = "meta.json"

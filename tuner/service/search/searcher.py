@@ -38,7 +38,7 @@ from ray.tune.search import Searcher
 if TYPE_CHECKING:
     import pandas as pd
 
-    from tuner.cell_scheduler import PerCellScheduler
+    from tuner.service.search.scheduler import PerCellScheduler
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 the hypothesis, ending in a verdict per claim that names the metrics it rests on.
 
 Written only once every run of the experiment has finished (the SPEC's protocol). The statistics
-of the verdicts (replicates, series, the learning check) are in :mod:`tuner.verdicts`; this module
+of the verdicts (replicates, series, the learning check) are in :mod:`.verdicts`; this module
 only lays them out: the finals per cell (mean ± sd over seeds, each seed its own system), the
 task's system properties apart (e.g. the LDS's information cost of patching), the rollout scores
 with their standard errors, and per claim its verdict, evidence and plot.
@@ -21,10 +21,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from data.lds_rollout import SCORE_PREFIX, SCORE_SE_PREFIX  # noqa: E402
 from data.registry import TASKS, metric_mode  # noqa: E402
-from tuner import verdicts  # noqa: E402
-from tuner.rollout import SCORE_PREFIX, SCORE_SE_PREFIX  # noqa: E402
-from tuner.search_space import Claim, Experiment  # noqa: E402
+from tuner.service.experiment import Claim, Experiment  # noqa: E402
+from tuner.service.report import verdicts  # noqa: E402
 
 
 def claim_metrics(claim: Claim, exp: Experiment) -> tuple[str, ...]:

@@ -13,8 +13,8 @@ from typing import Any
 import jax
 
 from data.registry import TASKS
-from tuner import trainer
-from tuner.config import RunConfig
+from tuner.core import steps
+from tuner.core.config import RunConfig
 
 
 class DivergedError(FloatingPointError):
@@ -38,28 +38,28 @@ class Run:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.task = TASKS[cfg.task].from_run_config(cfg)
-        self.model = trainer.build_model(cfg, self.task)
-        self.spec = trainer.StepSpec.from_config(self.model, cfg.train)
-        self.hparams = trainer.HParams.from_config(cfg.train)
+        self.model = steps.build_model(cfg, self.task)
+        self.spec = steps.StepSpec.from_config(self.model, cfg.train)
+        self.hparams = steps.HParams.from_config(cfg.train)
         self.milestones: dict[str, int] = {}  # task milestone -> first step reached (resumable)
 
-    def init_state(self) -> trainer.TrainState:
-        return trainer.init_state(self.spec, self.task, self.cfg.train.seed)
+    def init_state(self) -> steps.TrainState:
+        return steps.init_state(self.spec, self.task, self.cfg.train.seed)
 
-    def evaluate(self, state: trainer.TrainState):
-        return trainer.evaluate(state.params, self.task, self.model, self.cfg.train.eval_batch,
+    def evaluate(self, state: steps.TrainState):
+        return steps.evaluate(state.params, self.task, self.model, self.cfg.train.eval_batch,
                                 self.cfg.train.eval_seed)
 
-    def train(self, state: trainer.TrainState,
-              on_eval: Callable[[dict[str, Any], trainer.TrainState], None]
-              ) -> trainer.TrainState:
+    def train(self, state: steps.TrainState,
+              on_eval: Callable[[dict[str, Any], steps.TrainState], None]
+              ) -> steps.TrainState:
         """Trains from ``state`` to ``train.steps``, calling ``on_eval(metrics, state)`` every
         ``eval_every`` steps and at the end. Raises DivergedError on a non-finite loss."""
         t = self.cfg.train
         step = int(state.step)
         while step < t.steps:
             n = min(t.eval_every - step % t.eval_every, t.steps - step)
-            state, m = trainer.train_steps(state, self.task, self.hparams, spec=self.spec,
+            state, m = steps.train_steps(state, self.task, self.hparams, spec=self.spec,
                                            n_steps=n)
             step += n
             loss = float(m["loss"])
@@ -67,7 +67,7 @@ class Run:
                 raise DivergedError(f"loss is {loss} at step {step} (lr={t.lr:g})")
             metrics, curve = self.evaluate(state)
             on_eval({"step": step, "train_loss": loss, "grad_norm": float(m["grad_norm"]),
-                     "lr_now": float(t.lr * trainer.lr_multiplier(jax.numpy.asarray(step - 1),
+                     "lr_now": float(t.lr * steps.lr_multiplier(jax.numpy.asarray(step - 1),
                                                                   self.hparams)),
                      **{f"eval/{k}": v for k, v in metrics.items()},
                      **milestone_metrics(self.task, self.milestones, step, metrics)}, state)

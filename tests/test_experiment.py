@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuner import search_space
+from tuner.service import experiment
 
-SHIPPED = (search_space.SEARCH_SPACES / "exp4.yaml").read_text()
+SHIPPED = (experiment.SEARCH_SPACES / "exp4.yaml").read_text()
 # the cases below add claim metrics of their own: start from claims without them
 GOOD = SHIPPED.replace("    metrics: [eval/nmse_info, eval/skill_info]\n", "")
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -48,8 +48,8 @@ def test_bad_field_names_file_line_field_and_allowed(tmp_path, old, new, field, 
     assert old in GOOD
     text = GOOD.replace(old, new, 1)
     path = write(tmp_path, text)
-    with pytest.raises(search_space.SearchSpaceError) as err:
-        search_space.load(str(path))
+    with pytest.raises(experiment.SearchSpaceError) as err:
+        experiment.load(str(path))
     msg = str(err.value)
     assert msg.startswith(f"{path}:{line_of(text, new.splitlines()[-1])}: {field}:"), msg
     assert allowed in msg
@@ -58,24 +58,24 @@ def test_bad_field_names_file_line_field_and_allowed(tmp_path, old, new, field, 
 def test_smoke_override_errors_point_into_the_smoke_section(tmp_path):
     text = GOOD.replace("    train.steps: 60", "    train.steps: 50")  # not a multiple of 20
     path = write(tmp_path, text)
-    search_space.load(str(path))  # the full profile is fine
-    with pytest.raises(search_space.SearchSpaceError, match=rf"bad.yaml:"
+    experiment.load(str(path))  # the full profile is fine
+    with pytest.raises(experiment.SearchSpaceError, match=rf"bad.yaml:"
                        rf"{line_of(text, 'train.steps: 50')}: smoke.fixed.train.steps"):
-        search_space.load(str(path), smoke=True)
+        experiment.load(str(path), smoke=True)
 
 
 def test_malformed_yaml_and_unknown_experiment(tmp_path):
     path = write(tmp_path, "name: x\ngrid: [unclosed\n")
-    with pytest.raises(search_space.SearchSpaceError, match=r"bad.yaml:\d+: not valid YAML"):
-        search_space.load(str(path))
-    with pytest.raises(search_space.SearchSpaceError, match=r"unknown experiment 'exp9'.*exp1, "
+    with pytest.raises(experiment.SearchSpaceError, match=r"bad.yaml:\d+: not valid YAML"):
+        experiment.load(str(path))
+    with pytest.raises(experiment.SearchSpaceError, match=r"unknown experiment 'exp9'.*exp1, "
                        r"exp2, exp3, exp4"):
-        search_space.load("exp9")
+        experiment.load("exp9")
 
 
 def test_every_shipped_experiment_loads_and_smoke_is_small():
-    for name in search_space.known():
-        full, smoke = search_space.load(name), search_space.load(name, smoke=True)
+    for name in experiment.known():
+        full, smoke = experiment.load(name), experiment.load(name, smoke=True)
         assert full.cells().keys() == smoke.cells().keys()  # smoke searches every cell
         assert smoke.base.train.steps <= 100 and len(smoke.seeds) >= 2
         assert smoke.gpus_per_trial == 0
@@ -95,8 +95,8 @@ def swap_section(text: str, key: str, new: str, indent: int = 0) -> str:
 
 
 def expect_error(path: Path, line: int, field: str, allowed: str, smoke: bool = False) -> str:
-    with pytest.raises(search_space.SearchSpaceError) as err:
-        search_space.load(str(path), smoke=smoke)
+    with pytest.raises(experiment.SearchSpaceError) as err:
+        experiment.load(str(path), smoke=smoke)
     msg = str(err.value)
     assert msg.startswith(f"{path}:{line}: {field}:"), msg
     assert allowed in msg, msg
@@ -360,7 +360,7 @@ def test_smoke_values_are_checked_in_the_smoke_profile(tmp_path, old, new, field
     assert old in GOOD
     text = GOOD.replace(old, new, 1)
     path = write(tmp_path, text)
-    search_space.load(str(path))  # the full profile does not use these values
+    experiment.load(str(path))  # the full profile does not use these values
     expect_error(path, line_of(text, line or new.splitlines()[-1]), field, allowed, smoke=True)
 
 
@@ -374,26 +374,26 @@ def test_whole_file_mistakes(tmp_path):
     ]:
         expect_error(write(tmp_path, text), line, field, allowed)
     text = GOOD.replace("  lr_low: 3.0e-5", "\tlr_low: 3.0e-5")  # a tab
-    with pytest.raises(search_space.SearchSpaceError, match=rf"bad.yaml:"
+    with pytest.raises(experiment.SearchSpaceError, match=rf"bad.yaml:"
                        rf"{line_of(text, 'lr_low: 3.0e-5')}: not valid YAML: .*\(a tab: YAML "
                        r"indents with spaces only\); allowed:"):
-        search_space.load(str(write(tmp_path, text)))
-    with pytest.raises(search_space.SearchSpaceError, match=r"bad.yaml:\d+: not valid YAML"):
-        search_space.load(str(write(tmp_path, GOOD + "---\nname: two\n")))  # two documents
-    with pytest.raises(search_space.SearchSpaceError, match=rf"bad.yaml:{line_of(GOOD, DIM_Y)}: "
+        experiment.load(str(write(tmp_path, text)))
+    with pytest.raises(experiment.SearchSpaceError, match=r"bad.yaml:\d+: not valid YAML"):
+        experiment.load(str(write(tmp_path, GOOD + "---\nname: two\n")))  # two documents
+    with pytest.raises(experiment.SearchSpaceError, match=rf"bad.yaml:{line_of(GOOD, DIM_Y)}: "
                        r"grid.data.dim_y\[1\]: refers to itself"):
-        search_space.load(str(write(tmp_path, GOOD.replace(DIM_Y, "  data.dim_y: &a [1, *a]"))))
-    with pytest.raises(search_space.SearchSpaceError, match=r"bad.yaml:1: not valid YAML: "
+        experiment.load(str(write(tmp_path, GOOD.replace(DIM_Y, "  data.dim_y: &a [1, *a]"))))
+    with pytest.raises(experiment.SearchSpaceError, match=r"bad.yaml:1: not valid YAML: "
                        "nested too deeply"):
-        search_space.load(str(write(tmp_path, "name: " + "[" * 5000 + "]" * 5000 + "\n")))
+        experiment.load(str(write(tmp_path, "name: " + "[" * 5000 + "]" * 5000 + "\n")))
     path = tmp_path / "bin.yaml"
     path.write_bytes(b"name: \xff\n")
-    with pytest.raises(search_space.SearchSpaceError, match=r"bin.yaml:1: not UTF-8"):
-        search_space.load(str(path))
+    with pytest.raises(experiment.SearchSpaceError, match=r"bin.yaml:1: not UTF-8"):
+        experiment.load(str(path))
 
 
 def test_cells_that_would_share_an_id_are_rejected(tmp_path):
-    grok = (search_space.SEARCH_SPACES / "grokking.yaml").read_text()
+    grok = (experiment.SEARCH_SPACES / "grokking.yaml").read_text()
     text = grok.replace('  modular.op: "+"\n', "").replace(
         "  modular.p: [59, 97, 113]", '  modular.p: [59, 97, 113]\n  modular.op: ["+", "*"]')
     expect_error(write(tmp_path, text), line_of(text, "grid:"), "grid",
@@ -402,46 +402,46 @@ def test_cells_that_would_share_an_id_are_rejected(tmp_path):
 
 def test_friendly_inputs_that_are_accepted(tmp_path):
     # YAML 1.1 reads 1e-5 (no dot) and -.5 as strings: a float field converts them
-    exp = search_space.load(str(write(tmp_path, GOOD.replace("  lr_low: 3.0e-5",
+    exp = experiment.load(str(write(tmp_path, GOOD.replace("  lr_low: 3.0e-5",
                                                               "  lr_low: 1e-5"))))
     assert exp.lr_low == 1e-5 and isinstance(exp.lr_low, float)
     for gpus in ("0.25", "2", "1", "0"):
         text = GOOD.replace("  gpus_per_trial: 0.25", f"  gpus_per_trial: {gpus}")
-        assert search_space.load(str(write(tmp_path, text))).gpus_per_trial == float(gpus)
-    exp = search_space.load(str(write(tmp_path, swap_section(GOOD, "resources", ""))))
+        assert experiment.load(str(write(tmp_path, text))).gpus_per_trial == float(gpus)
+    exp = experiment.load(str(write(tmp_path, swap_section(GOOD, "resources", ""))))
     assert (exp.cpus_per_trial, exp.gpus_per_trial) == (1.0, 0.0)  # the defaults
     text = GOOD.replace("  cpus_per_trial: 1", "  cpus_per_trial: 0.5")
-    assert search_space.load(str(write(tmp_path, text))).cpus_per_trial == 0.5
+    assert experiment.load(str(write(tmp_path, text))).cpus_per_trial == 0.5
     # fixed settings apply together: tie_embeddings may come before input_layer and head
-    gpt = (search_space.SEARCH_SPACES / "gpt.yaml").read_text()
+    gpt = (experiment.SEARCH_SPACES / "gpt.yaml").read_text()
     text = gpt.replace("  model.tie_embeddings: true\n", "").replace(
         "  model.input_layer: tokens", "  model.tie_embeddings: true\n  model.input_layer: tokens")
-    assert search_space.load(str(write(tmp_path, text))).base.model.tie_embeddings
+    assert experiment.load(str(write(tmp_path, text))).base.model.tie_embeddings
     # a value impossible on the fixed settings alone is fine when every cell it is in is
     text = GOOD.replace(DIM_Y, "  data.dim_y: [1, 2, 4, 100]\n  data.dim_x: [128, 256]")
-    assert len(search_space.load(str(write(tmp_path, text))).cells()) == 4 * 3 * 2
+    assert len(experiment.load(str(write(tmp_path, text))).cells()) == 4 * 3 * 2
 
 
 def test_claim_metrics(tmp_path):
-    exp = search_space.load(str(write(tmp_path, GOOD)))
+    exp = experiment.load(str(write(tmp_path, GOOD)))
     assert [c.metrics for c in exp.claims] == [(), ()]  # the caller uses asha.metric
-    shipped = search_space.load("exp4")
+    shipped = experiment.load("exp4")
     assert {c.metrics for c in shipped.claims} == {("eval/nmse_info", "eval/skill_info")}
     text = GOOD.replace(CLAIM_DIR, CLAIM_DIR + "\n    metrics: [eval/skill, eval/nmse]", 1)
     text = text.replace("    effect_axis: model.patch_size",
                         "    effect_axis: model.patch_size\n    metric: eval/skill")
-    exp = search_space.load(str(write(tmp_path, text)))
+    exp = experiment.load(str(write(tmp_path, text)))
     assert [c.metrics for c in exp.claims] == [("eval/skill", "eval/nmse"), ("eval/skill",)]
-    grok = search_space.load("grokking")
+    grok = experiment.load("grokking")
     assert {c.metrics for c in grok.claims} == {("eval/grokking_step",)}
 
 
 def test_compare_claim_value_and_search_seed():
-    assert search_space.SEARCH_SEED == 1_000_000 and "SEARCH_SEED" in search_space.__all__
-    assert search_space.load("exp2").claims[0].better == "diagonal"
-    assert not hasattr(search_space.Experiment, "cell_config")
-    for name in search_space.known():
-        assert max(search_space.load(name).seeds) < search_space.SEARCH_SEED
+    assert experiment.SEARCH_SEED == 1_000_000 and "SEARCH_SEED" in experiment.__all__
+    assert experiment.load("exp2").claims[0].better == "diagonal"
+    assert not hasattr(experiment.Experiment, "cell_config")
+    for name in experiment.known():
+        assert max(experiment.load(name).seeds) < experiment.SEARCH_SEED
 
 
 def fixture_experiments() -> list[Path]:
@@ -454,14 +454,14 @@ def fixture_experiments() -> list[Path]:
 
 
 @pytest.mark.parametrize("path", [
-    *(search_space.SEARCH_SPACES / f"{n}.yaml" for n in search_space.known()),
+    *(experiment.SEARCH_SPACES / f"{n}.yaml" for n in experiment.known()),
     *fixture_experiments()], ids=lambda p: p.name)
 def test_shipped_and_fixture_experiments_load_with_and_without_smoke(path):
-    full, smoke = search_space.load(str(path)), search_space.load(str(path), smoke=True)
+    full, smoke = experiment.load(str(path)), experiment.load(str(path), smoke=True)
     assert full.name == path.stem and smoke.name == f"{path.stem}-smoke"
     assert len(full.cells()) == len(list(itertools.product(*full.grid.values())))
     for exp in (full, smoke):
-        assert all(0 <= s < search_space.SEARCH_SEED for s in exp.seeds)
+        assert all(0 <= s < experiment.SEARCH_SEED for s in exp.seeds)
 
 @pytest.mark.parametrize("args,message", [
     (["exp9"], "unknown experiment 'exp9'"),

@@ -1,7 +1,7 @@
 """Tests of the per-cell search machinery (PerCellSearcher + PerCellScheduler).
 
 Fast unit tests drive the Tune hooks by hand; the ``slow`` ones run a real local Ray cluster
-with real Optuna journal studies on a synthetic trainable (``cell_search_driver``).
+with real Optuna journal studies on a synthetic trainable (``search_driver``).
 """
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ from types import SimpleNamespace
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
-import cell_search_driver as driver  # noqa: E402
 import pytest  # noqa: E402
+import search_driver as driver  # noqa: E402
 from ray.tune.experiment import Trial  # noqa: E402
 from ray.tune.schedulers import TrialScheduler  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
-from tuner.cell_scheduler import PerCellScheduler  # noqa: E402
-from tuner.cell_search import PerCellSearcher  # noqa: E402
+from tuner.service.search.scheduler import PerCellScheduler  # noqa: E402
+from tuner.service.search.searcher import PerCellSearcher  # noqa: E402
 
 MAX_T = 9
-DRIVER = Path(__file__).with_name("cell_search_driver.py")
+DRIVER = Path(__file__).with_name("search_driver.py")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -229,7 +229,7 @@ def test_scheduler_state_roundtrip_and_readd_does_not_double_count():
 def ray_cluster():
     import ray
 
-    # Workers unpickle the trainable by module name: let them import cell_search_driver.
+    # Workers unpickle the trainable by module name: let them import search_driver.
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(DRIVER.parent), *sys.path])}}
     ray.init(
         num_cpus=2,
@@ -407,7 +407,7 @@ def test_rungs_rebuilt_from_histories_equal_the_live_rungs():
     """Replaying each trial's results (the journal) fills the rungs exactly as the live path
     did, whatever order the trials' results arrived in, and keys them by the Tune id that now
     holds the trial (a trial handed to a new id after a restart is counted once)."""
-    from tuner.cell_scheduler import PerCellScheduler
+    from tuner.service.search.scheduler import PerCellScheduler
 
     def sched():
         return PerCellScheduler(metric="loss", mode="min", time_attr="step", max_t=60,

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tests/cell_search_driver.py --storage DIR --name NAME --study-dir DIR \
+    python tests/search_driver.py --storage DIR --name NAME --study-dir DIR \
         --cells '{"a": {"opt": -3.0, "scale": 1.0}}' --summary OUT.json
 
 Starts a fresh ``Tuner`` or, when ``Tuner.can_restore`` says the experiment directory holds a
@@ -78,8 +78,8 @@ def build_search(
     seed: int = 0,
 ):
     """Searcher + scheduler pair wired together (the searcher saves the scheduler's rungs)."""
-    from tuner.cell_scheduler import PerCellScheduler
-    from tuner.cell_search import PerCellSearcher
+    from tuner.service.search.scheduler import PerCellScheduler
+    from tuner.service.search.searcher import PerCellSearcher
 
     scheduler = PerCellScheduler(
         metric=METRIC,

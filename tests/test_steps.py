@@ -8,9 +8,9 @@ import pytest
 
 from data.lds import LDSConfig
 from models.config import ModelConfig
-from tuner import checkpoint, trainer
-from tuner.config import RunConfig, TrainConfig
-from tuner.loop import DivergedError, Run
+from tuner.core import checkpoint, steps
+from tuner.core.config import RunConfig, TrainConfig
+from tuner.core.loop import DivergedError, Run
 
 SMALL = RunConfig(
     data=LDSConfig(dim_x=4, dim_y=2, seq_len=64, lambda_val=0.9, system_seed=2),
@@ -54,12 +54,12 @@ def test_resumed_run_matches_uninterrupted(tmp_path):
 
 def test_learning_rate_is_traced_one_compile():
     """Trials with different learning rates reuse one compiled step."""
-    trainer.train_steps.clear_cache()
+    steps.train_steps.clear_cache()
     for lr in (1e-4, 1e-3, 1e-2):
         cfg = dataclasses.replace(SMALL, train=dataclasses.replace(SMALL.train, lr=lr, steps=10))
         run = Run(cfg)
         run.train(run.init_state(), lambda m, s: None)
-    assert trainer.train_steps._cache_size() == 1
+    assert steps.train_steps._cache_size() == 1
 
 
 def test_divergence_raises():

@@ -112,9 +112,9 @@ class PerCellScheduler(FIFOScheduler):
 
     State that must survive a driver restart is the rung contents per cell
     (:meth:`get_state`/:meth:`set_state`). Tune does not save it, so
-    :class:`tuner.cell_search.PerCellSearcher` saves and restores it inside its own snapshot;
-    on resume Tune calls ``Searcher.restore_from_dir`` (hence :meth:`set_state`) before it
-    re-adds the restored trials with :meth:`on_trial_add`.
+    :class:`tuner.service.search.searcher.PerCellSearcher` saves and restores it inside its
+    own snapshot; on resume Tune calls ``Searcher.restore_from_dir`` (hence :meth:`set_state`)
+    before it re-adds the restored trials with :meth:`on_trial_add`.
 
     Args:
         metric: Result key compared between trials.

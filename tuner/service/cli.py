@@ -1,0 +1,138 @@
+"""Run a whole experiment: per-cell LR search, seeded finals with rollouts, then the report.
+
+    python -m tuner.run exp4            # the experiment in search_spaces/exp4.yaml
+    python -m tuner.run exp4 --smoke    # tiny model and budget: the full pipeline in minutes
+    python -m tuner.run path/to/my_experiment.yaml --address auto   # on a running cluster
+
+Rerunning the same command resumes an interrupted experiment: a finished stage is not rerun,
+an unfinished one continues from Tune's snapshot (trials from their checkpoints). Everything
+lands in ``<out>/<experiment name>/``; ``status.json`` there tracks progress live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from tuner.service import experiment
+from tuner.service.dirs import ExperimentDirs
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Run (or resume) an experiment defined by a file in search_spaces/."""
+
+    experiment: Annotated[str, tyro.conf.Positional]  # name in search_spaces/, or a YAML path
+    smoke: bool = False  # apply the file's smoke profile (tiny model and budget)
+    out: str = "experiments"  # experiments land in <out>/<name>[-smoke]/
+    address: str | None = None  # Ray cluster to join ("auto": the running one); default:
+    # $RAY_ADDRESS if set (as inside `ray job submit`), else a new local cluster
+    num_cpus: int | None = None  # CPUs of the local cluster (default: all)
+    wandb: bool = True  # log to W&B (offline unless a key and the network are available)
+    widen_edges: bool = False  # re-search cells whose best LR is at an edge of the range
+
+
+class UsageError(Exception):
+    """Bad input found before any cluster work."""
+
+
+def prepare(args: Args):
+    """All that can fail on bad input, before Ray starts: load, validate, claim the folder."""
+    try:
+        exp = experiment.load(args.experiment, smoke=args.smoke)
+    except experiment.SearchSpaceError as e:
+        raise UsageError(str(e)) from None
+    dirs = ExperimentDirs(Path(args.out).absolute() / exp.name)
+    frozen = dirs.root / "experiment.yaml"
+    if frozen.exists() and frozen.read_text() != exp.path.read_text():
+        raise UsageError(
+            f"{exp.path} changed since {dirs.root} was started (its copy is {frozen}); resuming "
+            "would mix two experiments. Restore the file, or use a new --out folder.")
+    dirs.root.mkdir(parents=True, exist_ok=True)
+    if not frozen.exists():
+        shutil.copyfile(exp.path, frozen)
+    return exp, dirs
+
+
+def _start_ray(args: Args, wandb_mode: str):
+    import ray
+
+    env = {"WANDB_MODE": wandb_mode, "WANDB_SILENT": "true"}
+    # the driver too: WandbLoggerCallback.setup runs here and, online, demands an API key
+    os.environ.update(env)
+    address = args.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
+    if address:
+        return ray.init(address=address, runtime_env={"env_vars": env})
+    # local cluster: dashboard on loopback only; Ray 2.60 turns token auth on for new local
+    # clusters (token in ~/.ray/auth_token) unless RAY_AUTH_MODE says otherwise: leave it on
+    return ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=True,
+                    dashboard_host="127.0.0.1")
+
+
+def _check_local_resources(exp) -> None:
+    """A local cluster never grows: a trial it cannot place would wait forever."""
+    import ray
+
+    have = ray.cluster_resources()
+    for key, need in (("CPU", exp.cpus_per_trial), ("GPU", exp.gpus_per_trial)):
+        if need > have.get(key, 0):
+            ray.shutdown()
+            raise UsageError(f"{exp.path}: resources.{key.lower()}s_per_trial={need:g} but this "
+                             f"machine's Ray cluster has {have.get(key, 0):g} {key}(s); use "
+                             "--smoke, lower it, or run on a cluster (--address)")
+
+
+def main(args: Args) -> int:
+    started = time.perf_counter()
+    try:
+        exp, dirs = prepare(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # Under `uv run`, Ray 2.60 would rebuild the uv env for every worker; share this one.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # snapshot often: lose little
+    # every checkpoint forces a snapshot (CheckpointConfig.num_to_keep): wanted, not a warning
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    from tuner.service.report import render as report
+    from tuner.service.search.searcher import PerCellSearcher  # noqa: F401  (fail fast if missing)
+    from tuner.service.stages import Interrupted, run_finals, run_search
+    from tuner.service.wandb_logging import choose_mode
+
+    mode = choose_mode() if args.wandb else "disabled"
+    ctx = _start_ray(args, mode)
+    if not (args.address or os.environ.get("RAY_ADDRESS")):
+        try:
+            _check_local_resources(exp)
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    print(f"experiment {exp.name}: {len(exp.cells())} cells -> {dirs.root}", flush=True)
+    print(f"Ray dashboard: {ctx.dashboard_url or '(not running)'} (token auth: see "
+          "~/.ray/auth_token; through an SSH tunnel on a cluster)", flush=True)
+    print(f"live status: {dirs.status}; W&B mode: {mode}"
+          + (f" (sync later: wandb sync {dirs.wandb}/wandb/offline-run-*)"
+             if mode == "offline" else ""), flush=True)
+    try:
+        best = run_search(exp, dirs, wandb=args.wandb, widen_edges=args.widen_edges)
+        finals = run_finals(exp, dirs, best, wandb=args.wandb)
+    except Interrupted as e:
+        print(f"\n{e}", file=sys.stderr, flush=True)
+        return 130
+    import pandas as pd
+
+    summary = report.write(exp, dirs.root, best, finals,
+                           pd.read_csv(dirs.search_trials))
+    print(f"\nreport: {summary}")
+    for line in report.verdict_lines(summary):
+        print(line)
+    print(f"wall time: {time.perf_counter() - started:.0f} s")
+    return 0

@@ -1,0 +1,2 @@
+"""The experiment report: verdicts (the statistics of the claims) and render (markdown, plots,
+files)."""
