@@ -29,6 +29,7 @@ from ray.tune.experiment import Trial  # noqa: E402
 from ray.tune.schedulers import TrialScheduler  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
+from tuner.service.search import results  # noqa: E402
 from tuner.service.search.scheduler import PerCellScheduler  # noqa: E402
 from tuner.service.search.searcher import PerCellSearcher  # noqa: E402
 
@@ -75,7 +76,7 @@ def test_suggest_balances_cells_then_finishes(tmp_path):
     assert all(1e-5 <= c["lr"] <= 1.0 for c in configs)
     assert configs[0]["opt"] == -3.0 and configs[1]["opt"] == -1.0
     assert searcher.suggest("t6") == Searcher.FINISHED
-    assert {c: n["RUNNING"] for c, n in searcher.counts().items()} == {"a": 3, "b": 3}
+    assert {c: n["RUNNING"] for c, n in driver.state_counts(searcher).items()} == {"a": 3, "b": 3}
 
 
 def test_outcomes_and_best_only_from_complete(tmp_path):
@@ -143,9 +144,9 @@ def test_best_is_none_without_complete_and_edge_flags(tmp_path):
     searcher = _searcher(tmp_path, cells={"a": {}}, trials_per_cell=1)
     searcher.suggest("t0")
     assert searcher.best_per_cell() == {"a": None}
-    assert searcher._edge(1.5e-5) == "low"
-    assert searcher._edge(0.7) == "high"
-    assert searcher._edge(1e-3) is None
+    assert results.edge(1.5e-5, 1e-5, 1.0) == "low"
+    assert results.edge(0.7, 1e-5, 1.0) == "high"
+    assert results.edge(1e-3, 1e-5, 1.0) is None
 
 
 def test_snapshot_restore_reuses_unclaimed_trial_and_skips_told(tmp_path):
@@ -264,7 +265,7 @@ def test_grid_search_per_cell(ray_cluster, tmp_path):
 
     assert not results.errors
     assert sorted(r.config["cell"] for r in results) == ["a"] * 9 + ["b"] * 9
-    counts = searcher.counts()
+    counts = driver.state_counts(searcher)
     for cell in cells:
         assert sum(counts[cell].values()) == 9
         assert counts[cell]["RUNNING"] == 0 and counts[cell]["FAIL"] == 0

@@ -22,6 +22,7 @@ from ray import tune
 
 from tuner.service.dirs import ExperimentDirs
 from tuner.service.experiment import Experiment
+from tuner.service.objective import Objective
 from tuner.service.search.scheduler import PerCellScheduler
 from tuner.service.search.searcher import PerCellSearcher
 from tuner.service.status import StatusFile
@@ -148,7 +149,7 @@ def _check_search_finished(rnd: SearchRound, results, searcher: PerCellSearcher,
 
 
 def _better(exp: Experiment, a: dict, b: dict | None) -> bool:
-    return b is None or (a["value"] < b["value"] if exp.mode == "min" else a["value"] > b["value"])
+    return Objective(exp.metric, exp.mode).better(a["value"], None if b is None else b["value"])
 
 
 def run_search(exp: Experiment, dirs: ExperimentDirs, wandb: bool = True,

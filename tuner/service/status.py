@@ -16,6 +16,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from tuner.service.objective import Objective
+
 
 def trial_spec(config: dict[str, Any]) -> dict[str, Any]:
     """A trial's own settings (finals nest them under ``final``)."""
@@ -43,7 +45,7 @@ class StatusFile(Callback):
         self._last = time.monotonic()
         per_cell = {c: {"running": 0, "finished": 0, "errored": 0, "best_so_far": None}
                     for c in self.cells}
-        sign = 1 if self.mode == "min" else -1
+        objective = Objective(self.metric, self.mode)
         for t in trials:
             spec = trial_spec(t.config)
             entry = per_cell.setdefault(spec["cell"], {"running": 0, "finished": 0,
@@ -54,8 +56,8 @@ class StatusFile(Callback):
                 entry[key] += 1
             value = (t.last_result or {}).get(self.metric)
             best = entry["best_so_far"]
-            if isinstance(value, int | float) and math.isfinite(value) and (
-                    best is None or sign * value < sign * best["value"]):
+            if isinstance(value, int | float) and math.isfinite(value) and objective.better(
+                    value, None if best is None else best["value"]):
                 entry["best_so_far"] = {"value": value, "lr": spec["lr"],
                                         "step": t.last_result.get("step")}
         done = sum(e["finished"] + e["errored"] >= self.per_cell for e in per_cell.values())

@@ -44,6 +44,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from tuner.service.objective import Objective
+
 ALPHA = 0.05  # two-sided level of a difference; the learning check is one-sided at ALPHA
 MIN_RHO = 0.7  # Spearman rho a trend needs besides a significant end-to-end change
 DECISIVE = ("supported", "contradicted")
@@ -240,8 +242,9 @@ def judge(claim, tables: dict[str, pd.DataFrame], modes: dict[str, str],
     remaining = first.loc[keep, claim.axis].nunique()
     per_metric = []
     for metric, table in tables.items():
-        sign = -1.0 if modes[metric] == "max" else 1.0
-        t = table[keep.to_numpy()].assign(mean=lambda d, sign=sign: sign * d["mean"])
+        objective = Objective(metric, modes[metric])  # badness = -score: larger is worse
+        t = table[keep.to_numpy()].assign(
+            mean=lambda d, o=objective: -o.score(d["mean"]))
         if remaining < 2:
             verdict, evidence = "inconclusive", f"fewer than 2 values of {claim.axis} usable"
         else:

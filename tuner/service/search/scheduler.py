@@ -23,6 +23,8 @@ import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
+from tuner.service.objective import Objective
+
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
 
@@ -32,8 +34,8 @@ _STATE_VERSION = 1
 class CellRungs:
     """ASHA rungs of one cell: milestone -> {tune trial id: reward}.
 
-    Rewards are ``sign * metric`` with sign +1 for ``mode="max"`` and -1 for ``mode="min"``, so
-    larger is always better, exactly as in Ray's ``_Bracket``. A trial is recorded at most once
+    Rewards are :meth:`Objective.score` of the metric, so larger is always better, exactly as in
+    Ray's ``_Bracket``. A trial is recorded at most once
     per rung; that is what keeps a restored trial, which re-reports the steps after its last
     checkpoint, from being counted twice.
 
@@ -135,15 +137,13 @@ class PerCellScheduler(FIFOScheduler):
         reduction_factor: float,
     ) -> None:
         super().__init__()
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if not 0 < grace_period <= max_t:
             raise ValueError(f"need 0 < grace_period <= max_t, got {grace_period}, {max_t}")
         if reduction_factor <= 1:
             raise ValueError(f"reduction_factor must be > 1, got {reduction_factor}")
+        self._objective = Objective(metric, mode)
         self._metric = metric
         self._mode = mode
-        self._sign = 1.0 if mode == "max" else -1.0
         self.time_attr = time_attr
         self.max_t = max_t
         self.grace_period = grace_period
@@ -185,7 +185,7 @@ class PerCellScheduler(FIFOScheduler):
             action = TrialScheduler.STOP
         else:
             action = self._cell_rungs(cell).on_result(
-                trial.trial_id, result[self.time_attr], self._sign * float(value)
+                trial.trial_id, result[self.time_attr], self._objective.score(float(value))
             )
         if action == TrialScheduler.STOP:
             self._num_stopped[cell] = self._num_stopped.get(cell, 0) + 1
@@ -201,7 +201,7 @@ class PerCellScheduler(FIFOScheduler):
         value = result[self._metric]
         if _finite(value):
             self._cell_rungs(_cell_of(trial)).on_result(
-                trial.trial_id, result[self.time_attr], self._sign * float(value)
+                trial.trial_id, result[self.time_attr], self._objective.score(float(value))
             )
 
     def on_trial_remove(self, tune_controller: TuneController, trial: Trial) -> None:
@@ -250,7 +250,7 @@ class PerCellScheduler(FIFOScheduler):
             for trial_id, values in trials.items():
                 for step in sorted(values):
                     if _finite(values[step]):
-                        rungs.on_result(trial_id, step, self._sign * float(values[step]))
+                        rungs.on_result(trial_id, step, self._objective.score(float(values[step])))
             self._cells[cell] = rungs
 
     def stop_at_next_result(self, trial_ids: set[str]) -> None:

@@ -1,4 +1,5 @@
-"""Per-cell learning-rate search: one seeded Optuna TPE study per grid cell under one Tune run.
+"""The Tune searcher of the per-cell learning-rate search: one seeded Optuna TPE study per grid
+cell (:class:`tuner.service.search.study.CellStudy`) under one Tune run.
 
 A trial's config is flat: ``{"cell": <cell id>, "lr": <float>, **<the cell's fixed settings>}``.
 Each cell owns one Optuna study (study name = cell id) in its own journal file
@@ -23,17 +24,17 @@ import functools
 import json
 import logging
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
-from optuna.distributions import FloatDistribution
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
+
+from tuner.service.objective import Objective
+from tuner.service.search import results
+from tuner.service.search.study import TUNE_ID_ATTR, CellStudy
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,89 +44,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
-_EDGE_FRACTION = 0.1
-_TUNE_ID_ATTR = "tune_trial_id"
-DIVERGED_ATTR = "diverged"  # Optuna user attribute of a trial whose metric turned non-finite
-
-
-class CellStudy:
-    """One cell's Optuna study in its own journal file, addressed by trial number.
-
-    Uses only Optuna's public ``Study``/``BaseStorage`` API, so the file stays readable by
-    ``optuna-dashboard <file>``.
-
-    Args:
-        path: Journal file; created if missing, reused (``load_if_exists``) otherwise.
-        name: Study name (the cell id).
-        direction: "minimize" or "maximize".
-        sampler_for: Builds the sampler from the number of trials already in the study (the
-            sampler's state is not persisted; it is re-seeded on every open).
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        name: str,
-        direction: str,
-        sampler_for: Callable[[int], optuna.samplers.BaseSampler],
-    ) -> None:
-        self.path = path
-        self.storage = JournalStorage(JournalFileBackend(str(path)))
-        self.study = optuna.create_study(
-            study_name=name,
-            storage=self.storage,
-            sampler=sampler_for(0),
-            direction=direction,
-            load_if_exists=True,
-        )
-        self._study_id = self.storage.get_study_id_from_name(name)
-        if self.trials():
-            self.study.sampler = sampler_for(len(self.trials()))
-
-    def trials(self) -> list[FrozenTrial]:
-        return self.study.get_trials(deepcopy=False)
-
-    def frozen(self, number: int) -> FrozenTrial:
-        return self.storage.get_trial(self._storage_id(number))
-
-    def ask_lr(self, low: float, high: float) -> tuple[int, float]:
-        trial = self.study.ask({"lr": FloatDistribution(low, high, log=True)})
-        return trial.number, float(trial.params["lr"])
-
-    def report(self, number: int, step: int, value: float) -> None:
-        """``trial.report(value, step)`` on a live trial; repeated steps are ignored."""
-        storage_id = self._storage_id(number)
-        frozen = self.storage.get_trial(storage_id)
-        if frozen.state.is_finished() or step in frozen.intermediate_values:
-            return
-        self.storage.set_trial_intermediate_value(storage_id, step, value)
-
-    def tell(self, number: int, state: TrialState, value: float | None) -> None:
-        self.study.tell(number, value, state=state, skip_if_finished=True)
-
-    def mark_diverged(self, number: int, step: int) -> None:
-        """Records a NaN at ``step``, the ``diverged`` attribute and a violated constraint on a
-        live trial (then told PRUNED).
-
-        TPE ranks trials complete first, then pruned by the last step reached (later is better,
-        ``optuna.samplers._tpe.sampler._get_pruned_trial_score``), then infeasible ones: a NaN
-        alone would rank a rate that diverged at step 20,000 above every trial ASHA stopped at
-        3,000. The constraint ``diverged = 1`` (``Trial.set_constraint``) makes the trial
-        infeasible, worst whatever its step, so TPE steers away from diverging rates; a FAIL
-        trial is ignored by TPE, which then kept proposing them.
-        """
-        storage_id = self._storage_id(number)
-        if self.storage.get_trial(storage_id).state.is_finished():
-            return
-        self.storage.set_trial_intermediate_value(storage_id, step, math.nan)
-        self.storage.set_trial_user_attr(storage_id, DIVERGED_ATTR, True)
-        optuna.trial.Trial(self.study, storage_id).set_constraint(DIVERGED_ATTR, 1.0)
-
-    def tag(self, number: int, tune_trial_id: str) -> None:
-        self.storage.set_trial_user_attr(self._storage_id(number), _TUNE_ID_ATTR, tune_trial_id)
-
-    def _storage_id(self, number: int) -> int:
-        return self.storage.get_trial_id_from_study_id_trial_number(self._study_id, number)
 
 
 class PerCellSearcher(Searcher):
@@ -218,7 +136,7 @@ class PerCellSearcher(Searcher):
 
     def _open_studies(self) -> dict[str, CellStudy]:
         self._study_dir.mkdir(parents=True, exist_ok=True)
-        direction = "minimize" if self._mode == "min" else "maximize"
+        direction = Objective(self._metric, self._mode).direction
         return {
             cell: CellStudy(
                 self._study_dir / f"{cell}.journal",
@@ -348,7 +266,7 @@ class PerCellSearcher(Searcher):
         for cell, study in self._studies.items():
             histories[cell] = {}
             for t in study.trials():
-                tune_id = t.user_attrs.get(_TUNE_ID_ATTR)
+                tune_id = t.user_attrs.get(TUNE_ID_ATTR)
                 if not tune_id:
                     continue
                 histories[cell][tune_id] = dict(t.intermediate_values)
@@ -367,45 +285,13 @@ class PerCellSearcher(Searcher):
         return self._scheduler
 
     def best_per_cell(self) -> dict[str, dict[str, Any] | None]:
-        """Best COMPLETE (full-budget, finite) trial per cell, None where there is none.
-
-        Returns:
-            cell -> ``{"lr", "value", "trial_number", "at_edge"}``; ``at_edge`` is "low" or
-            "high" when the lr lies in the outer 10% of the log range (widen the range).
-        """
-        return {cell: self._best(cell) for cell in self._cells}
+        """Best full-budget trial per cell (:func:`results.best_trial`), None where none."""
+        return {cell: results.best_trial(study.trials(), self._mode, self._lr_low, self._lr_high)
+                for cell, study in self._studies.items()}
 
     def trials_dataframe(self) -> pd.DataFrame:
         """One row per Optuna trial of every cell, read from the journals."""
-        import pandas as pd
-
-        rows = [
-            {
-                "cell": cell,
-                "number": t.number,
-                "lr": t.params.get("lr"),
-                "state": t.state.name,
-                "value": t.value,
-                "last_step": max(t.intermediate_values) if t.intermediate_values else None,
-                "diverged": bool(t.user_attrs.get(DIVERGED_ATTR, False)),
-                _TUNE_ID_ATTR: t.user_attrs.get(_TUNE_ID_ATTR),
-            }
-            for cell, study in self._studies.items()
-            for t in study.trials()
-        ]
-        columns = ["cell", "number", "lr", "state", "value", "last_step", "diverged",
-                   _TUNE_ID_ATTR]
-        return pd.DataFrame(rows, columns=columns)
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        """Per cell, number of Optuna trials in each state (every ``TrialState`` name)."""
-        out = {}
-        for cell, study in self._studies.items():
-            per_state = dict.fromkeys((s.name for s in TrialState), 0)
-            for t in study.trials():
-                per_state[t.state.name] += 1
-            out[cell] = per_state
-        return out
+        return results.trials_frame(self._studies)
 
     # ----------------------------------------------------------------- helpers
     def _config(self, cell: str, lr: float) -> dict[str, Any]:
@@ -446,33 +332,6 @@ class PerCellSearcher(Searcher):
             return TrialState.PRUNED, None, None
         return TrialState.COMPLETE, float(value), None
 
-    def _best(self, cell: str) -> dict[str, Any] | None:
-        complete = [
-            t
-            for t in self._studies[cell].trials()
-            if t.state == TrialState.COMPLETE and _is_finite(t.value)
-        ]
-        if not complete:
-            return None
-        sign = 1.0 if self._mode == "min" else -1.0
-        best = min(complete, key=lambda t: (sign * t.value, _first_step_at_final_value(t)))
-        lr = float(best.params["lr"])
-        return {
-            "lr": lr,
-            "value": float(best.value),
-            "trial_number": best.number,
-            "at_edge": self._edge(lr),
-        }
-
-    def _edge(self, lr: float) -> str | None:
-        lo, hi = math.log(self._lr_low), math.log(self._lr_high)
-        position = (math.log(lr) - lo) / (hi - lo)
-        if position < _EDGE_FRACTION:
-            return "low"
-        if position > 1 - _EDGE_FRACTION:
-            return "high"
-        return None
-
 
 def _validate(
     cells: dict[str, dict], trials_per_cell: int, lr_low: float, lr_high: float, mode: str
@@ -501,14 +360,6 @@ def _check_scheduler_matches(
             f"scheduler metric/mode/time_attr/max_t {theirs} != searcher's "
             f"{(metric, mode, time_attr, max_t)}"
         )
-
-
-def _first_step_at_final_value(trial: FrozenTrial) -> float:
-    """Step at which a trial first reported its final value: among trials that tie on the
-    value (e.g. every run that fits the training set has train accuracy 1.0), the one that got
-    there soonest is the best."""
-    return min((step for step, v in trial.intermediate_values.items() if v == trial.value),
-               default=math.inf)
 
 
 def _is_finite(value: Any) -> bool:

@@ -1,0 +1,101 @@
+"""One grid cell's Optuna study in its own journal file, addressed by trial number.
+
+The journal is written as events happen, so it is the authority on what was asked and told;
+every other record of the search (Tune's snapshot, the scheduler's rungs) is rebuilt from it or
+checked against it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+TUNE_ID_ATTR = "tune_trial_id"  # Optuna user attribute: the Tune trial that now holds it
+DIVERGED_ATTR = "diverged"  # Optuna user attribute of a trial whose metric turned non-finite
+
+
+class CellStudy:
+    """One cell's Optuna study in its own journal file, addressed by trial number.
+
+    Uses only Optuna's public ``Study``/``BaseStorage`` API, so the file stays readable by
+    ``optuna-dashboard <file>``.
+
+    Args:
+        path: Journal file; created if missing, reused (``load_if_exists``) otherwise.
+        name: Study name (the cell id).
+        direction: "minimize" or "maximize".
+        sampler_for: Builds the sampler from the number of trials already in the study (the
+            sampler's state is not persisted; it is re-seeded on every open).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        name: str,
+        direction: str,
+        sampler_for: Callable[[int], optuna.samplers.BaseSampler],
+    ) -> None:
+        self.path = path
+        self.storage = JournalStorage(JournalFileBackend(str(path)))
+        self.study = optuna.create_study(
+            study_name=name,
+            storage=self.storage,
+            sampler=sampler_for(0),
+            direction=direction,
+            load_if_exists=True,
+        )
+        self._study_id = self.storage.get_study_id_from_name(name)
+        if self.trials():
+            self.study.sampler = sampler_for(len(self.trials()))
+
+    def trials(self) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False)
+
+    def frozen(self, number: int) -> FrozenTrial:
+        return self.storage.get_trial(self._storage_id(number))
+
+    def ask_lr(self, low: float, high: float) -> tuple[int, float]:
+        trial = self.study.ask({"lr": FloatDistribution(low, high, log=True)})
+        return trial.number, float(trial.params["lr"])
+
+    def report(self, number: int, step: int, value: float) -> None:
+        """``trial.report(value, step)`` on a live trial; repeated steps are ignored."""
+        storage_id = self._storage_id(number)
+        frozen = self.storage.get_trial(storage_id)
+        if frozen.state.is_finished() or step in frozen.intermediate_values:
+            return
+        self.storage.set_trial_intermediate_value(storage_id, step, value)
+
+    def tell(self, number: int, state: TrialState, value: float | None) -> None:
+        self.study.tell(number, value, state=state, skip_if_finished=True)
+
+    def mark_diverged(self, number: int, step: int) -> None:
+        """Records a NaN at ``step``, the ``diverged`` attribute and a violated constraint on a
+        live trial (then told PRUNED).
+
+        TPE ranks trials complete first, then pruned by the last step reached (later is better,
+        ``optuna.samplers._tpe.sampler._get_pruned_trial_score``), then infeasible ones: a NaN
+        alone would rank a rate that diverged at step 20,000 above every trial ASHA stopped at
+        3,000. The constraint ``diverged = 1`` (``Trial.set_constraint``) makes the trial
+        infeasible, worst whatever its step, so TPE steers away from diverging rates; a FAIL
+        trial is ignored by TPE, which then kept proposing them.
+        """
+        storage_id = self._storage_id(number)
+        if self.storage.get_trial(storage_id).state.is_finished():
+            return
+        self.storage.set_trial_intermediate_value(storage_id, step, math.nan)
+        self.storage.set_trial_user_attr(storage_id, DIVERGED_ATTR, True)
+        optuna.trial.Trial(self.study, storage_id).set_constraint(DIVERGED_ATTR, 1.0)
+
+    def tag(self, number: int, tune_trial_id: str) -> None:
+        self.storage.set_trial_user_attr(self._storage_id(number), TUNE_ID_ATTR, tune_trial_id)
+
+    def _storage_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self._study_id, number)
