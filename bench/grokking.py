@@ -20,7 +20,7 @@ import time
 
 from bench.common import emit
 from tuner.core.config import RunConfig, replace
-from tuner.core.loop import Run
+from tuner.core.loop import Progress, Run
 
 ARCHS = {
     "transformer": {"model.input_layer": "tokens", "model.backbone": "toy"},
@@ -58,12 +58,13 @@ def main() -> None:
         run = Run(config(int(p), float(frac), norm, schedule, a.steps, a.lr, wd, arch))
         history: list[dict] = []
         start = time.perf_counter()
-        run.train(run.init_state(), lambda m, s, history=history: history.append(m))
+        progress = Progress.start(1)
+        run.train(run.init_state(), lambda m, s, history=history: history.append(m), progress)
         perfect = next((m["step"] for m in history if m["eval/test_acc"] >= 1.0), None)
         last = history[-1]
         emit(bench="grokking", arch=arch, p=int(p), train_frac=float(frac), norm=norm,
              schedule=schedule, lr=a.lr, weight_decay=wd, steps=a.steps,
-             grokking_step=run.milestones.get("grokking_step"), perfect_step=perfect,
+             grokking_step=progress.reached[0].get("grokking_step"), perfect_step=perfect,
              final_test_acc=round(last["eval/test_acc"], 4),
              final_train_loss=last["eval/train_loss"], wall_s=round(time.perf_counter() - start, 1))
 

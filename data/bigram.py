@@ -80,11 +80,24 @@ class BigramTask:
         return cls(f32(np.log(p)), f32(np.log(pi)), f32(conditional_entropy(p, pi)),
                    f32(entropy(pi)), cfg)
 
-    supports_rollout = False
+    CURVE = None  # no evaluation after training beyond eval_metrics
+
+    @staticmethod
+    def after_training(params, model, cfg) -> dict[str, float]:
+        """Nothing beyond the last evaluation."""
+        del params, model, cfg
+        return {}
+
+    @staticmethod
+    def after_training_plan(model, cfg) -> str:
+        del model, cfg
+        return ""
+
     METRICS = ("ce", "perplexity", "accuracy", "entropy", "nmse", "nmse_info", "skill")
     REPORTED = ("nmse", "ce", "accuracy", "skill")  # nmse = CE / optimum
     HIGHER_IS_BETTER = ("accuracy", "skill")
     SYSTEM_METRICS = ("entropy",)
+    SYSTEM_TEXT = "`entropy` = the chain's conditional entropy, the optimal cross-entropy"
     LEARNING_CHECK = ("skill", 0.05)  # closes 5% of the unigram -> optimum gap
     SYSTEM_SEED = "bigram.chain_seed"
     MILESTONES = ()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,9 @@ import numpy as np
 from data import kalman
 from data.lds import sample
 from models.sequence_model import SequenceModel, generate
-from tuner.core.config import RolloutConfig
+
+if TYPE_CHECKING:  # the run's RolloutConfig (tuner.core.config): read, never imported here
+    from tuner.core.config import RolloutConfig
 
 SCORE_PREFIX = "eval/score_t+"  # + horizon: model h-step error / KF h-step error
 SCORE_SE_PREFIX = "eval/score_se_t+"  # + horizon: its Monte-Carlo standard error

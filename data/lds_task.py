@@ -42,12 +42,19 @@ class LDSTask:
                    zero_T=as32(kalman.zero_mse(exact, cfg.seq_len)),
                    cfg=cfg, patch_size=patch_size)
 
-    supports_rollout = True  # data.lds_rollout can evaluate it autoregressively
+    # the rollout scores per horizon (after training): what the report draws as curves
+    CURVE = {"prefix": "eval/score_t+", "se_prefix": "eval/score_se_t+", "reference": 1.0,
+             "title": "Rollouts", "x": "horizon h (generated steps after the warmup)",
+             "y": "model h-step error / KF h-step error",
+             "about": "model h-step error / KF h-step error after the warmup, generated from "
+                      "the model's own predictions (SPEC section 3)"}
     # see data.registry for these declarations
     METRICS = ("nmse", "skill", "nmse_info", "skill_info", "info_cost")
     REPORTED = ("nmse_info", "skill_info", "nmse", "skill")
     HIGHER_IS_BETTER = ("skill", "skill_info")
     SYSTEM_METRICS = ("info_cost",)  # properties of the system, the same for any model
+    SYSTEM_TEXT = ("`info_cost` = error of the Kalman filter that sees only what a patch-P "
+                   "model sees / error of the full filter: what patching costs any predictor")
     LEARNING_CHECK = ("skill_info", 0.05)  # better than predicting 0 by 5% of the reachable gap
     SYSTEM_SEED = "data.system_seed"
     MILESTONES = ()
@@ -108,6 +115,19 @@ class LDSTask:
             "skill_info": metrics.skill(err_T, self.zero_T, self.kf_info_T),
             "info_cost": metrics.nmse(self.kf_info_T, self.kf_T),
         }
+
+    def after_training(self, params, model, cfg) -> dict[str, float]:
+        """The rollout evaluation (SPEC section 3), ``cfg`` a RolloutConfig."""
+        from data.lds_rollout import evaluate_rollouts
+
+        return evaluate_rollouts(params, self, model, cfg)
+
+    @staticmethod
+    def after_training_plan(model, cfg) -> str:
+        """The rollouts' memory estimate and chunking, printed before they run."""
+        from data.lds_rollout import describe_memory
+
+        return describe_memory(model, cfg)
 
     def zero_predictor_metrics(self) -> dict[str, float]:
         """What predicting 0 scores in expectation: the bar a learning claim must clear."""

@@ -81,7 +81,19 @@ class ModularTask:
         return cls(jnp.asarray(x[is_train]), jnp.asarray(y[is_train]), jnp.asarray(x),
                    jnp.asarray(y), jnp.asarray(is_train), cfg)
 
-    supports_rollout = False
+    CURVE = None  # no evaluation after training beyond eval_metrics
+
+    @staticmethod
+    def after_training(params, model, cfg) -> dict[str, float]:
+        """Nothing beyond the last evaluation."""
+        del params, model, cfg
+        return {}
+
+    @staticmethod
+    def after_training_plan(model, cfg) -> str:
+        del model, cfg
+        return ""
+
     METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
     REPORTED = ("test_acc", "train_acc", "test_loss", "grokking_step")
     HIGHER_IS_BETTER = ("train_acc", "test_acc")

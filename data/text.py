@@ -106,7 +106,19 @@ class TextTask:
         return cls(jnp.asarray(ids[: len(ids) - n_val]), jnp.asarray(ids[len(ids) - n_val:]),
                    cfg, tok)
 
-    supports_rollout = False
+    CURVE = None  # no evaluation after training beyond eval_metrics
+
+    @staticmethod
+    def after_training(params, model, cfg) -> dict[str, float]:
+        """Nothing beyond the last evaluation."""
+        del params, model, cfg
+        return {}
+
+    @staticmethod
+    def after_training_plan(model, cfg) -> str:
+        del model, cfg
+        return ""
+
     METRICS = ("ce", "perplexity", "bits_per_token", "accuracy")
     REPORTED = ("ce", "perplexity", "accuracy")
     HIGHER_IS_BETTER = ("accuracy",)

@@ -74,9 +74,10 @@ def test_compilation_cache_is_written_then_read(tmp_path):
 
 
 def test_train_seeds_equal_separate_runs():
-    """tuner.core.seeds.train_seeds (one vmapped program) reports what each seed's own run does,
+    """tuner.core.loop.train_seeds (one vmapped program) reports what each seed's own run does,
     each seed on its own system (seed_config), scored on the finals' own held-out key."""
-    from tuner.core.seeds import FINALS_EVAL_SEED, seed_config, train_seeds
+    from tuner.core.loop import train_seeds
+    from tuner.core.seeds import FINALS_EVAL_SEED, seed_config
 
     cfg = replace(SMALL, **{"train.steps": 20, "train.eval_every": 10})
     seen: dict[int, list[dict]] = {0: [], 5: []}
@@ -140,8 +141,8 @@ def test_train_seeds_resumes_from_a_checkpoint_exactly(tmp_path):
     """Stopped after the first evaluation and resumed from the saved stacked state and
     progress (what the finals trial checkpoints), the seeds end where an uninterrupted run
     ends."""
-    from tuner.core import checkpoint, seeds
-    from tuner.core.seeds import train_seeds
+    from tuner.core import checkpoint
+    from tuner.core.loop import SeedRuns, train_seeds
 
     cfg = replace(SMALL, **{"train.steps": 20, "train.eval_every": 10})
     _, uninterrupted = train_seeds(cfg, [0, 5])
@@ -150,12 +151,12 @@ def test_train_seeds_resumes_from_a_checkpoint_exactly(tmp_path):
         pass
 
     def save_and_stop(step, progress, states):
-        checkpoint.save(tmp_path / "ckpt", states, seeds.checkpoint_meta(step, progress))
+        checkpoint.save(tmp_path / "ckpt", states, progress)
         raise Stop
 
     with pytest.raises(Stop):
         train_seeds(cfg, [0, 5], save_and_stop)
-    states, progress = seeds.restore(tmp_path / "ckpt", seeds.SeedRuns(cfg, [0, 5]))
+    states, progress = checkpoint.restore(tmp_path / "ckpt", SeedRuns(cfg, [0, 5]).init_states())
     assert int(states.step[0]) == 10
     _, resumed = train_seeds(cfg, [0, 5], states=states, progress=progress)
     for full, res in zip(uninterrupted, resumed, strict=True):

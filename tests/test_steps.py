@@ -10,7 +10,7 @@ from data.lds import LDSConfig
 from models.config import ModelConfig
 from tuner.core import checkpoint, steps
 from tuner.core.config import RunConfig, TrainConfig
-from tuner.core.loop import DivergedError, Run
+from tuner.core.loop import DivergedError, Progress, Run
 
 SMALL = RunConfig(
     data=LDSConfig(dim_x=4, dim_y=2, seq_len=64, lambda_val=0.9, system_seed=2),
@@ -40,14 +40,14 @@ def test_resumed_run_matches_uninterrupted(tmp_path):
     def stop_at_20(m, s):
         first.append(m["train_loss"])
         if m["step"] == 20:
-            checkpoint.save(tmp_path / "ck", s, {"step": 20})
+            checkpoint.save(tmp_path / "ck", s, Progress([dict(m)], [{}]))
             raise Stop
 
     with pytest.raises(Stop):
         run_a.train(state, stop_at_20)
     run_b = Run(SMALL)
-    restored, meta = checkpoint.restore(tmp_path / "ck", run_b.init_state())
-    assert meta["step"] == 20 and int(restored.step) == 20
+    restored, progress = checkpoint.restore(tmp_path / "ck", run_b.init_state())
+    assert progress.last[0]["step"] == 20 and int(restored.step) == 20
     rest = losses(run_b, restored)
     np.testing.assert_allclose(first + rest, full, rtol=1e-6)
 

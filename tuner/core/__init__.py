@@ -2,5 +2,6 @@
 
 config (RunConfig) -> steps (jitted train/eval steps) -> loop (one run or K vmapped seeds,
 evaluations) -> checkpoint (save/resume); seeds says which seed trains on what; cli is
-``python -m tuner.train``. ``tests/test_layers.py`` checks that nothing here imports the service.
+``python -m tuner.train``. ``tests/test_imports.py`` checks that nothing here imports the
+service, Ray, Optuna or W&B.
 """

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 
 import tyro
 
-from data.lds_rollout import describe_memory, evaluate_rollouts
 from tuner.core import checkpoint
 from tuner.core.config import RunConfig
-from tuner.core.loop import Run
+from tuner.core.loop import Progress, Run
 
 
 def run(cfg: RunConfig) -> dict:
@@ -31,11 +29,10 @@ def run(cfg: RunConfig) -> dict:
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     started = time.perf_counter()
     r = Run(cfg)
-    state = r.init_state()
+    state, progress = r.init_state(), None
     ckpt = out / "checkpoint"
-    if ckpt.exists():
-        state, meta = checkpoint.restore(ckpt, state)
-        r.milestones = dict(meta.get("milestones", {}))
+    if ckpt.exists() or ckpt.with_name("checkpoint.old").exists():
+        state, progress = checkpoint.restore(ckpt, state)
         print(f"resumed from {ckpt} at step {int(state.step)}")
     zero = r.task.zero_predictor_metrics()
     reported = type(r.task).REPORTED
@@ -47,23 +44,21 @@ def run(cfg: RunConfig) -> dict:
         last = metrics
         with (out / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(metrics) + "\n")
-        tmp = out / "checkpoint.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        checkpoint.save(tmp, st, {"step": metrics["step"], "milestones": r.milestones})
-        shutil.rmtree(ckpt, ignore_errors=True)
-        tmp.rename(ckpt)
+        checkpoint.save_replacing(ckpt, st, progress)
         scores = "  ".join(f"{k} {metrics[f'eval/{k}']:.4g}" for k in reported)
         print(f"step {metrics['step']:>6}  loss {metrics['train_loss']:.4g}  {scores}  "
               f"({time.perf_counter() - started:.1f}s)", flush=True)
 
-    state = r.train(state, on_eval)
+    progress = progress or Progress.start(1)
+    state = r.train(state, on_eval, progress)
     if not last:
         last, _ = r.evaluate(state)
         last = {f"eval/{k}": v for k, v in last.items()}
     summary = dict(last)
-    if cfg.rollout_after and getattr(r.task, "supports_rollout", False):
-        print(describe_memory(r.model, cfg.rollout))
-        summary |= evaluate_rollouts(state.params, r.task, r.model, cfg.rollout)
+    if cfg.rollout_after:
+        if plan := r.task.after_training_plan(r.model, cfg.rollout):
+            print(plan)
+        summary |= r.task.after_training(state.params, r.model, cfg.rollout)
     summary["wall_s"] = time.perf_counter() - started
     summary["zero_predictor"] = zero
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -22,8 +22,8 @@ from typing import Any
 from data.registry import metric_names
 from tuner.core import checkpoint, compile_cache, gpu_share
 from tuner.core.config import RunConfig, replace
-from tuner.core.loop import DivergedError, Run
-from tuner.core.seeds import search_config
+from tuner.core.loop import DivergedError, Progress, Run, SeedRuns, seed_state, train_seeds
+from tuner.core.seeds import get_field, search_config, system_seed_field
 
 
 def trial_config(base: RunConfig, config: dict[str, Any]) -> RunConfig:
@@ -51,22 +51,20 @@ def train_trial(config: dict[str, Any], base: RunConfig) -> None:
     _prepare_worker(config)
     cfg = search_config(trial_config(base, config))
     run = Run(cfg)
-    state = run.init_state()
+    state, progress = run.init_state(), Progress.start(1)
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state, meta = checkpoint.restore(d, state)
-        run.milestones = dict(meta.get("milestones", {}))
+            state, progress = checkpoint.restore(d, state)
     last_step = int(state.step)
 
     def on_eval(metrics: dict[str, Any], st) -> None:
         nonlocal last_step
         last_step = metrics["step"]
-        _report(tune, {**metrics, "diverged": False}, st,
-                {"step": metrics["step"], "milestones": run.milestones})
+        _report(tune, metrics, st, progress)
 
     try:
-        run.train(state, on_eval)
+        run.train(state, on_eval, progress)
     except DivergedError as e:
         tune.report({"step": last_step, "diverged": True, "error": str(e),
                      **dict.fromkeys(metric_names(cfg.task), math.nan)})
@@ -80,36 +78,32 @@ def seed_key(seed: int, metric: str) -> str:
 def train_cell_finals(config: dict[str, Any], base: RunConfig) -> None:
     """Tune function trainable for stage 2: every seed of one cell in one vmapped program.
 
-    ``config["seeds"]`` are trained together (:func:`tuner.core.seeds.train_seeds`); each evaluation
-    reports every seed's metrics under ``seed_<s>/...`` plus their mean over non-diverged seeds
-    under the plain names (what the status file and W&B curves show), with a checkpoint of the
-    stacked state and per-seed progress. At the full budget each seed gets its rollouts.
+    ``config["seeds"]`` are trained together (:func:`tuner.core.loop.train_seeds`); each
+    evaluation reports every seed's metrics under ``seed_<s>/...`` plus their mean over
+    non-diverged seeds under the plain names (what the status file and W&B curves show), with a
+    checkpoint of the stacked state and per-seed progress. At the full budget each seed gets the
+    task's evaluation after training (the LDS rollouts).
     """
     from ray import tune
-
-    from tuner.core import seeds as seeds_lib
 
     _prepare_worker(config)
     seeds = [int(s) for s in config["seeds"]]
     cfg = trial_config(base, config)
-    runs = seeds_lib.SeedRuns(cfg, seeds)
+    runs = SeedRuns(cfg, seeds)
     states, progress = None, None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            states, progress = seeds_lib.restore(d, runs)
-    rollouts = cfg.rollout_after and runs.run.task.supports_rollout
-    field = seeds_lib.system_seed_field(cfg)
-    system_seeds = [seeds_lib.get_field(c, field) if field else None for c in runs.configs]
+            states, progress = checkpoint.restore(d, runs.init_states())
+    field = system_seed_field(cfg)
+    system_seeds = [get_field(c, field) if field else None for c in runs.configs]
 
-    def on_eval(step: int, prog: seeds_lib.SeedsProgress, sts) -> None:
-        if step == cfg.train.steps and rollouts:
-            from data.lds_rollout import evaluate_rollouts
-
+    def on_eval(step: int, prog: Progress, sts) -> None:
+        if step == cfg.train.steps and cfg.rollout_after:
             for i, r in enumerate(runs.runs):  # each seed on its own system
                 if not prog.diverged(i):
-                    prog.last[i] |= evaluate_rollouts(seeds_lib.seed_state(sts, i).params,
-                                                      r.task, r.model, cfg.rollout)
+                    prog.last[i] |= r.task.after_training(seed_state(sts, i).params, r.model,
+                                                          cfg.rollout)
         ok = [m for i, m in enumerate(prog.last) if not prog.diverged(i)]
         means = {k: sum(m[k] for m in ok) / len(ok) for k in (ok[0] if ok else {})
                  if k.startswith("eval/") or k == "train_loss"}
@@ -118,13 +112,13 @@ def train_cell_finals(config: dict[str, Any], base: RunConfig) -> None:
                      for k, v in m.items()},
                   **{seed_key(s, "system_seed"): sys_seed
                      for s, sys_seed in zip(seeds, system_seeds, strict=True)}}
-        _report(tune, result, sts, seeds_lib.checkpoint_meta(step, prog))
+        _report(tune, result, sts, prog)
 
-    seeds_lib.train_seeds(cfg, seeds, on_eval, runs=runs, states=states, progress=progress)
+    train_seeds(cfg, seeds, on_eval, runs=runs, states=states, progress=progress)
 
 
-def _report(tune, result: dict[str, Any], state, meta: dict[str, Any]) -> None:
+def _report(tune, result: dict[str, Any], state, progress: Progress) -> None:
     """``tune.report`` with a checkpoint of ``state`` (every evaluation: resumable anywhere)."""
     with tempfile.TemporaryDirectory() as d:
-        checkpoint.save(os.path.join(d, "state"), state, meta)
+        checkpoint.save(os.path.join(d, "state"), state, progress)
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(os.path.join(d, "state")))

@@ -21,7 +21,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from data.lds_rollout import SCORE_PREFIX, SCORE_SE_PREFIX  # noqa: E402
 from data.registry import TASKS, metric_mode  # noqa: E402
 from tuner.service.experiment import Claim, Experiment  # noqa: E402
 from tuner.service.report import verdicts  # noqa: E402
@@ -82,10 +81,12 @@ def _plot_cells(ax, table: pd.DataFrame, x_axis: str, ylabel: str) -> None:
         ax.legend(fontsize=7)
 
 
-def _plot_rollouts(finals: pd.DataFrame, path: Path) -> list[int]:
-    """One small panel per cell: mean score per horizon with its standard error over seeds."""
-    cols = _score_columns(finals)
-    horizons = [int(c[len(SCORE_PREFIX):]) for c in cols]
+def _plot_curves(finals: pd.DataFrame, curve: dict[str, Any], path: Path) -> list[int]:
+    """One small panel per cell: the task's curve (e.g. rollout score per horizon), mean with
+    its standard error over seeds."""
+    prefix = curve["prefix"]
+    cols = _curve_columns(finals, prefix)
+    horizons = [int(c[len(prefix):]) for c in cols]
     if not cols:
         return []
     groups = list(verdicts.finished(finals).groupby("cell", sort=False))
@@ -99,22 +100,23 @@ def _plot_rollouts(finals: pd.DataFrame, path: Path) -> list[int]:
         ax.errorbar(horizons, vals.mean().to_numpy(), yerr=None if se is None else se.to_numpy(),
                     marker=".", capsize=2)
         ax.set_xscale("log", base=2)
-        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        if curve.get("reference") is not None:
+            ax.axhline(curve["reference"], color="k", lw=0.8, ls="--")
         ax.set_title(cell, fontsize=7)
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[len(groups):]:
         ax.set_visible(False)
-    fig.supxlabel("horizon h (generated steps after the warmup)", fontsize=8)
-    fig.supylabel("model h-step error / KF h-step error", fontsize=8)
+    fig.supxlabel(curve["x"], fontsize=8)
+    fig.supylabel(curve["y"], fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return horizons
 
 
-def _score_columns(finals: pd.DataFrame) -> list[str]:
-    return sorted((c for c in finals.columns if c.startswith(SCORE_PREFIX)),
-                  key=lambda c: int(c[len(SCORE_PREFIX):]))
+def _curve_columns(finals: pd.DataFrame, prefix: str) -> list[str]:
+    return sorted((c for c in finals.columns if c.startswith(prefix)),
+                  key=lambda c: int(c[len(prefix):]))
 
 
 def _row(cells: list[str]) -> str:
@@ -201,26 +203,28 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
         lines += ["", f"Diverged final runs (excluded): {runs}"]
     if system_cols:
         lines += ["", "## Properties of the systems (not of the model)", "",
-                  "The same for every predictor of a cell: what the task itself imposes (for "
-                  "the LDS, `info_cost` = error of the Kalman filter that sees only what a "
-                  "patch-P model sees / error of the full filter). Plot: `system.png`.", "",
+                  "The same for every predictor of a cell: what the task instance itself "
+                  f"imposes ({getattr(task, 'SYSTEM_TEXT', '')}), over the seeds' systems. "
+                  "Plot: `system.png`.", "",
                   _row(["cell", *(c.removeprefix("eval/") for c in system_cols)]),
                   "|---" * (1 + len(system_cols)) + "|"]
         for cell in exp.cells():
             group = ok[ok["cell"] == cell]
             lines.append(_row([cell, *(_mean_sd(group[c]) for c in system_cols)]))
         _plot_system(exp, finals, system_cols, out / "system.png")
-    score_cols = _score_columns(finals)
+    curve = getattr(task, "CURVE", None)
+    score_cols = _curve_columns(finals, curve["prefix"]) if curve else []
     if score_cols:
-        lines += ["", "## Rollouts: mean ± standard error over seeds", "",
-                  f"Model h-step error / KF h-step error after a {exp.base.rollout.warmup}-"
-                  f"observation warmup, {exp.base.rollout.n_sequences} sequences per seed "
-                  "(the Monte-Carlo standard error of one seed's score is in `mc se`, as a "
-                  "fraction of the score, largest horizon); see `rollouts.png`.", "",
-                  _row(["cell", *(c.replace("eval/score_", "") for c in score_cols), "mc se"]),
+        png = f"{curve['title'].lower()}.png"
+        lines += ["", f"## {curve['title']}: mean ± standard error over seeds", "",
+                  f"{curve['about']}. The Monte-Carlo standard error of one seed's value is in "
+                  f"`mc se`, as a fraction of the value at the largest {curve['x'].split()[0]}; "
+                  f"see `{png}`.", "",
+                  _row(["cell", *(c.removeprefix(curve["prefix"]) for c in score_cols),
+                        "mc se"]),
                   "|---" * (2 + len(score_cols)) + "|"]
         last = score_cols[-1]
-        last_se = last.replace(SCORE_PREFIX, SCORE_SE_PREFIX)
+        last_se = last.replace(curve["prefix"], curve["se_prefix"])
         for cell in exp.cells():
             group = ok[ok["cell"] == cell]
             rel = (group[last_se] / group[last]).mean() if last_se in group else math.nan
@@ -229,8 +233,8 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
     lines += ["", "## Verdict", "",
               "Each claim names the metrics that answer it; it is supported (contradicted) only "
               "when every one of them says so, by a difference beyond its 95% t threshold over "
-              "the seeds (tuner/verdicts.py). Cells that are not clearly better than the "
-              "trivial predictor, or lack replicates, are left out of every claim.", ""]
+              "the seeds (tuner/service/report/verdicts.py). Cells that are not clearly better "
+              "than the trivial predictor, or lack replicates, are left out of every claim.", ""]
     for i, (claim, v) in enumerate(zip(exp.claims, claim_verdicts, strict=True)):
         png = f"claim{i + 1}.png"
         _plot_claim(claim, {m: tables[m] for m in claim_metrics(claim, exp)}, out / png)
@@ -239,7 +243,8 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
                      f"Plot: `{png}`.")
     if not exp.claims:
         lines.append("The experiment file states no checkable claims.")
-    _plot_rollouts(finals, out / "rollouts.png")
+    if score_cols:
+        _plot_curves(finals, curve, out / f"{curve['title'].lower()}.png")
     summary = out / "summary.md"
     summary.write_text("\n".join(lines) + "\n")
     return summary
