@@ -78,9 +78,33 @@ def check_finished_experiment(root: Path) -> pd.DataFrame:
     return report
 
 
-def test_smoke_grid_end_to_end(tmp_path):
-    out = finish(cli(tmp_path))
-    root = tmp_path / "tiny"
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, str]:
+    """One uninterrupted run of the tiny experiment: the reference every interrupted run must
+    end equal to."""
+    out = tmp_path_factory.mktemp("reference")
+    return out / "tiny", finish(cli(out))
+
+
+def outcome(root: Path) -> dict:
+    """What an interrupted-then-resumed run must share with the uninterrupted one: per cell the
+    trials (lr and final state, in order), the best lr and the ASHA rung contents."""
+    from tuner.service import experiment
+    from tuner.service.dirs import ExperimentDirs
+    from tuner.service.stages import build_search
+
+    exp = experiment.load(str(TINY))
+    searcher, scheduler = build_search(exp, ExperimentDirs(root))
+    searcher.restore_from_dir(str(root / "search"))
+    best = json.loads((root / "search_best.json").read_text())
+    return {cell: {"trials": [(round(t.params["lr"], 12), t.state.name) for t in trials],
+                   "best_lr": round(best[cell]["lr"], 12),
+                   "rungs": scheduler.rungs()[cell]}
+            for cell, trials in studies(root).items()}
+
+
+def test_smoke_grid_end_to_end(reference, tmp_path):
+    root, out = reference
     check_finished_experiment(root)
     states = {cell: {t.state.name for t in trials} for cell, trials in studies(root).items()}
     assert all({"COMPLETE", "PRUNED"} <= s for s in states.values()), states
@@ -99,47 +123,73 @@ def test_smoke_grid_end_to_end(tmp_path):
     status = json.loads((root / "status.json").read_text())
     assert status["stage"] == "finals" and status["cells_done"] == len(CELLS)
     # a finished experiment is not rerun
-    again = finish(cli(tmp_path))
+    again = finish(cli(root.parent))
     assert "resuming" not in again and "report:" in again
 
 
-def test_sigkill_mid_search_then_rerun_loses_and_repeats_nothing(tmp_path):
+def finished_trials(root: Path) -> int:
+    if not (root / "studies").exists():
+        return 0
+    return sum(t.state.is_finished() for ts in studies(root).values() for t in ts)
+
+
+def final_checkpoints(root: Path) -> int:
+    return len(list((root / "finals").glob("*/checkpoint_*")))
+
+
+FAULTS = [  # (signal, stage, seed of the kill point); the finals ones run with -m extended
+    ("SIGKILL", "search", 0),
+    ("SIGINT", "search", 1),
+    pytest.param("SIGINT", "finals", 2, marks=pytest.mark.extended),
+    pytest.param("SIGKILL", "finals", 3, marks=pytest.mark.extended),
+]
+
+
+@pytest.mark.parametrize("sig,stage,seed", FAULTS)
+def test_interrupted_then_rerun_equals_uninterrupted(reference, tmp_path, sig, stage, seed):
+    """The driver stopped at a point chosen by ``seed`` (SIGINT: Tune's own graceful stop;
+    SIGKILL: nothing saved), then the same command: every cell ends with the same trials (same
+    lrs, same states), the same rungs and the same best lr as the uninterrupted run, nothing
+    finished before the stop is redone, and an interrupt never finalises a stage."""
+    import random
+
+    point = random.Random(seed).randint(3, 12)
     proc = cli(tmp_path, start_new_session=True)
     root = tmp_path / "tiny"
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill once some trials have finished, mid-search
-        done = 0
-        if (root / "studies").exists():
-            done = sum(t.state.is_finished() for ts in studies(root).values() for t in ts)
-        if done >= 4:
+    deadline = time.time() + 400
+    reached = False
+    while time.time() < deadline and proc.poll() is None:
+        reached = (finished_trials(root) >= point if stage == "search"
+                   else final_checkpoints(root) >= 1)
+        if reached:
             break
-        time.sleep(1)
-    assert done >= 4 and not (root / "search_best.json").exists()
-    os.kill(proc.pid, signal.SIGKILL)  # the driver only; Ray's own processes go with it
-    proc.wait()
+        time.sleep(0.5)
+    assert reached, f"never reached the {stage} kill point"
+    done_file = root / ("search_best.json" if stage == "search" else "finals.json")
+    assert not done_file.exists()
+    os.kill(proc.pid, getattr(signal, sig))  # the driver only; Ray's processes go with it
+    out, _ = proc.communicate(timeout=300)
+    if sig == "SIGINT":
+        assert proc.returncode == 130, out[-3000:]
+        assert "interrupted; rerun the same command to resume" in out
+        assert "Traceback" not in out.split("interrupted")[-1]
+    assert not done_file.exists()  # nothing finalised early
     before = {cell: [t for t in trials if t.state.is_finished()]
               for cell, trials in studies(root).items()}
 
-    out = finish(cli(tmp_path))
-    assert "resuming the search" in out
-    report = check_finished_experiment(root)
+    again = finish(cli(tmp_path))
+    assert "resuming the " + ("search" if stage == "search" else "finals") in again
+    check_finished_experiment(root)
     after = studies(root)
-    for cell, trials in before.items():  # nothing finished before the kill was redone
+    for cell, trials in before.items():  # nothing finished before the stop was redone
         by_number = {t.number: t for t in after[cell]}
         for t in trials:
             assert by_number[t.number].state == t.state
             assert by_number[t.number].params == t.params
-    # ASHA rungs survived the restore: every trial that reached step 20 is recorded there
-    from tuner.service import experiment
-    from tuner.service.dirs import ExperimentDirs
-    from tuner.service.stages import build_search
-
-    exp = experiment.load(str(TINY))
-    searcher, scheduler = build_search(exp, ExperimentDirs(root))
-    searcher.restore_from_dir(str(root / "search"))
-    rungs = scheduler.rungs()
-    for cell, trials in after.items():
+    ours = outcome(root)
+    assert ours == outcome(reference[0])
+    for cell, trials in after.items():  # every trial that reached step 20 is in that rung
         reached = sum(1 for t in trials if math.isfinite(t.intermediate_values.get(20, math.nan)))
-        recorded = dict(rungs[cell]).get(20, 0)
-        assert recorded == reached, (cell, rungs[cell], reached)
+        assert dict(ours[cell]["rungs"]).get(20, 0) == reached, (cell, ours[cell]["rungs"])
+    report = pd.read_csv(root / "report" / "trials.csv")
     assert not report.duplicated(["stage", "cell", "number", "seed"]).any()

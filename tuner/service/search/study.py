@@ -32,7 +32,7 @@ class CellStudy:
         name: Study name (the cell id).
         direction: "minimize" or "maximize".
         sampler_for: Builds the sampler from the number of trials already in the study (the
-            sampler's state is not persisted; it is re-seeded on every open).
+            sampler's state is not persisted; it is re-seeded before every ask).
     """
 
     def __init__(
@@ -43,6 +43,7 @@ class CellStudy:
         sampler_for: Callable[[int], optuna.samplers.BaseSampler],
     ) -> None:
         self.path = path
+        self._sampler_for = sampler_for
         self.storage = JournalStorage(JournalFileBackend(str(path)))
         self.study = optuna.create_study(
             study_name=name,
@@ -62,6 +63,10 @@ class CellStudy:
         return self.storage.get_trial(self._storage_id(number))
 
     def ask_lr(self, low: float, high: float) -> tuple[int, float]:
+        """A new trial's lr. The sampler is re-seeded from the number of trials so far before
+        every ask, so the n-th ask of a cell draws the same lr from the same history whether
+        or not the driver was restarted in between (a restart re-opens the study)."""
+        self.study.sampler = self._sampler_for(len(self.trials()))
         trial = self.study.ask({"lr": FloatDistribution(low, high, log=True)})
         return trial.number, float(trial.params["lr"])
 
