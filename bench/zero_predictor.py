@@ -41,7 +41,7 @@ def main() -> None:
     for lam in LAMBDAS:
         rows = [scores(lds.LDSConfig(lambda_val=lam, structure=a.structure, system_seed=s),
                        a.patch) for s in a.seeds]
-        col = lambda k: " / ".join(f"{r[k]:.4f}" for r in rows)  # noqa: E731
+        col = lambda k, rows=rows: " / ".join(f"{r[k]:.4f}" for r in rows)  # noqa: E731
         spread = np.ptp([r["nmse"] for r in rows])
         print(f"| {lam} | {col('nmse')} (range {spread:.3f}) | {col('nmse_info')} | "
               f"{col('info_cost')} |")

@@ -36,7 +36,9 @@ class Args:
     # $RAY_ADDRESS if set (as inside `ray job submit`), else a new local cluster
     num_cpus: int | None = None  # CPUs of the local cluster (default: all)
     wandb: bool = True  # log to W&B (offline unless a key and the network are available)
-    widen_edges: bool = False  # re-search cells whose best LR is at an edge of the range
+    # re-search cells whose best LR is at an edge of the range (or where every trial diverged);
+    # recorded in the experiment folder, and also widens a finished search
+    widen_edges: bool = False
 
 
 class UsageError(Exception):
@@ -104,7 +106,7 @@ def main(args: Args) -> int:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     from tuner.service.report import render as report
     from tuner.service.search.searcher import PerCellSearcher  # noqa: F401  (fail fast if missing)
-    from tuner.service.stages import Interrupted, run_finals, run_search
+    from tuner.service.stages import Interrupted, SearchFailed, run_finals, run_search
     from tuner.service.wandb_logging import choose_mode
 
     mode = choose_mode() if args.wandb else "disabled"
@@ -127,6 +129,9 @@ def main(args: Args) -> int:
     except Interrupted as e:
         print(f"\n{e}", file=sys.stderr, flush=True)
         return 130
+    except SearchFailed as e:
+        print(f"\nerror: {e}", file=sys.stderr, flush=True)
+        return 1
     import pandas as pd
 
     summary = report.write(exp, dirs.root, best, finals,

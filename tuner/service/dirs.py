@@ -21,16 +21,16 @@ class ExperimentDirs:
         return self.root / "search_best.json"
 
     @property
+    def options(self) -> Path:  # search options recorded at the first run (--widen-edges)
+        return self.root / "search_options.json"
+
+    @property
     def search_trials(self) -> Path:  # every stage-1 trial of every round, from the studies
         return self.root / "search_trials.csv"
 
     @property
     def finals(self) -> Path:  # stage-2 result (one row per final run); marks finals done
         return self.root / "finals.json"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
 
     @property
     def status(self) -> Path:

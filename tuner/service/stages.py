@@ -152,22 +152,44 @@ def _better(exp: Experiment, a: dict, b: dict | None) -> bool:
     return Objective(exp.metric, exp.mode).better(a["value"], None if b is None else b["value"])
 
 
+class SearchFailed(Exception):
+    """Some cell has no trial that ran the full budget (every one diverged or failed)."""
+
+
+def search_options(dirs: ExperimentDirs, widen_edges: bool) -> dict[str, bool]:
+    """The experiment's search options, recorded in its folder: ``--widen-edges`` once given
+    stays on for every rerun (a resumed run never drops a wider round it started)."""
+    saved = json.loads(dirs.options.read_text()) if dirs.options.exists() else {}
+    options = {"widen_edges": bool(widen_edges or saved.get("widen_edges")),
+               "widened": bool(saved.get("widened"))}
+    if options != saved:
+        _write_json(dirs.options, options)
+    return options
+
+
 def run_search(exp: Experiment, dirs: ExperimentDirs, wandb: bool = True,
                widen_edges: bool = False) -> dict[str, Any]:
     """Stage 1. Returns cell -> best {lr, value, trial_number, at_edge, range, round}, chosen
-    among COMPLETE (full-budget, finite) trials only."""
-    if dirs.best.exists():
+    among COMPLETE (full-budget, finite) trials only.
+
+    With ``--widen-edges`` (recorded, :func:`search_options`), cells whose best rate sits at an
+    edge of the range, and cells where no trial finished (all diverged: searched lower), get a
+    second round over a range shifted outward by half a span; this also widens a search that
+    already finished (the first round is read back from its Tune folder, not rerun)."""
+    options = search_options(dirs, widen_edges)
+    if dirs.best.exists() and (not options["widen_edges"] or options["widened"]):
         return json.loads(dirs.best.read_text())
     rounds = [first_round(exp, dirs)]
     searcher = _run_round(exp, dirs, rounds[0], wandb)
     best = {c: b and {**b, "range": [exp.lr_low, exp.lr_high], "round": "search"}
             for c, b in searcher.best_per_cell().items()}
     frames = [searcher.trials_dataframe().assign(round="search")]
-    if widen_edges:
+    if options["widen_edges"]:
         half_span = math.sqrt(exp.lr_high / exp.lr_low)
         for edge, center in (("low", exp.lr_low), ("high", exp.lr_high)):
             cells = {c: over for c, over in exp.cells().items()
-                     if best[c] and best[c]["at_edge"] == edge}
+                     if (best[c] and best[c]["at_edge"] == edge)
+                     or (best[c] is None and edge == "low")}  # all diverged: try lower
             if not cells:
                 continue
             rnd = SearchRound(f"search_wider_{edge}", cells, center / half_span,
@@ -179,12 +201,31 @@ def run_search(exp: Experiment, dirs: ExperimentDirs, wandb: bool = True,
             frames.append(wider.trials_dataframe().assign(round=rnd.name))
     missing = [c for c, b in best.items() if b is None]
     if missing:
-        raise RuntimeError(f"no trial ran the full budget in cell(s) {missing}: every trial "
-                           "diverged or failed; lower search.lr_high or check the trial logs "
-                           f"under {dirs.root / 'search'}")
+        hint = ("the wider round found none either: check the trial logs under "
+                f"{dirs.root / 'search'}" if options["widen_edges"] else
+                "rerun the same command with --widen-edges (these cells are searched again "
+                "at lower rates, the others are kept)")
+        raise SearchFailed(f"no trial ran the full budget in cell(s) {missing}: every trial "
+                           f"diverged or failed; {hint}")
     pd.concat(frames, ignore_index=True).to_csv(dirs.search_trials, index=False)
     _write_json(dirs.best, best)
+    if options["widen_edges"]:
+        _write_json(dirs.options, {**options, "widened": True})
     return best
+
+
+def _set_aside_stale_finals(dirs: ExperimentDirs) -> None:
+    """Moves finals that trained rates the (widened) search no longer picks to
+    ``finals-stale-<n>/``, so the finals run again at the current best rates."""
+    n = 1
+    while (dirs.root / f"finals-stale-{n}").exists():
+        n += 1
+    stale = dirs.root / f"finals-stale-{n}"
+    stale.mkdir()
+    for path in (dirs.finals, dirs.root / "finals"):
+        if path.exists():
+            path.rename(stale / path.name)
+    print(f"the search was widened: earlier finals moved to {stale}", flush=True)
 
 
 def final_specs(exp: Experiment, best: dict[str, Any], dirs: ExperimentDirs) -> list[dict]:
@@ -218,7 +259,10 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
                wandb: bool = True) -> list[dict]:
     """Stage 2. Returns one row per final run: cell, seed, lr and its final metrics."""
     if dirs.finals.exists():
-        return json.loads(dirs.finals.read_text())
+        rows = json.loads(dirs.finals.read_text())
+        if all(r["lr"] == best[r["cell"]]["lr"] for r in rows):
+            return rows
+        _set_aside_stale_finals(dirs)  # the search was widened after these finals ran
     path = dirs.root / "finals"
     trainable = _trainable(exp, _final_trial)
     if tune.Tuner.can_restore(path):
