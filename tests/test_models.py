@@ -2,6 +2,8 @@
 KV-cache generation equal to the full forward pass, chunked rollouts equal to unchunked ones."""
 
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -115,3 +117,33 @@ def test_lds_model_matches_golden():
     np.testing.assert_array_equal(np.asarray(model.apply(params, y)), golden["out"])
     gen = jax.jit(generate, static_argnums=(0, 3))(model, params, y[:, :8], 8)
     np.testing.assert_array_equal(np.asarray(gen), golden["gen"])
+
+
+def test_registry_names_are_the_configs():
+    """Every name ModelConfig accepts has a part to build, and every part a name ModelConfig
+    accepts (config validates against its own tuples, without importing the models)."""
+    from models import attention, block, config, registry
+
+    assert tuple(registry.INPUT_LAYERS) == config.INPUT_LAYERS
+    assert tuple(registry.BACKBONES) == config.BACKBONES
+    assert tuple(registry.HEADS) == config.HEADS
+    assert tuple(attention.ATTENTIONS) == config.ATTENTIONS
+    assert (*block.MLPS, "none") == config.MLPS
+    assert tuple(block.NORMS) == config.NORMS
+
+
+def test_model_config_imports_no_jax():
+    """Building a config (e.g. for a CLI's --help) loads neither JAX nor Flax."""
+    script = ("import sys; from models.config import ModelConfig; ModelConfig(backbone='toy');"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax')))")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=pathlib.Path(__file__).parent.parent, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]", res.stdout
+
+
+def test_generate_method_is_the_module_function():
+    """``model.generate`` rolls out exactly as ``models.sequence_model.generate``."""
+    model, params, y = tiny(2)
+    np.testing.assert_array_equal(np.asarray(model.generate(params, y[:, :8], 8)),
+                                  np.asarray(generate(model, params, y[:, :8], 8)))
