@@ -147,10 +147,6 @@ class BigramTask:
                 "entropy": self.h_cond, "nmse": nmse, "nmse_info": nmse,
                 "skill": (self.h_unigram - ce) / (self.h_unigram - self.h_cond)}
 
-    def optimal_logits(self, x_BxT: jax.Array) -> jax.Array:
-        """The true chain's log-probabilities as logits: the optimal predictor."""
-        return self.log_p_VxV[x_BxT[:, :-1]]
-
     def zero_predictor_metrics(self) -> dict[str, float]:
         """What the unigram predictor (always pi) scores in expectation."""
         stats = {"ce": self.h_unigram, "accuracy": jnp.exp(jnp.max(self.log_pi_V))}

@@ -22,9 +22,9 @@ import numpy as np
 
 from data import kalman
 from data.lds import sample
-from models.sequence_model import SequenceModel, generate
 
-if TYPE_CHECKING:  # the run's RolloutConfig (tuner.core.config): read, never imported here
+if TYPE_CHECKING:  # types only: the task rolls out through the model object it is handed
+    from models.sequence_model import SequenceModel
     from tuner.core.config import RolloutConfig
 
 SCORE_PREFIX = "eval/score_t+"  # + horizon: model h-step error / KF h-step error
@@ -64,7 +64,7 @@ def chunk_size(model: SequenceModel, cfg: RolloutConfig) -> int:
 def _rollout_errors(params, system, keys, *, model: SequenceModel, warmup: int, n_steps: int):
     """Squared error per sequence and generated step, (B, n_steps), for sequences from ``keys``."""
     y_BxTxY = jax.vmap(lambda k: sample(system, k, 1, warmup + n_steps)[0])(keys)
-    gen = generate(model, params, y_BxTxY[:, :warmup], n_steps)
+    gen = model.generate(params, y_BxTxY[:, :warmup], n_steps)
     return jnp.sum((gen - y_BxTxY[:, warmup:]) ** 2, -1)
 
 

@@ -1,17 +1,32 @@
-"""Model configuration: which input layer, backbone and head (by registry name) and their sizes."""
+"""Model configuration: which input layer, backbone and head (by registry name) and their sizes.
+
+Plain data: this module imports neither JAX nor Flax, so building a config (a CLI's --help, a
+search-space check) loads no model code. Names are checked here against the tuples below;
+models/registry.py asserts at import that its tables have exactly these names.
+
+    ModelConfig(backbone="toy", attention="quadratic", mlp="bilinear", norm="rmsnorm")
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+INPUT_LAYERS = ("patch", "tokens", "onehot")  # models.registry.INPUT_LAYERS
+BACKBONES = ("transformer", "toy", "gpt", "mlp")  # models.registry.BACKBONES
+HEADS = ("regression", "classifier")  # models.registry.HEADS
+ATTENTIONS = ("softmax", "quadratic")  # models.attention.ATTENTIONS
+MLPS = ("gelu", "bilinear", "none")  # models.block.MLPS, plus "none" (no MLP branch)
+NORMS = ("layernorm", "rmsnorm", "none")  # models.block.NORMS
+DTYPES = ("float32", "bfloat16")  # names of jax.numpy dtypes
+ATTENTION_IMPLS = (None, "xla", "cudnn")  # jax.nn.dot_product_attention's implementation
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """A SequenceModel = input layer + backbone + head, each picked by name from models.registry."""
+    """A SequenceModel = input layer + backbone + head, each picked by name from models.registry.
+
+    Letters used in shape names: D = d_model, H = n_heads, K = D / H, F = d_ff, P = patch_size.
+    """
 
     input_layer: str = "patch"  # registry name: how observations become tokens
     backbone: str = "transformer"  # registry name: the sequence mixer
@@ -23,8 +38,8 @@ class ModelConfig:
     patch_size: int = 1  # P, observations per token (1..32, powers of two)
     revin: bool = True  # causal reversible instance normalization of inputs/outputs
     compute_dtype: str = "float32"  # float32 | bfloat16 (params and loss stay float32)
-    attention_impl: str | None = None  # None: JAX picks; "cudnn": flash attention on GPU
-    # token models (models/tokens.py, toy.py, gpt.py); the defaults leave the LDS model as it is
+    attention_impl: str | None = None  # softmax attention: None JAX picks; "cudnn" flash on GPU
+    # token models (models/tokens.py, the toy and gpt backbones); defaults leave the LDS model as is
     pos_embedding: bool = False  # "tokens" input: add learned absolute positions (GPT-style)
     max_len: int = 1024  # positions the learned positional table covers (prompt + generation)
     tie_embeddings: bool = False  # "classifier" head reuses the token table as output matrix
@@ -32,26 +47,14 @@ class ModelConfig:
     mlp: str = "gelu"  # toy/mlp backbones: gelu | bilinear ((W x)*(V x)) | none (attention-only)
     norm: str = "layernorm"  # toy/mlp backbones, classifier head: layernorm | rmsnorm | none
     rope: bool = True  # toy backbone: rotary positions in attention (gpt has learned ones)
-    zero_init_out: bool = False  # toy/gpt/mlp: output projections of attention and MLP start at 0
-    dropout: float = 0.0  # toy/gpt: dropout rate on embeddings and residual branches (training)
+    zero_init_out: bool = False  # all backbones: attention and MLP output projections start at 0
+    dropout: float = 0.0  # transformer/toy/gpt: rate on embeddings and residual branches (training)
 
     def __post_init__(self) -> None:
-        from models import registry  # local import: registry imports the modules that use this
-
-        for field, table in (("input_layer", registry.INPUT_LAYERS),
-                             ("backbone", registry.BACKBONES), ("head", registry.HEADS)):
-            if getattr(self, field) not in table:
-                raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r} is not registered; "
-                                 f"allowed: {sorted(table)}")
-        if self.compute_dtype not in DTYPES:
-            raise ValueError(f"ModelConfig.compute_dtype={self.compute_dtype!r}; "
-                             f"allowed: {sorted(DTYPES)}")
-        if self.attention_impl not in (None, "xla", "cudnn"):
-            raise ValueError(f"ModelConfig.attention_impl={self.attention_impl!r}; "
-                             "allowed: None, 'xla', 'cudnn'")
-        for field, allowed in (("attention", ("softmax", "quadratic")),
-                               ("mlp", ("gelu", "bilinear", "none")),
-                               ("norm", ("layernorm", "rmsnorm", "none"))):
+        for field, allowed in (("input_layer", INPUT_LAYERS), ("backbone", BACKBONES),
+                               ("head", HEADS), ("compute_dtype", DTYPES),
+                               ("attention_impl", ATTENTION_IMPLS), ("attention", ATTENTIONS),
+                               ("mlp", MLPS), ("norm", NORMS)):
             if getattr(self, field) not in allowed:
                 raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}; "
                                  f"allowed: {list(allowed)}")
@@ -73,4 +76,7 @@ class ModelConfig:
 
     @property
     def dtype(self):
-        return DTYPES[self.compute_dtype]
+        """``compute_dtype`` as a jax.numpy dtype (imported here: the rest is plain data)."""
+        import jax.numpy as jnp
+
+        return getattr(jnp, self.compute_dtype)

@@ -1,14 +1,9 @@
-"""GPT-style language model backbone and sampling over a KV cache (SPEC section 7).
+"""Sampling from a token model through a KV cache: greedy, top-k, top-p (SPEC section 7).
 
-GPT = "tokens" input with learned positional embeddings (``model.pos_embedding``) + pre-LN
-softmax-attention / GELU blocks without RoPE + "classifier" head (weight tying with
-``model.tie_embeddings``); dropout (``model.dropout``) on the embeddings and every residual
-branch while training.
-
-Sampling: :func:`generate` reads a prompt into a KV cache once (prefill), then decodes one token
-per step; :func:`generate_reference` recomputes the full forward pass for every new token. Both
-draw token i with ``fold_in(key, i)``, so under one key they must produce the same tokens: that is
-the test that the cache path equals the full forward.
+:func:`generate` reads a prompt into a KV cache once (prefill), then decodes one token per step.
+Token i is drawn with ``fold_in(key, i)``, so a sampler without a cache that recomputes the full
+forward pass each step gives the same tokens under one key (tests/test_text_models.py proves
+the cache path equals the full forward that way). The GPT backbone is in models/backbone.py.
 
 Shapes in names: B batch, W prompt tokens, N new tokens, V vocabulary.
 """
@@ -17,28 +12,8 @@ from __future__ import annotations
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from models.layers import KVCache
-from models.toy import Block, cache_shape, run_blocks
-
-
-class GPT(nn.Module):
-    """Pre-LN blocks: softmax attention, GELU MLP, LayerNorm, no RoPE (positions are learned)."""
-
-    cfg: object  # ModelConfig
-
-    @nn.compact
-    def __call__(self, h_BxLxD: jax.Array, positions_L: jax.Array,
-                 caches: tuple[KVCache, ...] | None = None):
-        return run_blocks(self, h_BxLxD, positions_L, caches,
-                          lambda i: Block(self.cfg, "softmax", "gelu", "layernorm", False,
-                                          name=f"block_{i}"))
-
-    def cache_shape(self, batch: int, slots: int) -> tuple[KVCache, ...]:
-        return cache_shape(self.cfg, batch, slots)
 
 
 def filter_logits(logits_BxV: jax.Array, top_k: int | None, top_p: float | None) -> jax.Array:
@@ -99,15 +74,3 @@ def generate(model, params, prompt_BxW: jax.Array, key: jax.Array, *, n_new: int
 
     _, toks_NxB = jax.lax.scan(step, (logits, caches), jnp.arange(n_new))
     return toks_NxB.T
-
-
-def generate_reference(model, params, prompt_BxW: jax.Array, key: jax.Array, *, n_new: int,
-                       temperature: float = 1.0, top_k: int | None = None,
-                       top_p: float | None = None) -> jax.Array:
-    """:func:`generate` without a cache: the full forward pass over the whole text each step."""
-    x = prompt_BxW
-    for i in range(n_new):
-        logits = model.apply(params, x)[:, -1]
-        tok = sample_token(logits, jax.random.fold_in(key, i), temperature, top_k, top_p)
-        x = jnp.concatenate([x, tok[:, None]], axis=1)
-    return x[:, prompt_BxW.shape[1]:]

@@ -4,6 +4,14 @@ Patching (SPEC section 4): P consecutive observations form one token, and a zero
 prepended, so token k carries patch k (observations (k-1)P+1..kP; token 0 carries zeros) and its
 output predicts patch k+1 from observations 1..kP only.
 
+Token 0 (the zero patch) is a learned start vector of unit variance, not ``embed(0)``: that is
+the embedding bias alone, zero at init and the same for every sequence, so token 0's residual
+stream stayed exactly zero through every block (it attends only to itself and each sublayer maps
+0 to its zero bias). Every LayerNorm on a zero-variance vector scales its gradient by
+1/sqrt(eps) = 1e3; over the default model's 9 LayerNorms the gradient norm overflowed float32,
+clipping zeroed every update, and at patch > 1 (token 0 predicts y_2..y_P) the model never
+trained (bench/README.md, "The hard setting").
+
 Causal RevIN: token k is normalized with per-sequence, per-channel statistics of the observations
 1..kP it may see, and the head scales its prediction back with the same statistics. One pseudo
 observation of mean 0 and variance 1 keeps the statistics defined (and bounded away from 0) for
@@ -71,6 +79,9 @@ class PatchInput(nn.Module):
 
     def setup(self) -> None:
         self.embed = nn.Dense(self.cfg.d_model, name="embed")
+        # token 0: learned, unit variance per coordinate like the embedded patches (module
+        # docstring: embed(0) = bias = 0 made token 0's LayerNorms degenerate)
+        self.start = self.param("start", nn.initializers.normal(1.0), (self.cfg.d_model,))
 
     def _embed(self, patches_BxNxPxY: jax.Array, stats: Stats) -> jax.Array:
         if self.cfg.revin:
@@ -80,12 +91,13 @@ class PatchInput(nn.Module):
         return self.embed(patches_BxNxPxY.reshape(b, n, -1).astype(jnp.float32))
 
     def __call__(self, y_BxTxY: jax.Array) -> tuple[jax.Array, Stats]:
-        """Tokens for the full sequence: [zero patch, patch 1, ..., patch N-1]."""
+        """Tokens for the full sequence: [start (the zero patch), patch 1, ..., patch N-1]."""
         p = self.cfg.patch_size
         patches = to_patches(y_BxTxY.astype(jnp.float32), p)
-        inputs_BxNxPxY = jnp.concatenate([jnp.zeros_like(patches[:, :1]), patches[:, :-1]], 1)
         stats = causal_stats(y_BxTxY, p)
-        return self._embed(inputs_BxNxPxY, stats), stats
+        tokens_BxNxD = self._embed(patches[:, :-1], jax.tree.map(lambda s: s[:, 1:], stats))
+        start_Bx1xD = jnp.broadcast_to(self.start, (tokens_BxNxD.shape[0], 1, self.cfg.d_model))
+        return jnp.concatenate([start_Bx1xD.astype(tokens_BxNxD.dtype), tokens_BxNxD], 1), stats
 
     def carry_after(self, y_BxTxY: jax.Array) -> RunningSums:
         """Running sums after observing all of ``y`` (the start state for decoding)."""

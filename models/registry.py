@@ -1,17 +1,22 @@
 """Name -> constructor tables: the only place a model part is chosen (no if-chains elsewhere).
 
-A new part registers here; ``ModelConfig`` validates names against these tables.
+A new part registers here and adds its name to the matching tuple in models/config.py, which
+validates names without importing any model; the check below keeps the two in step.
 """
 
 from __future__ import annotations
 
-from models.backbone import Transformer
-from models.gpt import GPT
+from models import config
+from models.backbone import GPT, MLPBackbone, ToyTransformer, Transformer
 from models.heads import RegressionHead
 from models.inputs import PatchInput
 from models.tokens import ClassifierHead, OneHotInput, TokenInput
-from models.toy import MLPBackbone, ToyTransformer
 
 INPUT_LAYERS = {"patch": PatchInput, "tokens": TokenInput, "onehot": OneHotInput}
 BACKBONES = {"transformer": Transformer, "toy": ToyTransformer, "gpt": GPT, "mlp": MLPBackbone}
 HEADS = {"regression": RegressionHead, "classifier": ClassifierHead}
+
+for _table, _names in ((INPUT_LAYERS, config.INPUT_LAYERS), (BACKBONES, config.BACKBONES),
+                       (HEADS, config.HEADS)):
+    if tuple(_table) != _names:  # not an assert: it must hold under python -O too
+        raise ImportError(f"models.registry {tuple(_table)} != models.config {_names}")

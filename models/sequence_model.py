@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from models import registry
+from models.attention import KVCache
 from models.config import ModelConfig
-from models.layers import KVCache
 
 
 class DecodeState(NamedTuple):
@@ -63,6 +63,12 @@ class SequenceModel(nn.Module):
         h_Bx1xD, stats, carry = self.inputs.step(patch_BxPxY[:, None], state.input_carry)
         h_Bx1xD, caches = self.backbone(h_Bx1xD, state.position[None], state.caches)
         return self.head(h_Bx1xD, stats), DecodeState(caches, carry, state.position + 1)
+
+    @nn.nowrap
+    def generate(self, params, y_warm_BxWxY: jax.Array, n_steps: int) -> jax.Array:
+        """:func:`generate` through the model object, for callers handed a model that should not
+        need to import models/ to roll it out (outside ``apply``; not a Flax method)."""
+        return generate(self, params, y_warm_BxWxY, n_steps)
 
 
 def generate(model: SequenceModel, params, y_warm_BxWxY: jax.Array, n_steps: int) -> jax.Array:

@@ -14,20 +14,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models.block import make_norm
 from models.config import ModelConfig
 
 EMBED_INIT = nn.initializers.normal(stddev=0.02)  # GPT-2's; keeps tied logits small at init
-
-
-def make_norm(kind: str, name: str) -> nn.Module | None:
-    """The config's norm as a module (float32), or None for ``"none"``."""
-    from models.toy import RMSNorm  # local: toy imports this module
-
-    if kind == "layernorm":
-        return nn.LayerNorm(dtype=jnp.float32, name=name)
-    if kind == "rmsnorm":
-        return RMSNorm(name=name)
-    return None
 
 
 class TokenInput(nn.Module):

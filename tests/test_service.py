@@ -27,8 +27,12 @@ TRIALS_PER_CELL = 10
 pytestmark = pytest.mark.slow
 
 
+FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # a W&B-shaped API key (40 hex)
+
+
 def cli(out: Path, **kw) -> subprocess.Popen:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", WANDB_MODE="offline", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", WANDB_MODE="offline", PYTHONUNBUFFERED="1",
+               WANDB_API_KEY=FAKE_KEY)
     return subprocess.Popen([sys.executable, "-m", "tuner.run", str(TINY), "--out", str(out),
                              "--num-cpus", "2"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, **kw)
@@ -122,6 +126,10 @@ def test_smoke_grid_end_to_end(reference, tmp_path):
     assert "Ray dashboard: 127.0.0.1" in out or "Ray dashboard: http://127.0.0.1" in out
     status = json.loads((root / "status.json").read_text())
     assert status["stage"] == "finals" and status["cells_done"] == len(CELLS)
+    # the API key reaches no log, trial config or file under the experiment folder
+    assert FAKE_KEY not in out
+    leaked = [p for p in root.rglob("*") if p.is_file() and FAKE_KEY.encode() in p.read_bytes()]
+    assert not leaked, leaked
     # a finished experiment is not rerun
     again = finish(cli(root.parent))
     assert "resuming" not in again and "report:" in again

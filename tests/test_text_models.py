@@ -10,7 +10,7 @@ import pytest
 
 from data import corpus
 from data.text import TextConfig, TextTask, Tokenizer
-from models import gpt, toy
+from models import attention, block, gpt
 from models.config import ModelConfig
 from models.sequence_model import SequenceModel
 from tuner.core.config import RunConfig, replace
@@ -19,11 +19,23 @@ from tuner.core.loop import Run
 TOK = dict(input_layer="tokens", head="classifier", n_layers=2, d_model=16, n_heads=2, d_ff=24)
 
 
+def generate_without_cache(model, params, prompt_BxW, key, *, n_new, temperature=1.0,
+                           top_k=None, top_p=None):
+    """The oracle for :func:`models.gpt.generate`: the full forward pass over the whole text for
+    every new token, token i drawn with ``fold_in(key, i)`` as there."""
+    x = prompt_BxW
+    for i in range(n_new):
+        logits = model.apply(params, x)[:, -1]
+        tok = gpt.sample_token(logits, jax.random.fold_in(key, i), temperature, top_k, top_p)
+        x = jnp.concatenate([x, tok[:, None]], axis=1)
+    return x[:, prompt_BxW.shape[1]:]
+
+
 def test_quadratic_attention_matches_numpy():
     """(q.k / K)^2 under the causal mask, no softmax, times V, through the output projection."""
     cfg = ModelConfig(**TOK, backbone="toy", attention="quadratic")
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 16))
-    mod = toy.Attention(cfg, "quadratic", rope=False)
+    mod = attention.Attention(cfg, "quadratic", rope=False, qkv="split")
     params = mod.init(jax.random.PRNGKey(1), x, jnp.arange(5))
     out, _ = mod.apply(params, x, jnp.arange(5))
     p = jax.tree.map(np.asarray, params["params"])
@@ -42,7 +54,7 @@ def test_bilinear_mlp_matches_numpy():
     """down((W x) * (V x)), no activation."""
     cfg = ModelConfig(**TOK, backbone="toy", mlp="bilinear")
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 16))
-    mod = toy.BilinearMLP(cfg)
+    mod = block.BilinearMLP(cfg)
     params = mod.init(jax.random.PRNGKey(1), x)
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"])
     xn = np.asarray(x, np.float64)
@@ -67,7 +79,7 @@ def test_kv_cache_sampling_equals_full_forward(kw, sampling):
     params = jax.tree.map(lambda a: a * 8.0, params)  # sharper logits: sampling matters
     key = jax.random.PRNGKey(7)
     cached = gpt.generate(model, params, prompt, key, n_new=8, **sampling)
-    full = gpt.generate_reference(model, params, prompt, key, n_new=8, **sampling)
+    full = generate_without_cache(model, params, prompt, key, n_new=8, **sampling)
     np.testing.assert_array_equal(np.asarray(cached), np.asarray(full))
 
 
