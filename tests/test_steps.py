@@ -3,6 +3,7 @@ learning where learning shows (against the zero predictor computed in the same t
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 
@@ -88,3 +89,29 @@ def test_small_model_learns_lds_where_zero_predictor_fails():
     assert metrics["nmse"] <= 1.05 and metrics["skill"] >= 0.9
     assert metrics["nmse"] > 0.97  # the KF is optimal: clearly below 1 would mean a leak
     assert curve.shape == (64,) and np.all(np.isfinite(curve))
+
+
+@pytest.mark.parametrize("task_overrides", [
+    {},  # the LDS
+    {"task": "bigram", "bigram.vocab": 8, "model.input_layer": "tokens",
+     "model.backbone": "transformer", "model.head": "classifier"},
+], ids=["lds", "bigram"])
+def test_gradient_accumulation_equals_the_large_batch_step(task_overrides):
+    """grad_accum = 4 micro-batches of 4 gives the loss, gradient norm and updated parameters
+    of one step on the batch of 16 (the loss is a mean over examples)."""
+    from tuner.core.config import replace
+
+    cfg = replace(SMALL, **task_overrides, **{"train.batch_size": 16})
+    runs = {k: Run(replace(cfg, **{"train.grad_accum": k})) for k in (1, 4)}
+    out = {}
+    for k, run in runs.items():
+        state, m = steps.train_steps(run.init_state(), run.task, run.hparams, spec=run.spec,
+                                     n_steps=3)
+        out[k] = (state, m)
+    np.testing.assert_allclose(out[4][1]["loss"], out[1][1]["loss"], rtol=1e-5)
+    np.testing.assert_allclose(out[4][1]["grad_norm"], out[1][1]["grad_norm"], rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(out[4][0].params), jax.tree.leaves(out[1][0].params),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="grad_accum"):
+        replace(cfg, **{"train.grad_accum": 3})

@@ -24,7 +24,8 @@ class TrainConfig:
     every trial of a cell reuses one compiled step."""
 
     steps: int = 2000  # optimizer steps (the budget)
-    batch_size: int = 64  # sequences per step
+    batch_size: int = 64  # sequences per step (the effective batch)
+    grad_accum: int = 1  # micro-batches of batch_size / grad_accum each, gradients averaged
     lr: float = 1e-3  # peak learning rate
     weight_decay: float = 0.01  # decoupled decay on matrices only (not embeddings, biases, norms)
     optimizer: str = "adamw"  # tuner.core.optimizers: adamw | muon (Muon on matrices, Adam else)
@@ -39,9 +40,12 @@ class TrainConfig:
     seed: int = 0  # init and data-stream seed (the system is data.system_seed)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_every", "eval_batch"):
+        for name in ("steps", "batch_size", "eval_every", "eval_batch", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"TrainConfig.grad_accum={self.grad_accum} must divide "
+                             f"batch_size={self.batch_size}; allowed: its divisors")
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr={self.lr} must be > 0")
         if not 0 <= self.warmup_frac < 1:

@@ -57,10 +57,11 @@ class StepSpec:
     b2: float
     clip_norm: float
     optimizer: str = "adamw"  # tuner.core.optimizers.OPTIMIZERS name
+    grad_accum: int = 1  # micro-batches per step (the batch is split, gradients averaged)
 
     @staticmethod
     def from_config(model: SequenceModel, t: TrainConfig) -> StepSpec:
-        return StepSpec(model, t.batch_size, t.b1, t.b2, t.clip_norm, t.optimizer)
+        return StepSpec(model, t.batch_size, t.b1, t.b2, t.clip_norm, t.optimizer, t.grad_accum)
 
     def transform(self) -> optax.GradientTransformation:
         """The update direction (no learning rate: lr and decay are applied traced)."""
@@ -110,10 +111,13 @@ def _one_step(spec: StepSpec, task, hp: HParams, state: TrainState
     # dropout (where a model has it) draws from (data_key, step) too, so a resume is exact
     rngs = {"dropout": jax.random.fold_in(step_key, 1)}
 
-    def loss_fn(params):
-        return task.loss(spec.model.apply(params, task.inputs(batch), rngs=rngs), batch)
+    def loss_fn(params, b, rngs):
+        return task.loss(spec.model.apply(params, task.inputs(b), rngs=rngs), b)
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    if spec.grad_accum == 1:
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rngs)
+    else:
+        loss, grads = _accumulated(loss_fn, state.params, batch, rngs, spec.grad_accum)
     updates, opt_state = spec.transform().update(grads, state.opt_state, state.params)
     scale = -hp.lr * lr_multiplier(state.step, hp)
     params = jax.tree.map(
@@ -121,6 +125,24 @@ def _one_step(spec: StepSpec, task, hp: HParams, state: TrainState
         state.params, updates, _decay_mask(state.params))
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     return TrainState(params, opt_state, state.step + 1, state.data_key), metrics
+
+
+def _accumulated(loss_fn, params, batch, rngs, n_micro: int):
+    """Loss and gradient of the whole batch from ``n_micro`` equal micro-batches, one at a time
+    (``lax.scan``: activations of one micro-batch live at once). Every task's loss is a mean
+    over the batch's examples, so the mean over equal micro-batches is the full batch's."""
+    micro = jax.tree.map(lambda x: x.reshape(n_micro, x.shape[0] // n_micro, *x.shape[1:]),
+                         batch)
+
+    def add(carry, xs):
+        i, b = xs
+        keys = {name: jax.random.fold_in(key, i) for name, key in rngs.items()}
+        loss, grads = jax.value_and_grad(loss_fn)(params, b, keys)
+        return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+    zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    (loss, grads), _ = jax.lax.scan(add, zero, (jnp.arange(n_micro), micro))
+    return loss / n_micro, jax.tree.map(lambda g: g / n_micro, grads)
 
 
 def _train_steps(state: TrainState, task, hp: HParams, spec: StepSpec, n_steps: int
