@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data import tokens
+from data.task import NothingAfterTraining
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +65,7 @@ def entropy(pi: np.ndarray) -> float:
 
 
 @flax.struct.dataclass
-class BigramTask:
+class BigramTask(NothingAfterTraining):
     """A fixed chain; implements the task contract of data.lds_task.LDSTask for tokens."""
 
     log_p_VxV: jax.Array  # log transition probabilities
@@ -79,19 +80,6 @@ class BigramTask:
         f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
         return cls(f32(np.log(p)), f32(np.log(pi)), f32(conditional_entropy(p, pi)),
                    f32(entropy(pi)), cfg)
-
-    CURVE = None  # no evaluation after training beyond eval_metrics
-
-    @staticmethod
-    def after_training(params, model, cfg) -> dict[str, float]:
-        """Nothing beyond the last evaluation."""
-        del params, model, cfg
-        return {}
-
-    @staticmethod
-    def after_training_plan(model, cfg) -> str:
-        del model, cfg
-        return ""
 
     METRICS = ("ce", "perplexity", "accuracy", "entropy", "nmse", "nmse_info", "skill")
     REPORTED = ("nmse", "ce", "accuracy", "skill")  # nmse = CE / optimum

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data import tokens
+from data.task import NothingAfterTraining
 
 OPS = {"+": np.add, "*": np.multiply}
 GROKKED = 0.95  # test accuracy that counts as generalised
@@ -65,7 +66,7 @@ def make_split(cfg: ModularConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @flax.struct.dataclass
-class ModularTask:
+class ModularTask(NothingAfterTraining):
     """The fixed split; implements the task contract of data.lds_task.LDSTask."""
 
     train_x_Nx4: jax.Array
@@ -80,19 +81,6 @@ class ModularTask:
         x, y, is_train = make_split(cfg)
         return cls(jnp.asarray(x[is_train]), jnp.asarray(y[is_train]), jnp.asarray(x),
                    jnp.asarray(y), jnp.asarray(is_train), cfg)
-
-    CURVE = None  # no evaluation after training beyond eval_metrics
-
-    @staticmethod
-    def after_training(params, model, cfg) -> dict[str, float]:
-        """Nothing beyond the last evaluation."""
-        del params, model, cfg
-        return {}
-
-    @staticmethod
-    def after_training_plan(model, cfg) -> str:
-        del model, cfg
-        return ""
 
     METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
     REPORTED = ("test_acc", "train_acc", "test_loss", "grokking_step")

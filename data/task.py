@@ -13,6 +13,22 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import jax
 
 
+class NothingAfterTraining:
+    """For tasks whose evaluation ends with the last ``eval_metrics``: no curves, nothing more."""
+
+    CURVE = None
+
+    @staticmethod
+    def after_training(params, model, cfg) -> dict[str, float]:
+        del params, model, cfg
+        return {}
+
+    @staticmethod
+    def after_training_plan(model, cfg) -> str:
+        del model, cfg
+        return ""
+
+
 @runtime_checkable
 class Task(Protocol):
     # every name eval_metrics returns; the service checks asha.metric / claims against them

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data import corpus, tokens
+from data.task import NothingAfterTraining
 
 TOKENIZERS = ("byte", "char")
 
@@ -85,7 +86,7 @@ def load_text(cfg: TextConfig) -> str:
 
 
 @flax.struct.dataclass
-class TextTask:
+class TextTask(NothingAfterTraining):
     """Token streams on the device; implements the task contract of data.lds_task.LDSTask."""
 
     train_ids: jax.Array  # (N_train,) int32
@@ -105,19 +106,6 @@ class TextTask:
                              "seq_len or a larger text")
         return cls(jnp.asarray(ids[: len(ids) - n_val]), jnp.asarray(ids[len(ids) - n_val:]),
                    cfg, tok)
-
-    CURVE = None  # no evaluation after training beyond eval_metrics
-
-    @staticmethod
-    def after_training(params, model, cfg) -> dict[str, float]:
-        """Nothing beyond the last evaluation."""
-        del params, model, cfg
-        return {}
-
-    @staticmethod
-    def after_training_plan(model, cfg) -> str:
-        del model, cfg
-        return ""
 
     METRICS = ("ce", "perplexity", "bits_per_token", "accuracy")
     REPORTED = ("ce", "perplexity", "accuracy")

@@ -123,22 +123,14 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _mean_sd(vals: pd.Series) -> str:
+def _mean_sd(vals: pd.Series, standard_error: bool = False, digits: int = 4) -> str:
+    """``mean ± sd`` (or ± its standard error) of the finite values, n/a where undefined."""
     vals = vals.astype(float)
     vals = vals[vals.map(math.isfinite)]
     if not len(vals):
         return "n/a"
-    sd = f"{vals.std(ddof=1):.2g}" if len(vals) > 1 else "n/a"
-    return f"{vals.mean():.4g} ± {sd}"
-
-
-def _mean_se(vals: pd.Series) -> str:
-    vals = vals.astype(float)
-    vals = vals[vals.map(math.isfinite)]
-    if not len(vals):
-        return "n/a"
-    se = f"{vals.std(ddof=1) / math.sqrt(len(vals)):.2g}" if len(vals) > 1 else "n/a"
-    return f"{vals.mean():.3g} ± {se}"
+    spread = vals.std(ddof=1) / (math.sqrt(len(vals)) if standard_error else 1.0)
+    return f"{vals.mean():.{digits}g} ± " + (f"{spread:.2g}" if len(vals) > 1 else "n/a")
 
 
 def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[dict],
@@ -228,8 +220,8 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
         for cell in exp.cells():
             group = ok[ok["cell"] == cell]
             rel = (group[last_se] / group[last]).mean() if last_se in group else math.nan
-            lines.append(_row([cell, *(_mean_se(group[c]) for c in score_cols),
-                               f"{rel:.1%}" if math.isfinite(rel) else "n/a"]))
+            scores = [_mean_sd(group[c], standard_error=True, digits=3) for c in score_cols]
+            lines.append(_row([cell, *scores, f"{rel:.1%}" if math.isfinite(rel) else "n/a"]))
     lines += ["", "## Verdict", "",
               "Each claim names the metrics that answer it; it is supported (contradicted) only "
               "when every one of them says so, by a difference beyond its 95% t threshold over "
