@@ -79,6 +79,31 @@ def test_suggest_balances_cells_then_finishes(tmp_path):
     assert {c: n["RUNNING"] for c, n in driver.state_counts(searcher).items()} == {"a": 3, "b": 3}
 
 
+def test_concurrency_caps_hold_trials_back_until_one_ends(tmp_path):
+    """max_concurrent auto: at most max_running() trials over all cells (read at every ask, so a
+    growing cluster raises it) and per_cell_running per cell; None means "ask again later"."""
+    cap = {"n": 3}
+    searcher = PerCellSearcher({"a": {}, "b": {}}, 4, 1e-5, 1.0, metric="loss", mode="min",
+                               time_attr="step", max_t=MAX_T, study_dir=tmp_path / "s",
+                               max_running=lambda: cap["n"], per_cell_running=1)
+    first = [searcher.suggest(f"t{i}") for i in range(3)]
+    assert [c["cell"] for c in first[:2]] == ["a", "b"] and first[2] is None  # 1 per cell
+    searcher.on_trial_complete("t0", {"step": MAX_T, "loss": 1.0})
+    assert searcher.suggest("t3")["cell"] == "a"
+    cap["n"] = 2  # fewer resources: both running trials hold the cap
+    assert searcher.suggest("t4") is None
+
+
+def test_experiment_files_may_fill_the_cluster(tmp_path):
+    from tuner.service import experiment
+
+    text = (experiment.SEARCH_SPACES / "exp4.yaml").read_text().replace(
+        "  max_concurrent: 4 ", "  max_concurrent: auto ", 1)
+    path = tmp_path / "auto.yaml"
+    path.write_text(text)
+    assert experiment.load(str(path)).max_concurrent is None
+
+
 def test_outcomes_and_best_only_from_complete(tmp_path):
     searcher = _searcher(tmp_path, cells={"a": {}}, trials_per_cell=4)
     for i in range(4):

@@ -79,7 +79,7 @@ class Experiment:
     lr_low: float
     lr_high: float
     trials_per_cell: int
-    max_concurrent: int
+    max_concurrent: int | None  # trials running at once over all cells; None: "auto"
     metric: str
     mode: str
     grace_period: int  # steps before ASHA may stop a trial
@@ -483,7 +483,10 @@ def _build(cfg: dict, lines: _Lines, path: Path, source, smoke: bool) -> Experim
                           f"a finite number > lr_low={lr_low:g}")
     count = lambda v, a: at_least(1, _as_int(v, a), a)  # noqa: E731
     trials_per_cell = get("search", "trials_per_cell", count, "an integer >= 1")
-    max_concurrent = get("search", "max_concurrent", count, "an integer >= 1", default=2)
+    # "auto": as many trials as the cluster's resources hold (tuner.service.concurrency)
+    max_concurrent = get("search", "max_concurrent",
+                         lambda v, a: None if v == "auto" else count(v, a),
+                         "an integer >= 1 or auto", default=2)
 
     seeds = _seeds(cfg, lines, source)
 

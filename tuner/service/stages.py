@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 from ray import tune
 
+from tuner.service.concurrency import ClusterConcurrency, per_cell_cap
 from tuner.service.dirs import ExperimentDirs
 from tuner.service.experiment import Experiment
 from tuner.service.objective import Objective
@@ -101,10 +102,14 @@ def build_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound | None 
                                  reduction_factor=exp.reduction_factor)
     cells = {cell: {"stage": "search", "overrides": over, **_worker_settings(exp, dirs)}
              for cell, over in rnd.cells.items()}
+    auto = exp.max_concurrent is None
     searcher = PerCellSearcher(cells, exp.trials_per_cell, rnd.lr_low, rnd.lr_high,
                                metric=exp.metric, mode=exp.mode, time_attr=TIME_ATTR,
                                max_t=exp.max_t, study_dir=rnd.study_dir, seed=0,
-                               scheduler=scheduler)
+                               scheduler=scheduler,
+                               max_running=ClusterConcurrency(exp.cpus_per_trial,
+                                                              exp.gpus_per_trial) if auto else None,
+                               per_cell_running=per_cell_cap(exp.trials_per_cell) if auto else None)
     return searcher, scheduler
 
 

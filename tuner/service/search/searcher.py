@@ -24,6 +24,7 @@ import functools
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
+_WAIT = "<wait>"  # _next_cell: budget left, but the concurrency caps hold every cell back
 
 
 class PerCellSearcher(Searcher):
@@ -84,6 +86,10 @@ class PerCellSearcher(Searcher):
             searcher's snapshot (Tune does not save scheduler state, ray issue 30838).
         n_startup_trials: TPE random start-up trials per cell; default
             ``min(10, max(3, trials_per_cell // 3))``.
+        max_running: Cap on running trials over all cells, read at every ``suggest``
+            (``max_concurrent: auto``: :class:`tuner.service.concurrency.ClusterConcurrency`);
+            None: Tune's ``max_concurrent_trials`` limits instead.
+        per_cell_running: Cap on running trials of one cell (None: none).
     """
 
     def __init__(
@@ -101,6 +107,8 @@ class PerCellSearcher(Searcher):
         scheduler: PerCellScheduler | None = None,
         *,
         n_startup_trials: int | None = None,
+        max_running: Callable[[], int] | None = None,
+        per_cell_running: int | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         _validate(cells, trials_per_cell, lr_low, lr_high, mode)
@@ -116,6 +124,8 @@ class PerCellSearcher(Searcher):
         self._seed = seed
         self._scheduler = scheduler
         self._n_startup = n_startup_trials or min(10, max(3, trials_per_cell // 3))
+        self._max_running = max_running  # called at every suggest (the cluster may grow)
+        self._per_cell_running = per_cell_running
         # Bookkeeping saved in snapshots: Tune trial id -> (cell, optuna trial number),
         # ids already told, last time_attr seen per trial.
         self._assigned: dict[str, tuple[str, int]] = {}
@@ -182,6 +192,8 @@ class PerCellSearcher(Searcher):
         cell = self._next_cell()
         if cell is None:
             return Searcher.FINISHED
+        if cell == _WAIT:
+            return None  # Tune asks again when a trial ends (or the cluster grows)
         study = self._studies[cell]
         orphan = self._orphans(cell)
         if orphan:
@@ -298,7 +310,8 @@ class PerCellSearcher(Searcher):
         return {"cell": cell, "lr": float(lr), **self._cells[cell]}
 
     def _next_cell(self) -> str | None:
-        """A cell holding an unclaimed trial first, else the fewest asked with budget left."""
+        """A cell holding an unclaimed trial first, else the fewest asked with budget left;
+        ``_WAIT`` when caps (``max_running``, ``per_cell_running``) hold every open cell back."""
         for cell in self._cells:
             if self._orphans(cell):
                 return cell
@@ -306,7 +319,14 @@ class PerCellSearcher(Searcher):
             (len(self._studies[cell].trials()), i, cell) for i, cell in enumerate(self._cells)
         ]
         open_cells = [entry for entry in open_cells if entry[0] < self._trials_per_cell]
-        return min(open_cells)[2] if open_cells else None
+        if not open_cells:
+            return None
+        running = [c for tid, (c, _) in self._assigned.items() if tid not in self._done]
+        if self._max_running is not None and len(running) >= self._max_running():
+            return _WAIT
+        if self._per_cell_running is not None:
+            open_cells = [e for e in open_cells if running.count(e[2]) < self._per_cell_running]
+        return min(open_cells)[2] if open_cells else _WAIT
 
     def _orphans(self, cell: str) -> list[FrozenTrial]:
         """RUNNING trials of ``cell`` no Tune trial holds: asked after the last snapshot
