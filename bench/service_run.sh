@@ -4,6 +4,8 @@
 # with nvidia-smi sampled alongside, then the figures collected into $OUT.
 #
 #   bash bench/service_run.sh [service_timeout_s]      # device tool, repo root, carry .whl
+#   KILL_AFTER=70 bash bench/service_run.sh 300        # SIGKILL the driver after 70 s, then
+#                                                      # rerun the same command (resume test)
 #
 # Wheels: .whl/*.whl (everything the device lacks, docs in /work/shared/notes/device-gpu.md) and
 # the ray wheel either whole in .whl/ or split in two (`split -b 60000000`): ray.part.ab in
@@ -27,6 +29,10 @@ export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 RAY_ENABLE_UV_RUN_RUNTIME_EN
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 2 > "$OUT/smi.csv" &
 SMI=$!
 start=$(date +%s.%N)
+if [ -n "${KILL_AFTER:-}" ]; then
+  timeout -s KILL "$KILL_AFTER" python3 -m tuner.run h200 --out /tmp/exp > "$OUT/killed.log" 2>&1
+  echo "killed after $KILL_AFTER s (rc $?)"; cp "$EXP/status.json" "$OUT/status_killed.json"
+fi
 timeout "$T" python3 -m tuner.run h200 --out /tmp/exp 2>&1 | tee "$OUT/run.log"
 rc=${PIPESTATUS[0]}
 end=$(date +%s.%N)
@@ -37,7 +43,7 @@ done
 python3 - "$EXP" "$start" "$end" "$rc" "$OUT" <<'PY'
 import glob, json, os, statistics, sys
 exp, start, end, rc, out = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-tokens_per_step = 64 * 256  # train.batch_size x data.seq_len
+tokens_per_step = 64 * 256  # train.batch_size x data.seq_len (x seeds for a final: vmapped)
 def mtime(p):
     p = os.path.join(exp, p)
     return round(os.path.getmtime(p) - start, 1) if os.path.exists(p) else None
@@ -51,6 +57,7 @@ for stage in ("search", "finals"):
             s["trials"].append({"stage": stage, "trial": os.path.basename(os.path.dirname(f)), "reports": 0})
             continue
         a, b = rows[0], rows[-1]
+        seeds = len((a.get("config") or {}).get("seeds") or [0]) if stage == "finals" else 1
         d = {"stage": stage, "trial": os.path.basename(os.path.dirname(f)), "reports": len(rows),
              "pid": a.get("pid"), "steps": b.get("step"),
              "wall_s": round(b.get("time_total_s", 0), 1),
@@ -62,7 +69,7 @@ for stage in ("search", "finals"):
             dt = b["time_total_s"] - a["time_total_s"]
             sps = (b["step"] - a["step"]) / dt if dt > 0 else None
             d["steps_per_s_after_first"] = round(sps, 1) if sps else None
-            d["tokens_per_s_M"] = round(sps * tokens_per_step / 1e6, 3) if sps else None
+            d["tokens_per_s_M"] = round(sps * tokens_per_step * seeds / 1e6, 3) if sps else None
         s["trials"].append(d)
 try:
     lines = open(os.path.join(out, "smi.csv")).read().splitlines()[1:]

@@ -27,3 +27,19 @@ def test_stale_finals_are_set_aside_not_lost(tmp_path):
     assert (tmp_path / "finals-stale-1" / "finals.json").exists()
     assert (tmp_path / "finals-stale-1" / "finals").is_dir()
     assert (tmp_path / "finals-stale-2" / "finals.json").exists()
+
+
+def test_deleting_a_checkpoint_that_is_gone_is_a_no_op(tmp_path):
+    """Ray deletes the oldest checkpoint again after a resume (tuner/service/ray_fixes.py)."""
+    import pyarrow.fs
+    from ray.train._internal import checkpoint_manager
+
+    from tuner.service import ray_fixes
+
+    ray_fixes.tolerate_deleted_checkpoints()
+    ray_fixes.tolerate_deleted_checkpoints()  # idempotent
+    fs = pyarrow.fs.LocalFileSystem()
+    checkpoint_manager._delete_fs_path(fs=fs, fs_path=str(tmp_path / "checkpoint_000000"))
+    (tmp_path / "checkpoint_000001").mkdir()
+    checkpoint_manager._delete_fs_path(fs=fs, fs_path=str(tmp_path / "checkpoint_000001"))
+    assert not (tmp_path / "checkpoint_000001").exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -91,6 +92,10 @@ def _check_local_resources(exp) -> None:
                              "--smoke, lower it, or run on a cluster (--address)")
 
 
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(args: Args) -> int:
     started = time.perf_counter()
     try:
@@ -123,19 +128,26 @@ def main(args: Args) -> int:
     print(f"live status: {dirs.status}; W&B mode: {mode}"
           + (f" (sync later: wandb sync {dirs.wandb}/wandb/offline-run-*)"
              if mode == "offline" else ""), flush=True)
+    # SIGTERM (a scheduler's stop, `timeout`) outside Tune's own handling: the same clean stop
+    # as Ctrl+C instead of the native handler's stack dump; every result file is written
+    # atomically and only when its stage finished, so stopping anywhere loses nothing
+    signal.signal(signal.SIGTERM, _stop)
     try:
         best = run_search(exp, dirs, wandb=args.wandb, widen_edges=args.widen_edges)
         finals = run_finals(exp, dirs, best, wandb=args.wandb)
+        import pandas as pd
+
+        summary = report.write(exp, dirs.root, best, finals,
+                               pd.read_csv(dirs.search_trials))
     except Interrupted as e:
         print(f"\n{e}", file=sys.stderr, flush=True)
+        return 130
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to resume", file=sys.stderr, flush=True)
         return 130
     except SearchFailed as e:
         print(f"\nerror: {e}", file=sys.stderr, flush=True)
         return 1
-    import pandas as pd
-
-    summary = report.write(exp, dirs.root, best, finals,
-                           pd.read_csv(dirs.search_trials))
     print(f"\nreport: {summary}")
     for line in report.verdict_lines(summary):
         print(line)

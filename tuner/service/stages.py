@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 from ray import tune
 
+from tuner.service import ray_fixes
 from tuner.service.concurrency import ClusterConcurrency, per_cell_cap
 from tuner.service.dirs import ExperimentDirs
 from tuner.service.experiment import Experiment
@@ -117,6 +118,7 @@ def _run_round(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound, wandb: b
                ) -> PerCellSearcher:
     """Runs (or resumes) one round; returns a searcher restored from its final snapshot."""
     path = dirs.root / rnd.name
+    ray_fixes.tolerate_deleted_checkpoints()
     if tune.Tuner.can_restore(path):
         print(f"resuming the search from {path}", flush=True)
         tuner = tune.Tuner.restore(str(path), _trainable(exp), resume_errored=False,
@@ -269,6 +271,7 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
             return rows
         _set_aside_stale_finals(dirs)  # the search was widened after these finals ran
     path = dirs.root / "finals"
+    ray_fixes.tolerate_deleted_checkpoints()
     trainable = _trainable(exp, _final_trial)
     if tune.Tuner.can_restore(path):
         print(f"resuming the finals from {path}", flush=True)
