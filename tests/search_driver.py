@@ -158,6 +158,16 @@ def run(
     return summarize(fresh, results)
 
 
+
+def state_counts(searcher) -> dict[str, dict[str, int]]:
+    """Per cell, the number of Optuna trials in each state (every ``TrialState`` name)."""
+    from optuna.trial import TrialState
+
+    df = searcher.trials_dataframe()
+    return {cell: {s.name: int(((df.cell == cell) & (df.state == s.name)).sum())
+                   for s in TrialState} for cell in dict.fromkeys(df.cell)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--storage", required=True)
@@ -196,11 +206,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-def state_counts(searcher) -> dict[str, dict[str, int]]:
-    """Per cell, the number of Optuna trials in each state (every ``TrialState`` name)."""
-    from optuna.trial import TrialState
-
-    df = searcher.trials_dataframe()
-    return {cell: {s.name: int(((df.cell == cell) & (df.state == s.name)).sum())
-                   for s in TrialState} for cell in dict.fromkeys(df.cell)}
