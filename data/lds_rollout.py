@@ -36,7 +36,7 @@ def memory_per_sequence(model: SequenceModel, warmup: int, n_steps: int) -> int:
 
     KV cache (2 x layers x slots x d_model in the compute dtype) plus the prefill's activations
     (the residual stream, MLP hidden and q/k/v per token and layer, in the compute dtype: bf16
-    halves them, which float32 bytes overstated by half on an H100, bench/README.md) and one
+    halves them; checked against the measured peak in bench/README.md) and one
     layer's attention scores (heads x tokens^2, float32). Generated steps reuse the cache; their
     activations are negligible.
     """

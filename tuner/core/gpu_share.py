@@ -4,8 +4,8 @@ JAX preallocates 75% of the GPU by default, so a second process on the same GPU 
 memory. Setting the fraction from the trial's share (before JAX initializes its backend) lets
 1/share trials live side by side. Environment variables only: no JAX import here.
 
-It also turns off XLA's Triton GEMM emitter (cuBLAS takes every matmul): on an H100 this cut the
-first compile of a default-model step from 15 s to 6 s and the step time by 3% (bench/README.md).
+It also turns off XLA's Triton GEMM emitter (cuBLAS takes every matmul): it compiles the
+default model's step in less than half the time and runs it slightly faster (bench/README.md).
 A flag the caller already put in ``XLA_FLAGS`` wins.
 """
 

@@ -3,9 +3,8 @@ there, runs written under the experiment folder (ready for ``wandb sync``), tagg
 stage and seed. The API key is never printed or logged.
 
 Ray 2.60's callback starts two actors per trial (a queue and a logger, each a fresh Python
-process importing wandb and spawning its own wandb service). On the 2-core machine that cost
-84 of the 123 s of a 16-trial experiment, and 6 of the 8 minutes of ``exp4 --smoke``. Here
-every run of the experiment lives in one long-lived actor (wandb allows several runs in one
+process importing wandb and spawning its own wandb service): most of a small experiment's wall
+time on a 2-core machine (bench/README.md). Here every run of the experiment lives in one long-lived actor (wandb allows several runs in one
 process with ``reinit="create_new"``); the callback keeps Ray's run naming, grouping, config
 cleaning and result filtering by reusing its own pieces.
 """
