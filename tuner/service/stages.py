@@ -39,7 +39,7 @@ class Interrupted(Exception):
     driver): nothing is finalised, rerunning the same command resumes it."""
 
     def __init__(self, stage: str, detail: str):
-        super().__init__(f"{stage} interrupted ({detail}); rerun the same command to resume")
+        super().__init__(f"{stage} interrupted; rerun the same command to resume ({detail})")
 
 
 def _write_json(path: Path, data: Any) -> None:
