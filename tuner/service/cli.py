@@ -109,6 +109,7 @@ def main(args: Args) -> int:
     # every checkpoint forces a snapshot (CheckpointConfig.num_to_keep): wanted, not a warning
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # see stages._run_config
     from tuner.service.report import render as report
     from tuner.service.search.searcher import PerCellSearcher  # noqa: F401  (fail fast if missing)
     from tuner.service.stages import Interrupted, SearchFailed, run_finals, run_search

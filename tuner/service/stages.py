@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from tuner.service import ray_fixes
 from tuner.service.concurrency import ClusterConcurrency, per_cell_cap
@@ -56,7 +57,10 @@ def _trainable(exp: Experiment, fn=train_trial):
 
 def _run_config(exp: Experiment, dirs: ExperimentDirs, name: str, status: StatusFile,
                 wandb: bool) -> tune.RunConfig:
-    callbacks = [status]
+    # Tune's CSV and JSON result files, but not its TensorBoard logger: W&B has the curves, and
+    # TensorBoardX's writer threads raise at interpreter exit when the driver stops on a signal
+    # (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, set by tuner.service.cli, keeps Tune from adding it)
+    callbacks = [status, CSVLoggerCallback(), JsonLoggerCallback()]
     if wandb:
         callbacks.append(make_callback(exp.wandb_project, exp.name, dirs.wandb))
     return tune.RunConfig(

@@ -4,9 +4,10 @@ stage and seed. The API key is never printed or logged.
 
 Ray 2.60's callback starts two actors per trial (a queue and a logger, each a fresh Python
 process importing wandb and spawning its own wandb service): most of a small experiment's wall
-time on a 2-core machine (bench/README.md). Here every run of the experiment lives in one long-lived actor (wandb allows several runs in one
-process with ``reinit="create_new"``); the callback keeps Ray's run naming, grouping, config
-cleaning and result filtering by reusing its own pieces.
+time on a 2-core machine (bench/README.md). Here every run of the experiment lives in one
+long-lived actor (wandb allows several runs in one process with ``reinit="create_new"``); the
+callback keeps Ray's run naming, grouping, config cleaning and result filtering by reusing its
+own pieces.
 """
 
 from __future__ import annotations
@@ -141,6 +142,11 @@ class CellWandbCallback(WandbLoggerCallback):
         result = _clean_log(result, video_kwargs=self.video_kwargs,
                             image_kwargs=self.image_kwargs)
         self._runs_actor.log.remote(trial.trial_id, result, self._start_args[trial.trial_id])
+
+    def __del__(self) -> None:
+        """Nothing to stop at garbage collection: the runs actor is closed at the experiment's
+        end, and on an interrupt it ends with the driver (offline run files stay). Ray's own
+        ``__del__`` signals per-trial queues this class never creates, and raised at exit."""
 
     def log_trial_save(self, trial) -> None:
         """Checkpoints are not uploaded (``upload_checkpoints`` stays off)."""
