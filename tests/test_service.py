@@ -20,6 +20,8 @@ import optuna
 import pandas as pd
 import pytest
 
+from tuner.service.search.study import TUNE_ID_ATTR
+
 TINY = Path(__file__).parent / "fixtures" / "tiny.yaml"
 CELLS = ["patch=1", "patch=4"]
 TRIALS_PER_CELL = 10
@@ -30,11 +32,11 @@ pytestmark = pytest.mark.slow
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # a W&B-shaped API key (40 hex)
 
 
-def cli(out: Path, **kw) -> subprocess.Popen:
+def cli(out: Path, *flags: str, **kw) -> subprocess.Popen:
     env = dict(os.environ, JAX_PLATFORMS="cpu", WANDB_MODE="offline", PYTHONUNBUFFERED="1",
                WANDB_API_KEY=FAKE_KEY)
     return subprocess.Popen([sys.executable, "-m", "tuner.run", str(TINY), "--out", str(out),
-                             "--num-cpus", "2"], stdout=subprocess.PIPE,
+                             "--num-cpus", "2", *flags], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, **kw)
 
 
@@ -44,11 +46,12 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
     return out
 
 
-def studies(root: Path) -> dict[str, list[optuna.trial.FrozenTrial]]:
+def studies(root: Path, cells: list[str] = CELLS, folder: str = "studies"
+            ) -> dict[str, list[optuna.trial.FrozenTrial]]:
     out = {}
-    for cell in CELLS:
+    for cell in cells:
         storage = optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(root / "studies" / f"{cell}.journal")))
+            optuna.storages.journal.JournalFileBackend(str(root / folder / f"{cell}.journal")))
         out[cell] = optuna.load_study(study_name=cell, storage=storage).trials
     return out
 
@@ -87,7 +90,8 @@ def reference(tmp_path_factory) -> tuple[Path, str]:
     """One uninterrupted run of the tiny experiment: the reference every interrupted run must
     end equal to."""
     out = tmp_path_factory.mktemp("reference")
-    return out / "tiny", finish(cli(out))
+    pilot = finish(cli(out, "--pilot"))  # first: the real run then prints its times against it
+    return out / "tiny", pilot + finish(cli(out))
 
 
 def outcome(root: Path) -> dict:
@@ -110,6 +114,19 @@ def outcome(root: Path) -> dict:
 def test_smoke_grid_end_to_end(reference, tmp_path):
     root, out = reference
     check_finished_experiment(root)
+    # the pilot measured both shapes (patch 1 and 4 compile apart) and the run reported
+    # against its projection
+    pilot = json.loads((root / "pilot.json").read_text())
+    assert sorted(pilot["shapes"]) == CELLS
+    for shape in pilot["shapes"].values():
+        c = shape["cost"]
+        assert all(math.isfinite(v) and v >= 0 for v in c.values()), c
+        assert c["step_s"] > 0 and c["finals_step_s"] > 0 and c["after_training_s"] > 0
+        assert c["peak_bytes"] > 2**20
+    assert pilot["cluster"]["slots"] == 1  # max_concurrent: 1
+    assert pilot["projection"]["current"]["total_s"] > 0
+    assert "projected wall time here (1 slots)" in out
+    assert "search: " in out and "the pilot projected" in out
     states = {cell: {t.state.name for t in trials} for cell, trials in studies(root).items()}
     assert all({"COMPLETE", "PRUNED"} <= s for s in states.values()), states
     # diverging rates were tried, told PRUNED with a NaN (marked diverged), and never chosen
@@ -130,9 +147,114 @@ def test_smoke_grid_end_to_end(reference, tmp_path):
     assert FAKE_KEY not in out
     leaked = [p for p in root.rglob("*") if p.is_file() and FAKE_KEY.encode() in p.read_bytes()]
     assert not leaked, leaked
-    # a finished experiment is not rerun
-    again = finish(cli(root.parent))
+
+
+def test_research_one_cell_keeps_the_other_cells(reference, tmp_path):
+    """``--research CELL:LOW:HIGH`` on a finished experiment searches that cell again over the
+    new range in the same folder: the other cell's trials and finals are kept as they were, the
+    cell's best rate is the best full-budget trial of both rounds, only its finals retrain, and
+    the round is recorded (a rerun without the flag finds the experiment finished)."""
+    import shutil
+
+    root = tmp_path / "tiny"
+    shutil.copytree(reference[0], root)
+    before, best_before = studies(root), json.loads((root / "search_best.json").read_text())
+    finals_before = json.loads((root / "finals.json").read_text())
+    old = best_before["patch=4"]["lr"]
+    low, high = old / 3, old * 3  # around the old best: some trial here beats it
+    out = finish(cli(tmp_path, "--research", f"patch=4:{low!r}:{high!r}"))
+    assert "resuming the search" in out  # round 1 read back from its Tune folder, not rerun
+    after = studies(root)
+    fields = lambda ts: [(t.number, t.params, t.state, t.value) for t in ts]  # noqa: E731
+    assert {c: fields(ts) for c, ts in after.items()} == {c: fields(ts) for c, ts in before.items()}
+    wider = studies(root, ["patch=4"], "studies/search_research_1")["patch=4"]
+    assert len(wider) == TRIALS_PER_CELL
+    assert all(low <= t.params["lr"] <= high for t in wider)
+    best = json.loads((root / "search_best.json").read_text())
+    assert best["patch=1"] == best_before["patch=1"]
+    complete = [t for t in before["patch=4"] + wider if t.state.name == "COMPLETE"]
+    chosen = min(complete, key=lambda t: t.value)
+    assert chosen in wider, "the narrow round found no better rate: pick another range"
+    assert best["patch=4"]["lr"] == pytest.approx(chosen.params["lr"])
+    assert best["patch=4"]["round"] == "search_research_1"
+    assert best["patch=4"]["range"] == [low, high]
+    finals = json.loads((root / "finals.json").read_text())
+    assert [r for r in finals if r["cell"] == "patch=1"] == [
+        r for r in finals_before if r["cell"] == "patch=1"]
+    assert "finals kept (best rate unchanged): patch=1" in out
+    redone = [r for r in finals if r["cell"] == "patch=4"]
+    assert sorted(r["seed"] for r in redone) == [0, 1]
+    assert all(r["lr"] == best["patch=4"]["lr"] and r["step"] == 60 for r in redone)
+    trials = pd.read_csv(root / "search_trials.csv")
+    assert (trials["round"] == "search_research_1").sum() == TRIALS_PER_CELL
+    assert set(trials.loc[trials["round"] == "search_research_1", "cell"]) == {"patch=4"}
+    assert "search_research_1" in (root / "report" / "summary.md").read_text()
+    # recorded: a rerun without the flag has nothing left to do (a finished experiment is
+    # not rerun)
+    again = finish(cli(tmp_path))
     assert "resuming" not in again and "report:" in again
+
+
+def wandb_records(path: Path) -> list:
+    """The records of one offline ``.wandb`` file. wandb 0.31 ships no reader for them; the
+    file is a 7-byte W&B header, then LevelDB's log format: 32 KiB blocks of chunks, each a
+    7-byte header (crc32, length, type: 1 whole, 2 first, 3 middle, 4 last) and a piece of a
+    serialised ``Record``."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, block, records, part = path.read_bytes(), 7, 32768, [], b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk, pos = data[pos + 7:pos + 7 + n], pos + 7 + n
+        if kind == 0:  # zero-filled rest of a block
+            pos += left - 7 - n
+            continue
+        part = chunk if kind in (1, 2) else part + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(part)
+            records.append(record)
+    return records
+
+
+def wandb_runs(root: Path) -> dict[str, list[tuple[bool | None, list[int]]]]:
+    """Run id -> (its ``resume`` flag, its logged steps) per offline run folder, oldest first
+    (the flag None where a killed run wrote no run record yet)."""
+    out: dict[str, list[tuple[bool | None, list[int]]]] = {}
+    for folder in sorted((root / "wandb" / "wandb").glob("offline-run-*")):
+        files = list(folder.glob("*.wandb"))
+        records = wandb_records(files[0]) if files else []
+        kind = [r.WhichOneof("record_type") for r in records]
+        run = next((r.run for r, k in zip(records, kind, strict=True) if k == "run"), None)
+        steps = [r.history.step.num for r, k in zip(records, kind, strict=True) if k == "history"]
+        run_id = folder.name.rsplit("-", 1)[-1]  # offline-run-<time>-<id>
+        assert run is None or run.run_id == run_id
+        out.setdefault(run_id, []).append((None if run is None else run.resume, steps))
+    return out
+
+
+def check_wandb_runs_continue(root: Path, resumed: set[str]) -> None:
+    """One W&B run per Tune trial (its id), and a trial resumed after the stop (``resumed``:
+    its run had started) continues that run: the same id, resume on (so ``wandb sync``
+    appends to it), and its last folder logs up to the trial's last result."""
+    results = {}
+    for f in root.glob("**/result.json"):
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        if rows:
+            results[rows[-1]["trial_id"]] = rows[-1]["training_iteration"]
+    runs = wandb_runs(root)
+    assert set(runs) == set(results)
+    for run_id, folders in runs.items():
+        assert all(resume is not False for resume, _ in folders), run_id  # resume="allow"
+        assert folders[-1][0] and folders[-1][1][-1] == results[run_id], (run_id, folders)
+    for run_id in resumed:
+        assert len(runs[run_id]) > 1, (run_id, runs[run_id])
 
 
 def finished_trials(root: Path) -> int:
@@ -184,6 +306,14 @@ def test_interrupted_then_rerun_equals_uninterrupted(reference, tmp_path, sig, s
     assert not done_file.exists()  # nothing finalised early
     before = {cell: [t for t in trials if t.state.is_finished()]
               for cell, trials in studies(root).items()}
+    started = set(wandb_runs(root))  # W&B runs begun before the stop
+    finished = {t.user_attrs.get(TUNE_ID_ATTR) for ts in before.values() for t in ts}
+    if stage == "finals":
+        finished |= {json.loads(line)["trial_id"]
+                     for f in (root / "search").glob("*/result.json")
+                     for line in f.read_text().splitlines()[-1:]}
+    resumed = started - finished
+    print(f"W&B runs under way at the stop: {sorted(resumed)}")
 
     again = finish(cli(tmp_path))
     assert "resuming the " + ("search" if stage == "search" else "finals") in again
@@ -201,3 +331,4 @@ def test_interrupted_then_rerun_equals_uninterrupted(reference, tmp_path, sig, s
         assert dict(ours[cell]["rungs"]).get(20, 0) == reached, (cell, ours[cell]["rungs"])
     report = pd.read_csv(root / "report" / "trials.csv")
     assert not report.duplicated(["stage", "cell", "number", "seed"]).any()
+    check_wandb_runs_continue(root, resumed)

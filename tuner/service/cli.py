@@ -3,6 +3,8 @@
     python -m tuner.run exp4            # the experiment in search_spaces/exp4.yaml
     python -m tuner.run exp4 --smoke    # tiny model and budget: the full pipeline in minutes
     python -m tuner.run path/to/my_experiment.yaml --address auto   # on a running cluster
+    python -m tuner.run exp4 --research lambda=0.99,patch=8:1e-4:1e-3   # one cell, new range
+    python -m tuner.run exp4 --pilot    # measure each model shape here, project the wall time
 
 Rerunning the same command resumes an interrupted experiment: a finished stage is not rerun,
 an unfinished one continues from Tune's snapshot (trials from their checkpoints). Everything
@@ -24,6 +26,7 @@ import tyro
 
 from tuner.service import experiment
 from tuner.service.dirs import ExperimentDirs
+from tuner.service.search import rounds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,13 @@ class Args:
     # re-search cells whose best LR is at an edge of the range (or where every trial diverged);
     # recorded in the experiment folder, and also widens a finished search
     widen_edges: bool = False
+    # re-search cells over a new lr range, each CELL:LOW:HIGH (cell ids as in the report); the
+    # other cells keep their trials and finals; recorded in the experiment folder
+    research: tuple[str, ...] = ()
+    # measure every distinct model shape on this cluster (step, compile, evaluation,
+    # checkpoint, memory), print the projected wall time here and on N GPUs, write pilot.json
+    # under the experiment folder, and stop; the real run then prints its times against it
+    pilot: bool = False
 
 
 class UsageError(Exception):
@@ -47,11 +57,17 @@ class UsageError(Exception):
 
 
 def prepare(args: Args):
-    """All that can fail on bad input, before Ray starts: load, validate, claim the folder."""
+    """All that can fail on bad input, before Ray starts: load, validate, claim the folder.
+
+    Returns the experiment, its folders and the parsed ``--research`` rounds."""
     try:
         exp = experiment.load(args.experiment, smoke=args.smoke)
     except experiment.SearchSpaceError as e:
         raise UsageError(str(e)) from None
+    try:
+        research = [rounds.parse_research(r, list(exp.cells())) for r in args.research]
+    except ValueError as e:
+        raise UsageError(f"{exp.path}: {e}") from None
     dirs = ExperimentDirs(Path(args.out).absolute() / exp.name)
     frozen = dirs.root / "experiment.yaml"
     if frozen.exists() and frozen.read_text() != exp.path.read_text():
@@ -61,7 +77,7 @@ def prepare(args: Args):
     dirs.root.mkdir(parents=True, exist_ok=True)
     if not frozen.exists():
         shutil.copyfile(exp.path, frozen)
-    return exp, dirs
+    return exp, dirs, research
 
 
 def _start_ray(args: Args, wandb_mode: str):
@@ -99,7 +115,7 @@ def _stop(signum, frame) -> None:
 def main(args: Args) -> int:
     started = time.perf_counter()
     try:
-        exp, dirs = prepare(args)
+        exp, dirs, research = prepare(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -133,9 +149,16 @@ def main(args: Args) -> int:
     # as Ctrl+C instead of the native handler's stack dump; every result file is written
     # atomically and only when its stage finished, so stopping anywhere loses nothing
     signal.signal(signal.SIGTERM, _stop)
+    if args.pilot:
+        return _pilot(exp, dirs)
     try:
-        best = run_search(exp, dirs, wandb=args.wandb, widen_edges=args.widen_edges)
+        times = {"search_s": time.perf_counter()}
+        best = run_search(exp, dirs, wandb=args.wandb, widen_edges=args.widen_edges,
+                          research=research)
+        times["finals_s"] = time.perf_counter()
+        times["search_s"] = times["finals_s"] - times["search_s"]
         finals = run_finals(exp, dirs, best, wandb=args.wandb)
+        times["finals_s"] = time.perf_counter() - times["finals_s"]
         import pandas as pd
 
         summary = report.write(exp, dirs.root, best, finals,
@@ -152,5 +175,34 @@ def main(args: Args) -> int:
     print(f"\nreport: {summary}")
     for line in report.verdict_lines(summary):
         print(line)
-    print(f"wall time: {time.perf_counter() - started:.0f} s")
+    times["total_s"] = time.perf_counter() - started
+    print(f"wall time: {times['total_s']:.0f} s")
+    for line in _against_pilot(dirs, times):
+        print(line)
     return 0
+
+
+def _pilot(exp, dirs: ExperimentDirs) -> int:
+    from tuner.service.pilot.run import run_pilot, summary_lines
+
+    try:
+        pilot = run_pilot(exp, dirs)
+    except KeyboardInterrupt:
+        print("\npilot interrupted; nothing of the experiment was touched", file=sys.stderr)
+        return 130
+    for line in summary_lines(pilot, exp):
+        print(line)
+    print(f"pilot: {dirs.root / 'pilot.json'}")
+    return 0
+
+
+def _against_pilot(dirs: ExperimentDirs, times: dict[str, float]) -> list[str]:
+    """This run's stage times against the pilot's projection (where a pilot ran)."""
+    path = dirs.root / "pilot.json"
+    if not path.exists():
+        return []
+    import json
+
+    projected = json.loads(path.read_text())["projection"]["current"]
+    return [f"  {key[:-2]}: {times[key]:.0f} s, the pilot projected {projected[key]:.0f} s "
+            f"({times[key] / projected[key]:.2f}x)" for key in ("search_s", "finals_s", "total_s")]

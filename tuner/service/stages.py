@@ -10,10 +10,10 @@ is done and is never rerun.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ from tuner.service.concurrency import ClusterConcurrency, per_cell_cap
 from tuner.service.dirs import ExperimentDirs
 from tuner.service.experiment import Experiment
 from tuner.service.objective import Objective
+from tuner.service.search import rounds
+from tuner.service.search.rounds import SearchRound
 from tuner.service.search.scheduler import PerCellScheduler
 from tuner.service.search.searcher import PerCellSearcher
 from tuner.service.status import StatusFile
@@ -49,10 +51,10 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _trainable(exp: Experiment, fn=train_trial):
+def trainable(exp: Experiment, fn=train_trial):
     """``fn`` with the experiment's base config bound and its per-trial resources."""
-    trainable = tune.with_parameters(fn, base=exp.base)
-    return tune.with_resources(trainable, {"cpu": exp.cpus_per_trial, "gpu": exp.gpus_per_trial})
+    bound = tune.with_parameters(fn, base=exp.base)
+    return tune.with_resources(bound, {"cpu": exp.cpus_per_trial, "gpu": exp.gpus_per_trial})
 
 
 def _run_config(exp: Experiment, dirs: ExperimentDirs, name: str, status: StatusFile,
@@ -74,24 +76,9 @@ def _run_config(exp: Experiment, dirs: ExperimentDirs, name: str, status: Status
     )
 
 
-def _worker_settings(exp: Experiment, dirs: ExperimentDirs) -> dict[str, Any]:
+def worker_settings(exp: Experiment, dirs: ExperimentDirs) -> dict[str, Any]:
     """What a trial's process must set up before JAX starts (see tuner.service.trials)."""
     return {"jax_cache_dir": str(dirs.jax_cache), "gpu_fraction": exp.gpus_per_trial}
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchRound:
-    """One Tune run of stage 1: the cells it searches, its LR range and where its studies live.
-
-    The first round searches every cell over the file's range; with ``--widen-edges`` cells whose
-    best rate sits at an edge get a second round over a range shifted outward by half a span.
-    """
-
-    name: str  # Tune experiment folder under the experiment root
-    cells: dict[str, dict[str, Any]]  # cell id -> grid overrides
-    lr_low: float
-    lr_high: float
-    study_dir: Path
 
 
 def first_round(exp: Experiment, dirs: ExperimentDirs) -> SearchRound:
@@ -105,7 +92,7 @@ def build_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound | None 
     scheduler = PerCellScheduler(metric=exp.metric, mode=exp.mode, time_attr=TIME_ATTR,
                                  max_t=exp.max_t, grace_period=exp.grace_period,
                                  reduction_factor=exp.reduction_factor)
-    cells = {cell: {"stage": "search", "overrides": over, **_worker_settings(exp, dirs)}
+    cells = {cell: {"stage": "search", "overrides": over, **worker_settings(exp, dirs)}
              for cell, over in rnd.cells.items()}
     auto = exp.max_concurrent is None
     searcher = PerCellSearcher(cells, exp.trials_per_cell, rnd.lr_low, rnd.lr_high,
@@ -125,14 +112,14 @@ def _run_round(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound, wandb: b
     ray_fixes.tolerate_deleted_checkpoints()
     if tune.Tuner.can_restore(path):
         print(f"resuming the search from {path}", flush=True)
-        tuner = tune.Tuner.restore(str(path), _trainable(exp), resume_errored=False,
+        tuner = tune.Tuner.restore(str(path), trainable(exp), resume_errored=False,
                                    restart_errored=False)
     else:
         searcher, scheduler = build_search(exp, dirs, rnd)
         status = StatusFile(dirs.status, rnd.name, list(rnd.cells), exp.trials_per_cell,
                             exp.metric, exp.mode)
         tuner = tune.Tuner(
-            _trainable(exp),
+            trainable(exp),
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                         num_samples=-1, max_concurrent_trials=exp.max_concurrent,
                                         reuse_actors=True),
@@ -167,85 +154,96 @@ class SearchFailed(Exception):
     """Some cell has no trial that ran the full budget (every one diverged or failed)."""
 
 
-def search_options(dirs: ExperimentDirs, widen_edges: bool) -> dict[str, bool]:
-    """The experiment's search options, recorded in its folder: ``--widen-edges`` once given
-    stays on for every rerun (a resumed run never drops a wider round it started)."""
-    saved = json.loads(dirs.options.read_text()) if dirs.options.exists() else {}
-    options = {"widen_edges": bool(widen_edges or saved.get("widen_edges")),
-               "widened": bool(saved.get("widened"))}
-    if options != saved:
-        _write_json(dirs.options, options)
-    return options
-
-
 def run_search(exp: Experiment, dirs: ExperimentDirs, wandb: bool = True,
-               widen_edges: bool = False) -> dict[str, Any]:
+               widen_edges: bool = False, research: Sequence[rounds.Research] = ()
+               ) -> dict[str, Any]:
     """Stage 1. Returns cell -> best {lr, value, trial_number, at_edge, range, round}, chosen
-    among COMPLETE (full-budget, finite) trials only.
+    among COMPLETE (full-budget, finite) trials of all the cell's rounds.
 
-    With ``--widen-edges`` (recorded, :func:`search_options`), cells whose best rate sits at an
-    edge of the range, and cells where no trial finished (all diverged: searched lower), get a
-    second round over a range shifted outward by half a span; this also widens a search that
-    already finished (the first round is read back from its Tune folder, not rerun)."""
-    options = search_options(dirs, widen_edges)
-    if dirs.best.exists() and (not options["widen_edges"] or options["widened"]):
+    ``--widen-edges`` and ``--research`` add rounds (:mod:`tuner.service.search.rounds`,
+    recorded in the folder); a finished search is reopened only for rounds it lacks, its
+    finished rounds read back from their Tune folders, not rerun."""
+    options = rounds.record(dirs.options, widen_edges, research)
+    if dirs.best.exists() and not options.pending:
         return json.loads(dirs.best.read_text())
-    rounds = [first_round(exp, dirs)]
-    searcher = _run_round(exp, dirs, rounds[0], wandb)
-    best = {c: b and {**b, "range": [exp.lr_low, exp.lr_high], "round": "search"}
+    first = first_round(exp, dirs)
+    searcher = _run_round(exp, dirs, first, wandb)
+    best = {c: b and {**b, "range": [exp.lr_low, exp.lr_high], "round": first.name}
             for c, b in searcher.best_per_cell().items()}
-    frames = [searcher.trials_dataframe().assign(round="search")]
-    if options["widen_edges"]:
+    frames = [searcher.trials_dataframe().assign(round=first.name)]
+
+    def add_round(rnd: SearchRound) -> None:
+        found = _run_round(exp, dirs, rnd, wandb)
+        for c, b in found.best_per_cell().items():
+            if b and _better(exp, b, best[c]):
+                best[c] = {**b, "range": [rnd.lr_low, rnd.lr_high], "round": rnd.name}
+        frames.append(found.trials_dataframe().assign(round=rnd.name))
+
+    if options.widen_edges:
         half_span = math.sqrt(exp.lr_high / exp.lr_low)
         for edge, center in (("low", exp.lr_low), ("high", exp.lr_high)):
             cells = {c: over for c, over in exp.cells().items()
                      if (best[c] and best[c]["at_edge"] == edge)
                      or (best[c] is None and edge == "low")}  # all diverged: try lower
-            if not cells:
-                continue
-            rnd = SearchRound(f"search_wider_{edge}", cells, center / half_span,
-                              center * half_span, dirs.studies / f"wider_{edge}")
-            wider = _run_round(exp, dirs, rnd, wandb)
-            for c, b in wider.best_per_cell().items():
-                if b and _better(exp, b, best[c]):
-                    best[c] = {**b, "range": [rnd.lr_low, rnd.lr_high], "round": rnd.name}
-            frames.append(wider.trials_dataframe().assign(round=rnd.name))
+            if cells:
+                add_round(SearchRound(f"search_wider_{edge}", cells, center / half_span,
+                                      center * half_span, dirs.studies / f"wider_{edge}"))
+    for rnd in options.research_rounds(exp.cells(), dirs.studies):
+        add_round(rnd)
     missing = [c for c, b in best.items() if b is None]
     if missing:
         hint = ("the wider round found none either: check the trial logs under "
-                f"{dirs.root / 'search'}" if options["widen_edges"] else
+                f"{dirs.root / 'search'}, or search lower with --research CELL:LOW:HIGH"
+                if options.widen_edges else
                 "rerun the same command with --widen-edges (these cells are searched again "
-                "at lower rates, the others are kept)")
+                "at lower rates, the others are kept) or --research CELL:LOW:HIGH")
         raise SearchFailed(f"no trial ran the full budget in cell(s) {missing}: every trial "
                            f"diverged or failed; {hint}")
     pd.concat(frames, ignore_index=True).to_csv(dirs.search_trials, index=False)
     _write_json(dirs.best, best)
-    if options["widen_edges"]:
-        _write_json(dirs.options, {**options, "widened": True})
+    options.completed().save(dirs.options)
     return best
 
 
+def _stale_finals(dirs: ExperimentDirs, n: int) -> Path:
+    return dirs.root / f"finals-stale-{n}"
+
+
 def _set_aside_stale_finals(dirs: ExperimentDirs) -> None:
-    """Moves finals that trained rates the (widened) search no longer picks to
-    ``finals-stale-<n>/``, so the finals run again at the current best rates."""
+    """Moves finals that trained rates the search no longer picks (it was widened or a cell
+    re-searched) to ``finals-stale-<n>/``, so the finals run again at the current best rates."""
     n = 1
-    while (dirs.root / f"finals-stale-{n}").exists():
+    while _stale_finals(dirs, n).exists():
         n += 1
-    stale = dirs.root / f"finals-stale-{n}"
+    stale = _stale_finals(dirs, n)
     stale.mkdir()
     for path in (dirs.finals, dirs.root / "finals"):
         if path.exists():
             path.rename(stale / path.name)
-    print(f"the search was widened: earlier finals moved to {stale}", flush=True)
+    print(f"the best rates changed: earlier finals moved to {stale}", flush=True)
 
 
-def final_specs(exp: Experiment, best: dict[str, Any], dirs: ExperimentDirs) -> list[dict]:
-    """One trial spec per cell: all of the experiment's seeds at the cell's best learning rate,
-    trained as one vmapped program (``tuner.service.trials.train_cell_finals``)."""
-    cells = exp.cells()
+def kept_finals(dirs: ExperimentDirs, best: dict[str, Any]) -> list[dict]:
+    """Rows of the newest set-aside finals whose cell still has the same best rate: those runs
+    would train exactly the same again (same seeds, systems and rate), so only the cells whose
+    rate changed are retrained. Recomputed from the files on every run, so a redo that is
+    interrupted resumes with the same split."""
+    n = 1
+    while _stale_finals(dirs, n + 1).exists():
+        n += 1
+    rows_file = _stale_finals(dirs, n) / dirs.finals.name
+    if not rows_file.exists():
+        return []
+    return [r for r in json.loads(rows_file.read_text()) if r["lr"] == best[r["cell"]]["lr"]]
+
+
+def final_specs(exp: Experiment, best: dict[str, Any], dirs: ExperimentDirs,
+                skip: Sequence[str] = ()) -> list[dict]:
+    """One trial spec per cell (but ``skip``): all of the experiment's seeds at the cell's best
+    learning rate, trained as one vmapped program (``tuner.service.trials.train_cell_finals``)."""
     return [{"stage": "final", "cell": cell, "lr": best[cell]["lr"], "seeds": list(exp.seeds),
-             "overrides": cells[cell], **_worker_settings(exp, dirs)}
-            for cell in cells]
+             "overrides": over, **worker_settings(exp, dirs)}
+            for cell, over in exp.cells().items() if cell not in skip]
 
 
 def _final_trial(config: dict[str, Any], base) -> None:
@@ -273,18 +271,23 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
         rows = json.loads(dirs.finals.read_text())
         if all(r["lr"] == best[r["cell"]]["lr"] for r in rows):
             return rows
-        _set_aside_stale_finals(dirs)  # the search was widened after these finals ran
+        _set_aside_stale_finals(dirs)  # widened or re-searched after these finals ran
+    kept = kept_finals(dirs, best)
+    skip = sorted({r["cell"] for r in kept})
+    if skip:
+        print(f"finals kept (best rate unchanged): {', '.join(skip)}", flush=True)
     path = dirs.root / "finals"
     ray_fixes.tolerate_deleted_checkpoints()
-    trainable = _trainable(exp, _final_trial)
+    finals_trainable = trainable(exp, _final_trial)
     if tune.Tuner.can_restore(path):
         print(f"resuming the finals from {path}", flush=True)
-        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(str(path), finals_trainable, resume_errored=True)
     else:
-        status = StatusFile(dirs.status, "finals", list(exp.cells()), 1, exp.metric, exp.mode)
+        status = StatusFile(dirs.status, "finals", [c for c in exp.cells() if c not in skip], 1,
+                            exp.metric, exp.mode)
         tuner = tune.Tuner(
-            trainable,
-            param_space={"final": tune.grid_search(final_specs(exp, best, dirs))},
+            finals_trainable,
+            param_space={"final": tune.grid_search(final_specs(exp, best, dirs, skip))},
             tune_config=tune.TuneConfig(max_concurrent_trials=exp.max_concurrent,
                                         reuse_actors=True),
             run_config=_run_config(exp, dirs, "finals", status, wandb))
@@ -292,8 +295,8 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
     if results.num_terminated + results.num_errors < len(results):
         raise Interrupted("finals", f"{len(results) - results.num_terminated - results.num_errors}"
                           " trial(s) not ended")
-    rows = [row for r in results
-            for row in final_rows(r.config["final"], r.metrics or {}, r.error)]
+    rows = kept + [row for r in results
+                   for row in final_rows(r.config["final"], r.metrics or {}, r.error)]
     unfinished = [(x["cell"], x["seed"]) for x in rows
                   if x["error"] or not (x.get("diverged") or x.get("step") == exp.max_t)]
     missing = set(exp.cells()) - {x["cell"] for x in rows}

@@ -35,7 +35,7 @@ def trial_config(base: RunConfig, config: dict[str, Any]) -> RunConfig:
     return replace(base, **config["overrides"], **{"train.lr": float(config["lr"])})
 
 
-def _prepare_worker(config: dict[str, Any]) -> None:
+def prepare_worker(config: dict[str, Any]) -> None:
     """Per-process JAX settings, before the first JAX computation of the worker: the GPU
     memory share of a fractional-GPU trial and the experiment's compilation cache."""
     if config.get("gpu_fraction"):
@@ -48,7 +48,7 @@ def train_trial(config: dict[str, Any], base: RunConfig) -> None:
     """Tune function trainable; ``base`` is bound with ``tune.with_parameters``."""
     from ray import tune  # imported here: the training core must import without Ray
 
-    _prepare_worker(config)
+    prepare_worker(config)
     cfg = search_config(trial_config(base, config))
     run = Run(cfg)
     state, progress = run.init_state(), Progress.start(1)
@@ -86,7 +86,7 @@ def train_cell_finals(config: dict[str, Any], base: RunConfig) -> None:
     """
     from ray import tune
 
-    _prepare_worker(config)
+    prepare_worker(config)
     seeds = [int(s) for s in config["seeds"]]
     cfg = trial_config(base, config)
     runs = SeedRuns(cfg, seeds)

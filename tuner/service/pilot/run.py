@@ -1,0 +1,152 @@
+"""``python -m tuner.run exp4 --pilot``: measure every distinct compiled shape of an experiment
+on the cluster it is given, and project the experiment's wall time (now and on N GPUs).
+
+Cells that compile to the same program (same model, step and task arrays' shapes: e.g. the
+LDS's eigenvalue and structure axes) are one shape; each shape is measured by
+``tuner.service.pilot.measure`` in as many side-by-side trials as the cluster packs (so a
+fractional GPU's contention is measured, not guessed), all as one Tune run under the experiment
+folder (``pilot/``). The figures and the projection go to ``pilot.json``; the real run reads it
+back and prints each stage's time against it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import ray
+from ray import tune
+
+from tuner.core.loop import Run
+from tuner.core.seeds import search_config
+from tuner.service.concurrency import per_cell_cap
+from tuner.service.dirs import ExperimentDirs
+from tuner.service.experiment import Experiment
+from tuner.service.pilot import project
+from tuner.service.pilot.measure import pilot_trial
+from tuner.service.stages import trainable, worker_settings
+from tuner.service.trials import trial_config
+
+GPU_COUNTS = (1, 2, 4, 8)  # the projection's "on N GPUs" rows
+
+
+def shapes(exp: Experiment) -> dict[str, list[str]]:
+    """Shape name (its first cell) -> the cells that compile to the same programs."""
+    lr = math.sqrt(exp.lr_low * exp.lr_high)
+    groups: dict[Any, list[str]] = {}
+    for cell, over in exp.cells().items():
+        run = Run(search_config(trial_config(exp.base, {"overrides": over, "lr": lr})))
+        leaves = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(run.task))
+        groups.setdefault((run.spec, jax.tree.structure(run.task), leaves), []).append(cell)
+    return {cells[0]: cells for cells in groups.values()}
+
+
+def _plan(exp: Experiment, by_shape: dict[str, list[str]]) -> project.Plan:
+    return project.Plan(
+        cells={c: shape for shape, cells in by_shape.items() for c in cells},
+        trials_per_cell=exp.trials_per_cell, max_t=exp.max_t, eval_every=exp.base.train.eval_every,
+        grace_period=exp.grace_period, reduction_factor=exp.reduction_factor,
+        n_seeds=len(exp.seeds),
+        per_cell=per_cell_cap(exp.trials_per_cell) if exp.max_concurrent is None else None)
+
+
+def _slots(exp: Experiment, gpus: float, cpus: float) -> int:
+    return project.slots_for(gpus, cpus, exp.gpus_per_trial, exp.cpus_per_trial,
+                             exp.max_concurrent)
+
+
+def run_pilot(exp: Experiment, dirs: ExperimentDirs) -> dict[str, Any]:
+    """Measures, projects, writes ``pilot.json`` and returns what it wrote."""
+    started = time.perf_counter()
+    by_shape = shapes(exp)
+    have = ray.cluster_resources()
+    gpus, cpus = have.get("GPU", 0.0), have.get("CPU", 0.0)
+    slots = _slots(exp, gpus, cpus)
+    copies = max(1, slots // len(by_shape))
+    lr = math.sqrt(exp.lr_low * exp.lr_high)
+    specs = [{"cell": shape, "copy": i, "lr": lr, "overrides": exp.cells()[shape],
+              "seeds": list(exp.seeds), **worker_settings(exp, dirs)}
+             for shape in by_shape for i in range(copies)]
+    print(f"pilot: {len(by_shape)} shape(s) x {copies} side-by-side trial(s) on "
+          f"{gpus:g} GPU(s) / {cpus:g} CPU(s) ({slots} slots)", flush=True)
+    tuner = tune.Tuner(
+        trainable(exp, pilot_trial), param_space={"pilot": tune.grid_search(specs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=slots, reuse_actors=False),
+        run_config=tune.RunConfig(storage_path=str(dirs.root), name="pilot", verbose=0))
+    t = time.perf_counter()
+    results = tuner.fit()
+    tune_s = time.perf_counter() - t
+    errors = [str(r.error) for r in results if r.error]
+    if errors:
+        raise RuntimeError(f"pilot trials failed: {errors[0]}")
+    measured: dict[str, list[dict[str, float]]] = {}
+    trial_s = []
+    for r in results:
+        measured.setdefault(r.config["pilot"]["cell"], []).append(r.metrics)
+        trial_s.append(r.metrics["time_total_s"])
+    costs = {shape: _median_cost(rows) for shape, rows in measured.items()}
+    # what is not a trial: Ray/Tune start-up and teardown, trials waiting for a slot
+    overhead = max(0.0, tune_s - max(trial_s)) + (time.perf_counter() - started - tune_s)
+    plan = _plan(exp, by_shape)
+    device = max((row.get("device_bytes") or 0) for rows in measured.values() for row in rows)
+    out = {
+        "experiment": exp.name, "cluster": {"gpus": gpus, "cpus": cpus, "slots": slots},
+        "shapes": {s: {"cells": by_shape[s], "cost": costs[s].__dict__,
+                       "copies": measured[s]} for s in by_shape},
+        "overhead_s": overhead,
+        "projection": {"current": project.project(plan, costs, slots, overhead),
+                       "gpus": {str(n): project.project(plan, costs, _slots(exp, n, cpus),
+                                                        overhead)
+                                for n in GPU_COUNTS if exp.gpus_per_trial > 0}},
+        "gpus_per_trial_allowed": (project.gpus_per_trial_allowed(
+            [c.peak_bytes for c in costs.values()], device) if device else None),
+    }
+    _write(dirs.root / "pilot.json", out)
+    return out
+
+
+def _median_cost(rows: list[dict[str, float]]) -> project.ShapeCost:
+    fields = project.ShapeCost.__dataclass_fields__
+    return project.ShapeCost.from_dict(
+        {f: sorted(r[f] for r in rows)[len(rows) // 2] for f in fields})
+
+
+def _write(path, data) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def summary_lines(pilot: dict[str, Any], exp: Experiment) -> list[str]:
+    """The pilot's figures and projection as printed lines."""
+    lines = [f"{'shape':<28} {'cells':>5} {'step ms':>8} {'compile s':>9} {'eval s':>7} "
+             f"{'ckpt s':>7} {'finals step ms':>14} {'rollout s':>9} {'peak MiB':>9}"]
+    for name, s in pilot["shapes"].items():
+        c = s["cost"]
+        lines.append(f"{name:<28} {len(s['cells']):>5} {1e3 * c['step_s']:>8.3f} "
+                     f"{c['compile_s']:>9.1f} {c['eval_s']:>7.3f} {c['checkpoint_s']:>7.3f} "
+                     f"{1e3 * c['finals_step_s']:>14.3f} {c['after_training_s']:>9.1f} "
+                     f"{c['peak_bytes'] / 2**20:>9.0f}")
+    cur = pilot["projection"]["current"]
+    lines.append(f"projected wall time here ({pilot['cluster']['slots']} slots): "
+                 f"{_fmt(cur['total_s'])} (search {_fmt(cur['search_s'])}, finals "
+                 f"{_fmt(cur['finals_s'])}, start-up and report {_fmt(cur['overhead_s'])}; "
+                 f"ASHA trains {cur['asha_steps_per_trial']:.0f} of {exp.max_t} steps per "
+                 "trial on average)")
+    for n, p in pilot["projection"]["gpus"].items():
+        lines.append(f"  on {n} GPU(s): {_fmt(p['total_s'])}")
+    if exp.max_concurrent and pilot["projection"]["gpus"]:
+        lines.append(f"  (search.max_concurrent={exp.max_concurrent} caps the slots; "
+                     "`max_concurrent: auto` fills the cluster)")
+    if pilot["gpus_per_trial_allowed"]:
+        lines.append(f"memory allows gpus_per_trial: {pilot['gpus_per_trial_allowed']:g} "
+                     f"(the file has {exp.gpus_per_trial:g})")
+    return lines
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 3600:.2f} h"
