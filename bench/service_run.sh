@@ -3,37 +3,49 @@
 # SPEC model size, 4 cells x 4 trials, 3000 steps, finals 2 seeds, 8192-sequence rollouts),
 # with nvidia-smi sampled alongside, then the figures collected into $OUT.
 #
-#   bash bench/service_run.sh [service_timeout_s]      # device tool, repo root, carry .whl
-#   KILL_AFTER=70 bash bench/service_run.sh 300        # SIGKILL the driver after 70 s, then
-#                                                      # rerun the same command (resume test)
+#   PILOT=1 bash bench/service_run.sh [service_timeout_s]  # --pilot first, then the run
+#   KILL_AFTER=70 bash bench/service_run.sh 300            # SIGKILL the driver after 70 s, then
+#                                                          # rerun the same command (resume)
+#   EXP_OUT=/tmp/exp2 ...                                  # another experiment folder
 #
-# Wheels: .whl/*.whl (everything the device lacks, docs in /work/shared/notes/device-gpu.md) and
-# the ray wheel either whole in .whl/ or split in two (`split -b 60000000`): ray.part.ab in
-# .whl/ and ray.part.aa in .whl2/ or /root/stash/ (left there by the previous call).
+# Wheels (everything the device lacks, /work/shared/notes/device-gpu.md): more than one call
+# carries, so earlier calls leave them in /root/stash (`cp .whl/* /root/stash/`, the machine
+# keeps files while warm); the ray wheel comes as ray.part.aa + ray.part.ab (`split`). This
+# script installs whatever lies in /root/stash and .whl/ into /tmp/site, once per machine.
 set -u
 T=${1:-420}
 OUT=${OUT:-/tmp/service_out}; mkdir -p "$OUT"
-EXP=/tmp/exp/h200
+EXP_OUT=${EXP_OUT:-/tmp/exp}
+EXP=$EXP_OUT/h200
 RAYW=ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl
-mkdir -p /tmp/whl
-if [ ! -f ".whl/$RAYW" ]; then
-  A=/root/stash/ray.part.aa; [ -f .whl2/ray.part.aa ] && A=.whl2/ray.part.aa
-  [ -f "$A" ] || { echo "ray.part.aa missing (neither .whl2/ nor /root/stash/)"; exit 3; }
-  cat "$A" .whl/ray.part.ab > "/tmp/whl/$RAYW" || exit 3
+mkdir -p /tmp/whl /root/stash
+[ -d .whl ] && cp .whl/* /root/stash/ 2>/dev/null
+if [ ! -f /tmp/site/.installed ]; then
+  [ -f /root/stash/ray.part.aa ] && [ -f /root/stash/ray.part.ab ] \
+    || { echo "ray wheel parts missing in /root/stash: $(ls /root/stash)"; exit 3; }
+  cat /root/stash/ray.part.aa /root/stash/ray.part.ab > "/tmp/whl/$RAYW" || exit 3
+  t0=$(date +%s.%N)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site /root/stash/*.whl /tmp/whl/*.whl 2>&1 | grep -v WARNING | tail -5
+  touch /tmp/site/.installed
+  echo "pip install: $(python3 -c "import time;print(round(time.time()-$t0,1))") s"
 fi
-t0=$(date +%s.%N)
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl /tmp/whl/*.whl 2>&1 | grep -v WARNING | tail -5
-echo "pip install: $(python3 -c "import time;print(round(time.time()-$t0,1))") s"
 export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 RAY_ENABLE_UV_RUN_RUNTIME_ENV=0 WANDB_MODE=offline
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 2 > "$OUT/smi.csv" &
 SMI=$!
 start=$(date +%s.%N)
+if [ -n "${PILOT:-}" ]; then
+  p0=$(date +%s.%N)
+  timeout 300 python3 -m tuner.run h200 --pilot --out "$EXP_OUT" 2>&1 | tail -20 | tee "$OUT/pilot.log"
+  echo "pilot wall: $(python3 -c "import time;print(round(time.time()-$p0,1))") s" | tee -a "$OUT/pilot.log"
+  cp "$EXP/pilot.json" "$OUT/" 2>/dev/null
+  start=$(date +%s.%N)
+fi
 if [ -n "${KILL_AFTER:-}" ]; then
-  timeout -s KILL "$KILL_AFTER" python3 -m tuner.run h200 --out /tmp/exp > "$OUT/killed.log" 2>&1
+  timeout -s KILL "$KILL_AFTER" python3 -m tuner.run h200 --out "$EXP_OUT" > "$OUT/killed.log" 2>&1
   echo "killed after $KILL_AFTER s (rc $?)"; cp "$EXP/status.json" "$OUT/status_killed.json"
 fi
-timeout "$T" python3 -m tuner.run h200 --out /tmp/exp 2>&1 | tee "$OUT/run.log"
+timeout "$T" python3 -m tuner.run h200 --out "$EXP_OUT" 2>&1 | tee "$OUT/run.log"
 rc=${PIPESTATUS[0]}
 end=$(date +%s.%N)
 kill "$SMI"

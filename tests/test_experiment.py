@@ -468,6 +468,8 @@ def test_shipped_and_fixture_experiments_load_with_and_without_smoke(path):
     (["BAD", "--smoke"], "fixed.data.lambda_val"),
     (["BAD:  cpus_per_trial: 1|  cpus_per_trial: one"], "resources.cpus_per_trial"),
     (["BAD:name: exp4|name: ../../x"], "name: '../../x' is not a plain file name"),
+    (["exp1", "--research", "nope:1e-3:1e-2"], "--research nope:1e-3:1e-2: no cell 'nope'"),
+    (["exp1", "--research", "lambda=0.99:1e-2:1e-3"], "0 < LOW < HIGH"),
 ])
 def test_cli_rejects_bad_input_before_ray(tmp_path, args, message):
     if args[0].startswith("BAD"):

@@ -150,7 +150,7 @@ def main(args: Args) -> int:
     # atomically and only when its stage finished, so stopping anywhere loses nothing
     signal.signal(signal.SIGTERM, _stop)
     if args.pilot:
-        return _pilot(exp, dirs)
+        return _pilot(exp, dirs, time.perf_counter() - started)
     try:
         times = {"search_s": time.perf_counter()}
         best = run_search(exp, dirs, wandb=args.wandb, widen_edges=args.widen_edges,
@@ -182,11 +182,11 @@ def main(args: Args) -> int:
     return 0
 
 
-def _pilot(exp, dirs: ExperimentDirs) -> int:
+def _pilot(exp, dirs: ExperimentDirs, startup_s: float) -> int:
     from tuner.service.pilot.run import run_pilot, summary_lines
 
     try:
-        pilot = run_pilot(exp, dirs)
+        pilot = run_pilot(exp, dirs, startup_s)
     except KeyboardInterrupt:
         print("\npilot interrupted; nothing of the experiment was touched", file=sys.stderr)
         return 130

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import ray
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
 from tuner.core.loop import Run
 from tuner.core.seeds import search_config
@@ -40,8 +41,10 @@ def shapes(exp: Experiment) -> dict[str, list[str]]:
     groups: dict[Any, list[str]] = {}
     for cell, over in exp.cells().items():
         run = Run(search_config(trial_config(exp.base, {"overrides": over, "lr": lr})))
+        # not the task's static fields: they hold its config (e.g. lambda_val), which is
+        # traced through the arrays and leaves the compiled program the same
         leaves = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(run.task))
-        groups.setdefault((run.spec, jax.tree.structure(run.task), leaves), []).append(cell)
+        groups.setdefault((run.spec, type(run.task).__name__, leaves), []).append(cell)
     return {cells[0]: cells for cells in groups.values()}
 
 
@@ -59,9 +62,9 @@ def _slots(exp: Experiment, gpus: float, cpus: float) -> int:
                              exp.max_concurrent)
 
 
-def run_pilot(exp: Experiment, dirs: ExperimentDirs) -> dict[str, Any]:
-    """Measures, projects, writes ``pilot.json`` and returns what it wrote."""
-    started = time.perf_counter()
+def run_pilot(exp: Experiment, dirs: ExperimentDirs, startup_s: float = 0.0) -> dict[str, Any]:
+    """Measures, projects, writes ``pilot.json`` and returns what it wrote; ``startup_s``: the
+    driver's time from its start to here (imports, Ray), part of every run's overhead."""
     by_shape = shapes(exp)
     have = ray.cluster_resources()
     gpus, cpus = have.get("GPU", 0.0), have.get("CPU", 0.0)
@@ -76,7 +79,8 @@ def run_pilot(exp: Experiment, dirs: ExperimentDirs) -> dict[str, Any]:
     tuner = tune.Tuner(
         trainable(exp, pilot_trial), param_space={"pilot": tune.grid_search(specs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=slots, reuse_actors=False),
-        run_config=tune.RunConfig(storage_path=str(dirs.root), name="pilot", verbose=0))
+        run_config=tune.RunConfig(storage_path=str(dirs.root), name="pilot", verbose=0,
+                                  callbacks=[JsonLoggerCallback()]))
     t = time.perf_counter()
     results = tuner.fit()
     tune_s = time.perf_counter() - t
@@ -89,8 +93,10 @@ def run_pilot(exp: Experiment, dirs: ExperimentDirs) -> dict[str, Any]:
         measured.setdefault(r.config["pilot"]["cell"], []).append(r.metrics)
         trial_s.append(r.metrics["time_total_s"])
     costs = {shape: _median_cost(rows) for shape, rows in measured.items()}
-    # what is not a trial: Ray/Tune start-up and teardown, trials waiting for a slot
-    overhead = max(0.0, tune_s - max(trial_s)) + (time.perf_counter() - started - tune_s)
+    # beyond the trials: the driver's start, Tune's start and teardown (the trials ran in
+    # waves of ``slots``)
+    waves = math.ceil(len(trial_s) / slots)
+    overhead = startup_s + max(0.0, tune_s - waves * sum(trial_s) / len(trial_s))
     plan = _plan(exp, by_shape)
     device = max((row.get("device_bytes") or 0) for rows in measured.values() for row in rows)
     out = {
