@@ -241,8 +241,8 @@ def wandb_runs(root: Path) -> dict[str, list[tuple[bool | None, list[int]]]]:
 
 def check_wandb_runs_continue(root: Path, resumed: set[str]) -> None:
     """One W&B run per Tune trial (its id), and a trial resumed after the stop (``resumed``:
-    its run had logged results) continues that run: the same id, resume on (so ``wandb sync``
-    appends to it), and its last folder logs up to the trial's last result. A run that logged
+    it had reported, so Tune's snapshot holds it) continues that run: the same id, resume on
+    (so ``wandb sync`` appends to it), and its last folder logs up to the trial's last result. A run that logged
     nothing before the stop may stay empty: Tune's snapshot did not know its trial yet, so the
     trial's Optuna trial went to a new Tune trial, with nothing lost."""
     results = {}
@@ -321,14 +321,12 @@ def test_interrupted_then_rerun_equals_uninterrupted(reference, tmp_path, sig, s
     assert not done_file.exists()  # nothing finalised early
     before = {cell: [t for t in trials if t.state.is_finished()]
               for cell, trials in studies(root).items()}
-    started = {i for i, folders in wandb_runs(root).items()  # W&B runs with results at the stop
-               if any(steps for _, steps in folders)}
+    # trials that had reported (Tune's snapshot holds them) and had not ended at the stop
+    rows = [[json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+            for f in root.glob(f"{stage if stage == 'search' else 'finals'}/*/result.json")]
+    reported = {r[0]["trial_id"] for r in rows if r and r[-1]["step"] < 60}
     finished = {t.user_attrs.get(TUNE_ID_ATTR) for ts in before.values() for t in ts}
-    if stage == "finals":
-        finished |= {json.loads(line)["trial_id"]
-                     for f in (root / "search").glob("*/result.json")
-                     for line in f.read_text().splitlines()[-1:]}
-    resumed = started - finished
+    resumed = reported - finished
     assert resumed, "the stop left no trial to resume mid-run"
 
     again = finish(cli(tmp_path))

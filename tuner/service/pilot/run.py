@@ -65,6 +65,9 @@ def _slots(exp: Experiment, gpus: float, cpus: float) -> int:
 def run_pilot(exp: Experiment, dirs: ExperimentDirs, startup_s: float = 0.0) -> dict[str, Any]:
     """Measures, projects, writes ``pilot.json`` and returns what it wrote; ``startup_s``: the
     driver's time from its start to here (imports, Ray), part of every run's overhead."""
+    # the driver only groups cells: building their tasks on the GPU backend would give this
+    # process JAX's default 75% of the GPU, and the trials could not start cuBLAS (H200)
+    jax.config.update("jax_platforms", "cpu")
     by_shape = shapes(exp)
     have = ray.cluster_resources()
     gpus, cpus = have.get("GPU", 0.0), have.get("CPU", 0.0)
