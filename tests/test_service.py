@@ -242,9 +242,9 @@ def wandb_runs(root: Path) -> dict[str, list[tuple[bool | None, list[int]]]]:
 def check_wandb_runs_continue(root: Path, resumed: set[str]) -> None:
     """One W&B run per Tune trial (its id), and a trial resumed after the stop (``resumed``:
     it had reported, so Tune's snapshot holds it) continues that run: the same id, resume on
-    (so ``wandb sync`` appends to it), and its last folder logs up to the trial's last result. A run that logged
-    nothing before the stop may stay empty: Tune's snapshot did not know its trial yet, so the
-    trial's Optuna trial went to a new Tune trial, with nothing lost."""
+    (so ``wandb sync`` appends to it), and its last folder logs up to the trial's last result.
+    A run that logged nothing before the stop may stay empty: Tune's snapshot did not know its
+    trial yet, so the trial's Optuna trial went to a new Tune trial, with nothing lost."""
     results = {}
     for f in root.glob("**/result.json"):
         rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
