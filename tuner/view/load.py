@@ -45,6 +45,7 @@ class FileCache:
 
     def __init__(self) -> None:
         self._seen: dict[Path, tuple[tuple[int, int], Any]] = {}
+        self.version = 0  # bumped at every (re-)parse: a changed file means a redraw
 
     def get(self, path: Path, parse) -> Any:
         try:
@@ -56,6 +57,7 @@ class FileCache:
         if hit is None or hit[0] != key:
             hit = (key, parse(path))
             self._seen[path] = hit
+            self.version += 1
         return hit[1]
 
 
