@@ -39,21 +39,21 @@ class Viewer:
     """
 
     def __init__(self, folders: list[load.Folder], refresh_s: float = 5.0) -> None:
-        self.folders = {f.name: f for f in folders}
+        self.folders = {f.label: f for f in folders}
         first = folders[0]
         cells = list(first.exp.cells())
-        self.experiment = pn.widgets.Select(name="experiment", options=list(self.folders))
-        self.cells = pn.widgets.MultiSelect(name="cells (learning curves)", options=cells,
+        self.experiment = pn.widgets.Select(label="experiment", options=list(self.folders))
+        self.cells = pn.widgets.MultiSelect(label="cells (learning curves)", options=cells,
                                             value=cells[:1], size=min(10, len(cells)))
-        self.metric = pn.widgets.Select(name="metric")
-        self.stages = pn.widgets.CheckButtonGroup(name="runs", options=["search", "final"],
+        self.metric = pn.widgets.Select(label="metric")
+        self.stages = pn.widgets.CheckButtonGroup(label="runs", options=["search", "final"],
                                                   value=["search", "final"])
-        self.yscale = pn.widgets.RadioButtonGroup(name="y axis", options=["auto", "linear", "log"],
+        self.yscale = pn.widgets.RadioButtonGroup(label="y axis", options=["auto", "linear", "log"],
                                                   value="auto")
-        self.rollout_cell = pn.widgets.Select(name="cell (rollouts)", options=cells)
-        self.compare_metric = pn.widgets.Select(name="metric (comparison)")
-        self.compare_axis = pn.widgets.Select(name="x axis (comparison)")
-        self.header = pn.pane.Markdown()
+        self.rollout_cell = pn.widgets.Select(label="cell (rollouts)", options=cells)
+        self.compare_metric = pn.widgets.Select(label="metric (comparison)")
+        self.compare_axis = pn.widgets.Select(label="x axis (comparison)")
+        self.header = pn.pane.Markdown(renderer="markdown")  # no linkify: "status.json"
         self.grid = pn.pane.DataFrame(index=False, sizing_mode="stretch_width",
                                       float_format="{:.4g}".format)
         self.curve_pane = pn.pane.Bokeh(**PLOT)
@@ -150,7 +150,7 @@ class Viewer:
         live = (f"; `status.json` ({st.get('stage')}, {st.get('updated')}): "
                 f"{st.get('cells_done')}/{st.get('cells_total')} cells done, "
                 f"{st.get('trials_running')} trials running" if st else "")
-        self.header.object = (f"## {folder.name}\n\n{folder.root}: stage "
+        self.header.object = (f"## {folder.label}\n\n{folder.root}: stage "
                               f"**{load.stage(folder)}**{live}. {folder.exp.hypothesis}")
         self.grid.object = load.cells(folder)
 
@@ -165,8 +165,9 @@ class Viewer:
                    (self.yscale.value == "auto" and load.log_scale_fits(rows[metric])))
             if log:
                 rows = rows[rows[metric] > 0]
-            fig = figure(title=f"{metric}: {folder.name}", x_axis_label="step", y_axis_label=metric,
-                         y_axis_type="log" if log else "linear", name="curves", **PLOT)
+            fig = figure(title=f"{metric}: {folder.label}", x_axis_label="step",
+                         y_axis_label=metric, y_axis_type="log" if log else "linear",
+                         name="curves", **PLOT)
             colors = _palette(list(folder.exp.cells()))
             for (stage, cell, trial), run in rows.groupby(["stage", "cell", "trial"], sort=False):
                 run = run.sort_values("step")
@@ -197,7 +198,7 @@ class Viewer:
                 "this task draws no curve after training" if curve is None
                 else f"{cell}: no finished final seeds yet")
             return
-        fig = figure(title=f"{curve['title']}: {cell} ({folder.name})", x_axis_label=curve["x"],
+        fig = figure(title=f"{curve['title']}: {cell} ({folder.label})", x_axis_label=curve["x"],
                      y_axis_label=curve["y"], x_axis_type="log", name="rollouts", **PLOT)
         fig.xaxis.ticker = sorted(rows.x.unique())
         for seed, run in rows.groupby("seed"):
@@ -213,7 +214,8 @@ class Viewer:
         fig.scatter("x", "mean", source=src, color="#1f77b4", size=7)
         fig.add_layout(Whisker(source=src, base="x", lower="lower", upper="upper",
                                line_color="#1f77b4"))
-        if curve.get("reference") is not None:
+        if curve.get("reference") is not None:  # in view: an invisible point on it
+            fig.scatter([rows.x.min()], [curve["reference"]], alpha=0)
             fig.add_layout(Span(location=curve["reference"], dimension="width",
                                 line_dash="dashed", line_color="black"))
         fig.add_tools(HoverTool(tooltips=[("h", "@x"), ("mean", "@mean"), ("se", "@se")],

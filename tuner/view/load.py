@@ -69,11 +69,17 @@ class Folder:
         root: The folder ``tuner.run`` wrote (``<out>/<name>[-smoke]``).
         exp: Its ``experiment.yaml`` loaded by the service's own loader (cells, claims, metric).
         cache: Parsed files of this folder.
+        label: How the page names it (the folder's name; with its parent's where two of the
+            folders shown share a name).
     """
 
     root: Path
     exp: experiment.Experiment
     cache: FileCache = dataclasses.field(default_factory=FileCache)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.root.name
 
     @property
     def dirs(self) -> ExperimentDirs:
@@ -127,6 +133,10 @@ def find_folders(paths: list[str | Path]) -> list[Folder]:
             raise NotAnExperiment(f"{path}: no experiment folder here (none of it or its "
                                   "subfolders holds the experiment.yaml that tuner.run writes)")
         out += [open_folder(d) for d in inside]
+    names = [f.name for f in out]
+    for f in out:
+        if names.count(f.name) > 1:
+            f.label = f"{f.root.parent.name}/{f.name}"
     return out
 
 
@@ -398,7 +408,7 @@ def compare(folders: list[Folder], metric: str) -> pd.DataFrame:
             vals = (ok.loc[ok.cell == cell, metric].astype(float)
                     if metric in ok else pd.Series(dtype=float))
             vals = vals[vals.map(_finite)]
-            rows.append({"experiment": folder.name, "cell": cell, **over,
+            rows.append({"experiment": folder.label, "cell": cell, **over,
                          "best lr": best["best lr"].get(cell) if len(best) else None,
                          "mean": vals.mean() if len(vals) else math.nan,
                          "sd": vals.std(ddof=1) if len(vals) > 1 else math.nan,
