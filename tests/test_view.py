@@ -35,6 +35,8 @@ TRIALS_PER_CELL = 2
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 STAGE_FILES = ("search_trials.csv", "search_best.json", "finals.json", "report")
 
+pytestmark = pytest.mark.slow  # the fixture runs the service (a local Ray cluster)
+
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:

@@ -147,7 +147,7 @@ class Viewer:
     def draw_grid(self) -> None:
         folder = self.folder
         st = load.status(folder) or {}
-        live = (f"; `status.json` ({st.get('stage')}, {st.get('updated')}): "
+        live = (f"; live status ({st.get('stage')}, {st.get('updated')}): "
                 f"{st.get('cells_done')}/{st.get('cells_total')} cells done, "
                 f"{st.get('trials_running')} trials running" if st else "")
         self.header.object = (f"## {folder.label}\n\n{folder.root}: stage "
