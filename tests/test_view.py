@@ -147,6 +147,13 @@ def test_page_follows_a_running_experiment(running, tmp_path):
     assert lines() == [f"curve final {cell} seed 0", f"curve final {cell} seed 1"]
 
 
+def test_log_axis_where_a_positive_metric_spans_a_decade():
+    assert load.log_scale_fits(pd.Series([0.02, 0.5, 1.3]))
+    assert not load.log_scale_fits(pd.Series([1.05, 1.3, 2.0]))  # less than a decade
+    assert not load.log_scale_fits(pd.Series([-0.5, 0.01, 3.0]))  # a skill can be negative
+    assert not load.log_scale_fits(pd.Series([math.nan, math.nan]))
+
+
 def test_compares_experiments(folder, tmp_path):
     other = tmp_path / "tiny-again"
     shutil.copytree(folder, other, ignore=shutil.ignore_patterns("jax_cache", "checkpoint_*"))
