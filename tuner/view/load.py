@@ -24,6 +24,7 @@ from data.registry import TASKS, metric_mode
 from tuner.service import experiment
 from tuner.service.dirs import ExperimentDirs
 from tuner.service.report.verdicts import finished
+from tuner.service.search.study import DIVERGED_ATTR, TUNE_ID_ATTR
 
 SEARCH_ROUNDS = ("search", "search_wider_low", "search_wider_high")  # tuner.service.stages
 TRIAL_COLUMNS = ["cell", "round", "number", "lr", "state", "value", "last_step", "diverged",
@@ -206,8 +207,8 @@ def search_trials(folder: Folder) -> pd.DataFrame:
                 rows.append({"cell": path.stem, "round": rnd, "number": t.number,
                              "lr": t.params.get("lr"), "state": t.state.name, "value": t.value,
                              "last_step": max(t.intermediate_values, default=None),
-                             "diverged": bool(t.user_attrs.get("diverged", False)),
-                             "tune_trial_id": t.user_attrs.get("tune_trial_id")})
+                             "diverged": bool(t.user_attrs.get(DIVERGED_ATTR, False)),
+                             "tune_trial_id": t.user_attrs.get(TUNE_ID_ATTR)})
     return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
 
 
