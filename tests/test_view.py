@@ -1,0 +1,320 @@
+"""The experiment viewer (``tuner.view``) on a folder the real service wrote.
+
+One tiny experiment (the suite's ``tests/fixtures/tiny.yaml``, cut to 2 search trials per cell)
+runs once through ``python -m tuner.run``; the data layer is checked against its result files,
+and against the same folder without the files a stage writes only when it ends (what a running
+experiment holds); the page is loaded in headless Chromium, a cell is picked and the drawn
+curve checked in Bokeh's document and on the canvas. The screenshot lands in the test's
+``tmp_path`` and in ``test-artifacts/viewer.png`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tuner.view import load
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "fixtures" / "tiny.yaml"
+TRIALS_PER_CELL = 2
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+STAGE_FILES = ("search_trials.csv", "search_best.json", "finals.json", "report")
+
+pytestmark = pytest.mark.slow  # the fixture runs the service (a local Ray cluster)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """The folder ``python -m tuner.run`` writes for the tiny experiment (about a minute)."""
+    tmp = tmp_path_factory.mktemp("view")
+    spec = yaml.safe_load(TINY.read_text())
+    spec["search"]["trials_per_cell"] = TRIALS_PER_CELL
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "tuner.run", str(path), "--out",
+                           str(tmp / "out"), "--num-cpus", "2", "--no-wandb"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    return tmp / "out" / "tiny"
+
+
+@pytest.fixture(scope="module")
+def running(folder, tmp_path_factory) -> Path:
+    """The same folder as it stands before its stages end: without the files a stage writes
+    only once all of its trials have ended (journals, trial folders, status.json stay)."""
+    copy = tmp_path_factory.mktemp("running") / "tiny"
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("jax_cache", "checkpoint_*"))
+    for name in STAGE_FILES:
+        p = copy / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return copy
+
+
+def test_reads_a_finished_experiment(folder):
+    f = load.open_folder(folder)
+    best = json.loads((folder / "search_best.json").read_text())
+    finals = pd.DataFrame(json.loads((folder / "finals.json").read_text()))
+    trials = pd.read_csv(folder / "search_trials.csv")
+    assert load.stage(f) == "done"
+
+    grid = load.cells(f).set_index("cell")
+    assert list(grid.index) == ["patch=1", "patch=4"]
+    for cell, b in best.items():
+        assert grid.loc[cell, "best lr"] == b["lr"] and grid.loc[cell, "chosen"] == "yes"
+        counts = [int(n) for n in
+                  grid.loc[cell, "trials (done/pruned/diverged/failed/running)"].split("/")]
+        assert sum(counts) == TRIALS_PER_CELL
+
+    curves = load.curves(f)
+    search = curves[curves.stage == "search"]
+    assert search.groupby("trial").ngroups == len(trials)  # one curve per search trial
+    for _, t in trials.iterrows():  # each curve ends where its journal says the trial stopped
+        run = search[search.trial.str.startswith(f"#{t.number} ") & (search.cell == t.cell)]
+        assert run.step.max() == t.last_step and (run.state == t.state).all()
+    last = curves[(curves.stage == "final")].sort_values("step").groupby(["cell", "seed"]).last()
+    for _, r in finals.iterrows():  # the finals' curves end at the values finals.json holds
+        assert last.loc[(r.cell, r.seed), "eval/nmse"] == pytest.approx(r["eval/nmse"])
+    assert load.curve_metrics(f, curves)[0] == "eval/nmse"
+    assert not any(m.startswith("eval/score") for m in load.curve_metrics(f, curves))
+
+    roll = load.rollouts(f, "patch=4")
+    assert sorted(roll.x.unique()) == [1, 4, 16] and sorted(roll.seed.unique()) == [0, 1]
+    row = finals[(finals.cell == "patch=4") & (finals.seed == 1)].iloc[0]
+    assert roll[(roll.seed == 1) & (roll.x == 16)].value.item() == pytest.approx(
+        row["eval/score_t+16"])
+
+    (claim,) = load.claims(f)
+    assert claim["text"] == "nmse grows with the patch size"
+    assert claim["verdict"].startswith("**nmse grows") and claim["plot"].is_file()
+    assert "## Verdict" in load.summary(f)
+
+
+def test_reads_a_running_experiment(folder, running):
+    """Without the stage result files the journals and trial folders give the same tables."""
+    done, live = load.open_folder(folder), load.open_folder(running)
+    assert load.stage(live) == "search"
+    cols = ["cell", "number", "lr", "state", "last_step", "diverged", "tune_trial_id"]
+    pd.testing.assert_frame_equal(load.search_trials(live)[cols],
+                                  load.search_trials(done)[cols], check_dtype=False)
+    best, so_far = load.best_lr(done).set_index("cell"), load.best_lr(live).set_index("cell")
+    assert (so_far["best lr"] == best["best lr"]).all() and not so_far["final"].any()
+    metrics = ["eval/nmse", "eval/skill_info", "eval/score_t+16", "step"]
+    pd.testing.assert_frame_equal(load.finals(live)[["cell", "seed", *metrics]],
+                                  load.finals(done)[["cell", "seed", *metrics]])
+    assert load.claims(live)[0]["verdict"] is None and load.summary(live) is None
+
+    # a trial writing its next line: the half line is skipped, the rest still read
+    result = next((running / "search").glob("*/result.json"))
+    before = len(load.curves(live))
+    with result.open("a") as fh:
+        fh.write('{"step": 80, "eval/nm')
+    assert len(load.curves(live)) == before
+
+
+def test_page_follows_a_running_experiment(running, tmp_path):
+    """A finals trial folder that appears (as Tune creates it) shows up at the next re-read,
+    with no reload of the page."""
+    from tuner.view.app import Viewer
+
+    trial = next(p for p in (running / "finals").iterdir() if (p / "params.json").exists())
+    cell = json.loads((trial / "params.json").read_text())["final"]["cell"]
+    shutil.move(trial, tmp_path / trial.name)
+    viewer = Viewer(load.find_folders([running]), refresh_s=0)
+    viewer.cells.value = [cell]
+
+    def lines() -> list[str]:
+        return [r.name for r in viewer.curve_pane.object.renderers if "final" in (r.name or "")]
+
+    assert lines() == []
+    shutil.move(tmp_path / trial.name, trial)
+    viewer.refresh()
+    assert lines() == [f"curve final {cell} seed 0", f"curve final {cell} seed 1"]
+
+
+def test_log_axis_where_a_positive_metric_spans_a_decade():
+    assert load.log_scale_fits(pd.Series([0.02, 0.5, 1.3]))
+    assert not load.log_scale_fits(pd.Series([1.05, 1.3, 2.0]))  # less than a decade
+    assert not load.log_scale_fits(pd.Series([-0.5, 0.01, 3.0]))  # a skill can be negative
+    assert not load.log_scale_fits(pd.Series([math.nan, math.nan]))
+
+
+def test_compares_experiments(folder, tmp_path):
+    other = tmp_path / "tiny-again"
+    shutil.copytree(folder, other, ignore=shutil.ignore_patterns("jax_cache", "checkpoint_*"))
+    folders = load.find_folders([folder.parent, other])
+    table = load.compare(folders, "eval/nmse_info")
+    assert list(table.experiment) == ["tiny", "tiny", "tiny-again", "tiny-again"]
+    assert (table.n == 2).all() and table["mean"].map(math.isfinite).all()
+
+
+def test_not_an_experiment_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tuner.view", str(tmp_path), "--no-show"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: {tmp_path}: no experiment folder here")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    where = re.escape(str(tmp_path))
+    with pytest.raises(load.NotAnExperiment, match=f"^{where}/nothing: no such folder$"):
+        load.find_folders([tmp_path / "nothing"])
+    (tmp_path / "experiment.yaml").write_text("name: [\n")
+    with pytest.raises(load.NotAnExperiment, match=f"^{where}: its experiment.yaml does not"):
+        load.open_folder(tmp_path)
+
+
+# ------------------------------------------------------------------------------ the browser
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def viewer(folder, running):
+    """``python -m tuner.view`` serving the finished and the running copy; yields its URL."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tuner.view", str(folder), str(running),
+                             "--port", str(port), "--no-show", "--refresh-s", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=ROOT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5).read()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+                time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _chrome():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1400,1100",
+                f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+# every element of the page through Bokeh's shadow roots
+DEEP = """
+const out = [];
+const walk = (root) => { for (const el of root.querySelectorAll('*')) {
+    if (el.matches(arguments[0])) out.push(el);
+    if (el.shadowRoot) walk(el.shadowRoot); } };
+walk(document);
+return out;
+"""
+
+# (renderer name, number of x values, y values) of every line of the figure named arguments[0]
+# that the page shows now (a view of it exists: a replaced figure has none)
+LINES = """
+if (typeof Bokeh === 'undefined' || !Bokeh.index.all_views) return null;
+const figs = [...Bokeh.index.all_views()].map(v => v.model)
+    .filter(m => m.type === 'Figure' && m.name === arguments[0]);
+if (figs.length !== 1) return null;
+const fig = figs[0];
+return fig.renderers.filter(r => r.glyph && r.glyph.type === 'Line').map(r => {
+    const d = r.data_source.data;
+    const x = d instanceof Map ? d.get(r.glyph.x.field) : d[r.glyph.x.field];
+    const y = d instanceof Map ? d.get(r.glyph.y.field) : d[r.glyph.y.field];
+    return [r.name, x.length, Array.from(y)];
+});
+"""
+
+
+def _wait(fn, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
+
+
+def _orange_pixels(png: bytes) -> int:
+    """Pixels of Category10's second colour (the second cell's curves)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return int((np.abs(rgb - [0xff, 0x7f, 0x0e]).sum(axis=-1) < 40).sum())
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium and chromium-driver not "
+                    "installed (apt-get install chromium chromium-driver; .ci/run does)")
+def test_browser_draws_the_picked_cell(viewer, folder, tmp_path):
+    from selenium.webdriver.support.ui import Select
+
+    finals = pd.DataFrame(json.loads((folder / "finals.json").read_text()))
+    trials = pd.read_csv(folder / "search_trials.csv")
+    n_trials = int(((trials.cell == "patch=4") & ~trials.diverged).sum())  # NaN: nothing drawn
+    driver = _chrome()
+    try:
+        driver.get(viewer)
+        assert _wait(lambda: driver.execute_script(LINES, "curves")), "no curves figure"
+        before = _orange_pixels(driver.get_screenshot_as_png())
+
+        # pick the second cell in the cells list, as a user does
+        (cells,) = [e for e in driver.execute_script(DEEP, "select[multiple]")]
+        picker = Select(cells)
+        picker.deselect_all()
+        picker.select_by_visible_text("patch=4")
+        lines = _wait(lambda: [ln for ln in driver.execute_script(LINES, "curves") or []
+                               if "patch=4" in ln[0]])
+        names = [ln[0] for ln in driver.execute_script(LINES, "curves")]
+        assert len(lines) == n_trials + 2 == len(names), names  # its search runs + 2 final seeds
+        assert all(n > 0 for _, n, _ in lines)
+        time.sleep(0.5)  # the canvas repaints after the document changes
+        shot = driver.get_screenshot_as_png()
+        assert before < 50 < _orange_pixels(shot), (before, _orange_pixels(shot))
+
+        # the rollouts, one cell at a time: the picked cell's mean over seeds
+        (tab,) = [e for e in driver.execute_script(DEEP, ".bk-tab") if e.text == "Rollouts"]
+        tab.click()
+        (single,) = [e for e in driver.execute_script(DEEP, "select:not([multiple])")
+                     if "patch=4" in e.text and "tiny" not in e.text]
+        Select(single).select_by_visible_text("patch=4")
+        want = finals[finals.cell == "patch=4"][["eval/score_t+1", "eval/score_t+4",
+                                                 "eval/score_t+16"]].mean().to_list()
+        mean = _wait(lambda: [ln for ln in driver.execute_script(LINES, "rollouts") or []
+                              if ln[0] == "rollout_mean" and ln[2] == pytest.approx(want)])
+        assert mean, driver.execute_script(LINES, "rollouts")
+        time.sleep(0.5)
+        rollout_shot = driver.get_screenshot_as_png()
+    finally:
+        driver.quit()
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    for name, png in (("viewer.png", shot), ("viewer-rollouts.png", rollout_shot)):
+        (tmp_path / name).write_bytes(png)
+        (artifacts / name).write_bytes(png)
+    print(f"screenshots: {tmp_path / 'viewer.png'}, {artifacts / 'viewer.png'}")

@@ -1,0 +1,432 @@
+"""Experiment folders read into pandas tables for the viewer (no Panel here: testable alone).
+
+Only files the service already writes are read (``tuner.service.dirs`` names them), so there is
+no second format to keep in step. While an experiment runs, its stage result files
+(``search_best.json``, ``search_trials.csv``, ``finals.json``, ``report/``) do not exist yet;
+the same tables are then built from what is written as it happens: the per-cell Optuna journals
+(``studies/``, the search's one record), Ray Tune's trial folders (``params.json`` and
+``result.json``, one JSON line per evaluation) and ``status.json``. A half-written last line of
+a ``result.json`` is skipped, so a read never fails on a trial that is reporting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from data.registry import TASKS, metric_mode
+from tuner.service import experiment
+from tuner.service.dirs import ExperimentDirs
+from tuner.service.report.verdicts import finished
+from tuner.service.search.study import DIVERGED_ATTR, TUNE_ID_ATTR
+
+SEARCH_ROUNDS = ("search", "search_wider_low", "search_wider_high")  # tuner.service.stages
+TRIAL_COLUMNS = ["cell", "round", "number", "lr", "state", "value", "last_step", "diverged",
+                 "tune_trial_id"]
+_CURVE_EXTRA = ("train_loss", "grad_norm", "lr_now")  # non-eval keys worth a curve
+_SEED_KEY = re.compile(r"^seed_(\d+)/(.+)$")  # tuner.service.trials.seed_key
+
+
+class NotAnExperiment(ValueError):
+    """A path that is not an experiment folder (nor a folder of them); the message names it."""
+
+
+class FileCache:
+    """Parsed files keyed by path, re-read only when their size or mtime changed.
+
+    Polling a running experiment every few seconds then costs one ``stat`` per file; each viewer
+    session owns one (no module-level state).
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, tuple[tuple[int, int], Any]] = {}
+        self.version = 0  # bumped at every (re-)parse: a changed file means a redraw
+
+    def get(self, path: Path, parse) -> Any:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        key = (st.st_mtime_ns, st.st_size)
+        hit = self._seen.get(path)
+        if hit is None or hit[0] != key:
+            hit = (key, parse(path))
+            self._seen[path] = hit
+            self.version += 1
+        return hit[1]
+
+
+@dataclasses.dataclass
+class Folder:
+    """One experiment folder and its (validated) experiment file.
+
+    Attributes:
+        root: The folder ``tuner.run`` wrote (``<out>/<name>[-smoke]``).
+        exp: Its ``experiment.yaml`` loaded by the service's own loader (cells, claims, metric).
+        cache: Parsed files of this folder.
+        label: How the page names it (the folder's name; with its parent's where two of the
+            folders shown share a name).
+    """
+
+    root: Path
+    exp: experiment.Experiment
+    cache: FileCache = dataclasses.field(default_factory=FileCache)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.root.name
+
+    @property
+    def dirs(self) -> ExperimentDirs:
+        return ExperimentDirs(self.root)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def curve(self) -> dict[str, Any] | None:
+        """The task's curve after training (the LDS rollouts), as the report draws it."""
+        return getattr(TASKS[self.exp.base.task], "CURVE", None)
+
+    def mode(self, metric: str) -> str:
+        return metric_mode(self.exp.base.task, metric)
+
+
+def open_folder(path: str | Path) -> Folder:
+    """The experiment folder at ``path``; :class:`NotAnExperiment` if it is not one.
+
+    The folder's ``experiment.yaml`` is the copy taken when the run started; ``--smoke`` is
+    not recorded, so it is read as the profile whose name is the folder's name.
+    """
+    root = Path(path).absolute()
+    frozen = root / "experiment.yaml"
+    if not frozen.is_file():
+        raise NotAnExperiment(f"{path}: not an experiment folder (no experiment.yaml; give a "
+                              "folder that `python -m tuner.run` wrote, or one holding such)")
+    try:
+        exp = experiment.load(str(frozen))
+        if exp.name != root.name and root.name.endswith("-smoke"):
+            exp = experiment.load(str(frozen), smoke=True)
+    except experiment.SearchSpaceError as e:
+        raise NotAnExperiment(f"{path}: its experiment.yaml does not load: {e}") from None
+    return Folder(root, exp)
+
+
+def find_folders(paths: list[str | Path]) -> list[Folder]:
+    """Every experiment folder named, or directly inside a folder named (``experiments/``)."""
+    out = []
+    for path in paths:
+        p = Path(path)
+        if not p.is_dir():
+            raise NotAnExperiment(f"{path}: no such folder")
+        if (p / "experiment.yaml").is_file():
+            out.append(open_folder(p))
+            continue
+        inside = sorted(d for d in p.iterdir() if (d / "experiment.yaml").is_file())
+        if not inside:
+            raise NotAnExperiment(f"{path}: no experiment folder here (none of it or its "
+                                  "subfolders holds the experiment.yaml that tuner.run writes)")
+        out += [open_folder(d) for d in inside]
+    names = [f.name for f in out]
+    for f in out:
+        if names.count(f.name) > 1:
+            f.label = f"{f.root.parent.name}/{f.name}"
+    return out
+
+
+# ------------------------------------------------------------------------------ raw files
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # the line a running trial is writing
+            continue
+    return rows
+
+
+def _journal_trials(path: Path) -> list[Any]:
+    """The trials of the one study in an Optuna journal, read-only."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(path)))
+    return [t for s in storage.get_all_studies()
+            for t in optuna.load_study(study_name=s.study_name, storage=storage)
+            .get_trials(deepcopy=False)]
+
+
+def status(folder: Folder) -> dict[str, Any] | None:
+    """``status.json`` (live progress of the running stage), None before the first trial."""
+    return folder.cache.get(folder.dirs.status, _json)
+
+
+def stage(folder: Folder) -> str:
+    """Where the experiment stands, from which result files exist."""
+    root = folder.root
+    if (root / "report" / "summary.md").exists():
+        return "done"
+    if folder.dirs.finals.exists():
+        return "finals done, report pending"
+    if folder.dirs.best.exists():
+        return "finals" if (root / "finals").exists() else "search done"
+    if (root / "search").exists():
+        return "search"
+    return "not started"
+
+
+def _trial_folders(folder: Folder, rounds: tuple[str, ...]) -> list[tuple[str, Path]]:
+    return [(rnd, p.parent) for rnd in rounds
+            for p in sorted((folder.root / rnd).glob("*/params.json"))]
+
+
+# ------------------------------------------------------------------------------ search
+def search_trials(folder: Folder) -> pd.DataFrame:
+    """One row per search trial (``TRIAL_COLUMNS``): ``search_trials.csv`` once the search has
+    finished, until then the journals (``studies/``, wider rounds in ``studies/wider_*``)."""
+    csv = folder.cache.get(folder.dirs.search_trials, pd.read_csv)
+    if csv is not None:
+        return csv.reindex(columns=TRIAL_COLUMNS)
+    rows = []
+    for rnd, sub in (("search", ""), ("search_wider_low", "wider_low"),
+                     ("search_wider_high", "wider_high")):
+        for path in sorted((folder.dirs.studies / sub).glob("*.journal")):
+            for t in folder.cache.get(path, _journal_trials) or []:
+                rows.append({"cell": path.stem, "round": rnd, "number": t.number,
+                             "lr": t.params.get("lr"), "state": t.state.name, "value": t.value,
+                             "last_step": max(t.intermediate_values, default=None),
+                             "diverged": bool(t.user_attrs.get(DIVERGED_ATTR, False)),
+                             "tune_trial_id": t.user_attrs.get(TUNE_ID_ATTR)})
+    return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
+
+
+def best_lr(folder: Folder) -> pd.DataFrame:
+    """Per cell: best lr and its search value, ``final`` True when ``search_best.json`` says so
+    (the service's choice), False for the best full-budget trial so far of a running search."""
+    saved = folder.cache.get(folder.dirs.best, _json)
+    rows = []
+    if saved is not None:
+        for cell, b in saved.items():
+            rows.append({"cell": cell, "best lr": b and b["lr"], "value": b and b["value"],
+                         "at_edge": b and b.get("at_edge"), "final": True})
+        return pd.DataFrame(rows)
+    trials = search_trials(folder)
+    done = trials[(trials.state == "COMPLETE") & trials.value.map(_finite)]
+    sign = 1 if folder.exp.mode == "min" else -1
+    for cell, group in done.groupby("cell", sort=False):
+        b = group.loc[(sign * group.value.astype(float)).idxmin()]
+        rows.append({"cell": cell, "best lr": b.lr, "value": b.value, "at_edge": None,
+                     "final": False})
+    return pd.DataFrame(rows, columns=["cell", "best lr", "value", "at_edge", "final"])
+
+
+def cells(folder: Folder) -> pd.DataFrame:
+    """The grid: one row per cell with its axis values, best lr, search trials by state and
+    its finals' mean of the searched metric."""
+    exp = folder.exp
+    trials, best = search_trials(folder), best_lr(folder).set_index("cell")
+    fin = finals(folder)
+    ok = finished(fin) if len(fin) else fin
+    live = (status(folder) or {}).get("cells", {})
+    rows = []
+    for cell, over in exp.cells().items():
+        of = trials[trials.cell == cell]
+        div = int(of.diverged.fillna(False).astype(bool).sum())
+        st = of.state.value_counts()
+        b = best.loc[cell] if cell in best.index else None
+        row = {"cell": cell, **over,
+               "best lr": None if b is None else b["best lr"],
+               f"search {exp.metric}": None if b is None else b["value"],
+               "chosen": "" if b is None else ("yes" if b["final"] else "so far"),
+               "edge": "" if b is None or not b["at_edge"] else b["at_edge"],
+               "trials (done/pruned/diverged/failed/running)":
+                   f"{st.get('COMPLETE', 0)}/{st.get('PRUNED', 0) - div}/{div}/"
+                   f"{st.get('FAIL', 0)}/{live.get(cell, {}).get('running', 0)}"}
+        of_final = ok[ok.cell == cell] if len(ok) else ok
+        if exp.metric in of_final:
+            row[f"finals {exp.metric}"] = _mean_sd(of_final[exp.metric])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------ curves
+def curves(folder: Folder) -> pd.DataFrame:
+    """Every evaluation of every trial, one row per (trial, seed, step).
+
+    Columns: ``stage`` (search | final), ``cell``, ``lr``, ``trial`` (a label), ``seed`` (finals
+    only), ``state`` (the search trial's, from :func:`search_trials`), ``step`` and one column
+    per metric. A finals trial trains every seed of a cell at once and reports each seed's
+    metrics as ``seed_<s>/<metric>``; it is split into one curve per seed.
+    """
+    states = search_trials(folder).dropna(subset=["tune_trial_id"])
+    state_of = dict(zip(states.tune_trial_id.astype(str), states.state, strict=True))
+    number_of = dict(zip(states.tune_trial_id.astype(str), states.number, strict=True))
+    frames = []
+    for rnd, trial in _trial_folders(folder, SEARCH_ROUNDS):
+        params = folder.cache.get(trial / "params.json", _json)
+        results = folder.cache.get(trial / "result.json", _json_lines) or []
+        if not params or not results:
+            continue
+        tid = str(results[0].get("trial_id", ""))
+        number = number_of.get(tid)
+        label = f"#{number if number is not None else tid} lr={params['lr']:.3g}"
+        rows = [_metrics(r) for r in results]
+        frames.append(pd.DataFrame(rows).assign(
+            stage="search", round=rnd, cell=params["cell"], lr=params["lr"], trial=label,
+            seed=math.nan, state=state_of.get(tid, "RUNNING")))
+    for _, trial in _trial_folders(folder, ("finals",)):
+        spec = (folder.cache.get(trial / "params.json", _json) or {}).get("final")
+        results = folder.cache.get(trial / "result.json", _json_lines) or []
+        if not spec or not results:
+            continue
+        for seed in spec["seeds"]:
+            rows = [{"step": r["step"], **_metrics(_seed_part(r, seed))} for r in results]
+            frames.append(pd.DataFrame(rows).assign(
+                stage="final", round="finals", cell=spec["cell"], lr=spec["lr"],
+                trial=f"seed {seed}", seed=seed, state="final"))
+    if not frames:
+        return pd.DataFrame(columns=["stage", "round", "cell", "lr", "trial", "seed", "state",
+                                     "step"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def curve_metrics(folder: Folder, table: pd.DataFrame) -> list[str]:
+    """The metrics of ``table`` that have a curve over steps (the searched one first); the
+    once-only values after training (rollout scores) are left to :func:`rollouts`."""
+    prefixes = [] if folder.curve is None else [folder.curve["prefix"], folder.curve["se_prefix"]]
+    names = [c for c in table.columns if (c.startswith("eval/") or c in _CURVE_EXTRA)
+             and not any(c.startswith(p) for p in prefixes) and table[c].notna().any()]
+    return sorted(names, key=lambda c: (c != folder.exp.metric, not c.startswith("eval/"), c))
+
+
+def log_scale_fits(values: pd.Series) -> bool:
+    """A log axis where a metric is positive and spans a decade or more (losses, nmse)."""
+    v = pd.to_numeric(values, errors="coerce")
+    v = v[v.map(_finite)]
+    return bool(len(v)) and bool((v > 0).all()) and v.max() / v.min() >= 10
+
+
+def _metrics(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items()
+            if (k == "step" or k.startswith("eval/") or k in _CURVE_EXTRA)
+            and isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _seed_part(result: dict[str, Any], seed: int) -> dict[str, Any]:
+    out = {}
+    for key, value in result.items():
+        m = _SEED_KEY.match(key)
+        if m and int(m.group(1)) == seed:
+            out[m.group(2)] = value
+    return out
+
+
+# ------------------------------------------------------------------------------ finals
+def finals(folder: Folder) -> pd.DataFrame:
+    """One row per final seed: ``finals.json`` once written, until then each finals trial's
+    latest report (its seed's metrics so far; ``step`` says how far it got)."""
+    saved = folder.cache.get(folder.dirs.finals, _json)
+    if saved is not None:
+        return pd.DataFrame(saved)
+    rows = []
+    for _, trial in _trial_folders(folder, ("finals",)):
+        spec = (folder.cache.get(trial / "params.json", _json) or {}).get("final")
+        results = folder.cache.get(trial / "result.json", _json_lines) or []
+        if not spec or not results:
+            continue
+        for seed in spec["seeds"]:
+            own = _seed_part(results[-1], seed)
+            rows.append({"cell": spec["cell"], "seed": seed, "lr": spec["lr"],
+                         **spec["overrides"], "step": own.get("step", results[-1]["step"]),
+                         **{k: v for k, v in own.items()
+                            if k.startswith("eval/") or k in ("train_loss", "diverged")}})
+    return pd.DataFrame(rows)
+
+
+def rollouts(folder: Folder, cell: str) -> pd.DataFrame:
+    """The task's curve after training for one cell (LDS: score per rollout horizon), one row
+    per (seed, x) with ``value`` and its Monte-Carlo ``se``; empty before the finals end."""
+    curve, fin = folder.curve, finals(folder)
+    if curve is None or not len(fin):
+        return pd.DataFrame(columns=["seed", "x", "value", "se"])
+    ok = finished(fin)
+    ok = ok[ok.cell == cell]
+    rows = []
+    for col in (c for c in ok.columns if c.startswith(curve["prefix"])):
+        x = int(col[len(curve["prefix"]):])
+        se_col = curve["se_prefix"] + col[len(curve["prefix"]):]
+        for _, r in ok.iterrows():
+            if _finite(r[col]):
+                rows.append({"seed": int(r["seed"]), "x": x, "value": float(r[col]),
+                             "se": float(r[se_col]) if se_col in r else math.nan})
+    return pd.DataFrame(rows, columns=["seed", "x", "value", "se"]).sort_values(["seed", "x"])
+
+
+# ------------------------------------------------------------------------------ report
+def claims(folder: Folder) -> list[dict[str, Any]]:
+    """Per claim of the file: its text, metrics, the verdict line of ``report/summary.md`` and
+    the path of its plot (``report/claim<i>.png``); both None until the report is written."""
+    summary = folder.cache.get(folder.root / "report" / "summary.md", Path.read_text) or ""
+    verdict_part = summary.split("## Verdict", 1)[-1] if "## Verdict" in summary else ""
+    lines = {int(m.group(1)): m.group(2) for m in re.finditer(r"^(\d+)\. (.+)$", verdict_part,
+                                                               re.MULTILINE)}
+    out = []
+    for i, claim in enumerate(folder.exp.claims, start=1):
+        png = folder.root / "report" / f"claim{i}.png"
+        out.append({"text": claim.text, "kind": claim.kind,
+                    "metrics": list(claim.metrics) or [folder.exp.metric],
+                    "verdict": lines.get(i), "plot": png if png.exists() else None})
+    return out
+
+
+def summary(folder: Folder) -> str | None:
+    """``report/summary.md``, None until the experiment has finished."""
+    return folder.cache.get(folder.root / "report" / "summary.md", Path.read_text)
+
+
+# ------------------------------------------------------------------------------ comparison
+def compare(folders: list[Folder], metric: str) -> pd.DataFrame:
+    """One row per (experiment, cell): its grid values, best lr and the finals' ``metric``
+    (mean, sd, n over finished seeds); a row per cell also while its finals are pending."""
+    rows = []
+    for folder in folders:
+        best = best_lr(folder).set_index("cell")
+        fin = finals(folder)
+        ok = finished(fin) if len(fin) else fin
+        for cell, over in folder.exp.cells().items():
+            vals = (ok.loc[ok.cell == cell, metric].astype(float)
+                    if metric in ok else pd.Series(dtype=float))
+            vals = vals[vals.map(_finite)]
+            rows.append({"experiment": folder.label, "cell": cell, **over,
+                         "best lr": best["best lr"].get(cell) if len(best) else None,
+                         "mean": vals.mean() if len(vals) else math.nan,
+                         "sd": vals.std(ddof=1) if len(vals) > 1 else math.nan,
+                         "n": len(vals)})
+    return pd.DataFrame(rows)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _mean_sd(vals: pd.Series) -> str:
+    vals = vals.astype(float)
+    vals = vals[vals.map(_finite)]
+    if not len(vals):
+        return "n/a"
+    return f"{vals.mean():.4g} ± " + (f"{vals.std(ddof=1):.2g}" if len(vals) > 1 else "n/a")
