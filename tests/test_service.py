@@ -11,39 +11,20 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
+from tiny_run import FAKE_KEY, TINY, cli, finish
 
 from tuner.service.search.study import TUNE_ID_ATTR
 
-TINY = Path(__file__).parent / "fixtures" / "tiny.yaml"
 CELLS = ["patch=1", "patch=4"]
 TRIALS_PER_CELL = 10
 
 pytestmark = pytest.mark.slow
-
-
-FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # a W&B-shaped API key (40 hex)
-
-
-def cli(out: Path, *flags: str, **kw) -> subprocess.Popen:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", WANDB_MODE="offline", PYTHONUNBUFFERED="1",
-               WANDB_API_KEY=FAKE_KEY)
-    return subprocess.Popen([sys.executable, "-m", "tuner.run", str(TINY), "--out", str(out),
-                             "--num-cpus", "2", *flags], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, **kw)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-5000:]
-    return out
 
 
 def studies(root: Path, cells: list[str] = CELLS, folder: str = "studies"
@@ -85,13 +66,11 @@ def check_finished_experiment(root: Path) -> pd.DataFrame:
     return report
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[Path, str]:
-    """One uninterrupted run of the tiny experiment: the reference every interrupted run must
-    end equal to."""
-    out = tmp_path_factory.mktemp("reference")
-    pilot = finish(cli(out, "--pilot"))  # first: the real run then prints its times against it
-    return out / "tiny", pilot + finish(cli(out))
+@pytest.fixture
+def reference(tiny_reference) -> tuple[Path, str]:
+    """One uninterrupted run of the tiny experiment (after its pilot): the reference every
+    interrupted run must end equal to (``conftest.tiny_reference``, shared with the viewer)."""
+    return tiny_reference
 
 
 def outcome(root: Path) -> dict:

@@ -1,18 +1,18 @@
 """The experiment viewer (``tuner.view``) on a folder the real service wrote.
 
-One tiny experiment (the suite's ``tests/fixtures/tiny.yaml``, cut to 2 search trials per cell)
-runs once through ``python -m tuner.run``; the data layer is checked against its result files,
-and against the same folder without the files a stage writes only when it ends (what a running
-experiment holds); the page is loaded in headless Chromium, a cell is picked and the drawn
-curve checked in Bokeh's document and on the canvas. The screenshot lands in the test's
-``tmp_path`` and in ``test-artifacts/viewer.png`` (git-ignored).
+The suite's tiny experiment (``tests/fixtures/tiny.yaml``) runs once a session through
+``python -m tuner.run`` (``conftest.tiny_reference``, shared with the service tests); the data
+layer is checked against its result files, and against the same folder without the files a
+stage writes only when it ends (what a running experiment holds); the page is loaded in
+headless Chromium, a cell is picked and the drawn curve checked in Bokeh's document and on the
+canvas. The screenshot lands in the test's ``tmp_path`` and in ``test-artifacts/viewer.png``
+(git-ignored).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import socket
@@ -31,7 +31,7 @@ from tuner.view import load
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "fixtures" / "tiny.yaml"
-TRIALS_PER_CELL = 2
+TRIALS_PER_CELL = yaml.safe_load(TINY.read_text())["search"]["trials_per_cell"]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 STAGE_FILES = ("search_trials.csv", "search_best.json", "finals.json", "report")
 
@@ -39,19 +39,10 @@ pytestmark = pytest.mark.slow  # the fixture runs the service (a local Ray clust
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    """The folder ``python -m tuner.run`` writes for the tiny experiment (about a minute)."""
-    tmp = tmp_path_factory.mktemp("view")
-    spec = yaml.safe_load(TINY.read_text())
-    spec["search"]["trials_per_cell"] = TRIALS_PER_CELL
-    path = tmp / "tiny.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, "-m", "tuner.run", str(path), "--out",
-                           str(tmp / "out"), "--num-cpus", "2", "--no-wandb"],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    return tmp / "out" / "tiny"
+def folder(tiny_reference) -> Path:
+    """The folder ``python -m tuner.run`` wrote for the tiny experiment (the session's shared
+    run, ``conftest.tiny_reference``; read only)."""
+    return tiny_reference[0]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,28 @@
+"""The suite's tiny experiment (``tests/fixtures/tiny.yaml``) run through the real CLI: shared by
+the service tests and the viewer's tests (``conftest.tiny_reference`` runs it once a session)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TINY = Path(__file__).parent / "fixtures" / "tiny.yaml"
+FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # a W&B-shaped API key (40 hex)
+
+
+def cli(out: Path, *flags: str, **kw) -> subprocess.Popen:
+    """``python -m tuner.run tiny.yaml --out <out>`` on a 2-CPU local cluster, W&B offline with
+    a fake key set (it must appear nowhere)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", WANDB_MODE="offline", PYTHONUNBUFFERED="1",
+               WANDB_API_KEY=FAKE_KEY)
+    return subprocess.Popen([sys.executable, "-m", "tuner.run", str(TINY), "--out", str(out),
+                             "--num-cpus", "2", *flags], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, **kw)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-5000:]
+    return out
