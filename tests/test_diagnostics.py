@@ -72,13 +72,13 @@ def test_hessian_trace_matches_jax_hessian(trained):
     it; (3) its per-probe variance is Rademacher's, 2 * sum_{i != j} H_ij^2 (within 15%)."""
     run, state, diag = trained
     loss, w0 = flat_loss(run, state)
-    hess = np.asarray(jax.hessian(loss)(w0), np.float64)
+    hess = np.asarray(jax.jit(jax.hessian(loss))(w0), np.float64)
     exact = np.trace(hess)
+    forms = jax.jit(lambda v: diagnostics.hessian_quadratic_forms(loss, w0, v))  # one compile
     basis = jnp.eye(w0.size, dtype=w0.dtype)
-    forms = diagnostics.hessian_quadratic_forms(loss, w0, basis)
-    np.testing.assert_allclose(float(jnp.sum(forms)), exact, rtol=1e-4)
+    np.testing.assert_allclose(float(jnp.sum(forms(basis))), exact, rtol=1e-4)
     probes = diagnostics.rademacher_probes(w0, jax.random.PRNGKey(7), PROBES)
-    samples = np.asarray(diagnostics.hessian_quadratic_forms(loss, w0, probes), np.float64)
+    samples = np.asarray(forms(probes), np.float64)
     se = samples.std(ddof=1) / math.sqrt(PROBES)
     assert abs(diag["hessian_trace"] - exact) < 4 * se, (diag["hessian_trace"], exact, se)
     var = 2 * (np.sum(hess**2) - np.sum(np.diag(hess) ** 2))
@@ -115,10 +115,11 @@ def test_input_jacobian_norm_matches_jax_jacobian(trained):
     exact_sq = np.sum(jac**2) / x.shape[0]
     out_shape = fn(h).shape
     basis = jnp.eye(math.prod(out_shape)).reshape(-1, *out_shape)
-    np.testing.assert_allclose(float(jnp.sum(diagnostics.vjp_sq_norms(fn, h, basis))) /
-                               x.shape[0], exact_sq, rtol=1e-5)
+    sq_norms = jax.jit(lambda v: diagnostics.vjp_sq_norms(fn, h, v))
+    np.testing.assert_allclose(float(jnp.sum(sq_norms(basis))) / x.shape[0], exact_sq,
+                               rtol=1e-5)
     probes = jax.random.normal(jax.random.PRNGKey(3), (PROBES, *out_shape))
-    samples = np.asarray(diagnostics.vjp_sq_norms(fn, h, probes), np.float64) / x.shape[0]
+    samples = np.asarray(sq_norms(probes), np.float64) / x.shape[0]
     se = samples.std(ddof=1) / math.sqrt(PROBES)
     assert abs(diag["input_jacobian_norm"] ** 2 - exact_sq) < 4 * se
 
@@ -218,16 +219,15 @@ def test_adam_statistics_match_numpy_adam(trained):
 
 def test_loop_reports_diagnostics_at_their_interval():
     """diag/<key> appear at multiples of diagnostics_every and at the last step, nowhere
-    else; the same state gives the same values (the probes' key is (data key, step))."""
-    cfg = tiny_cfg(**{"train.steps": 9, "train.diagnostics": ["grad_norm", "hessian_trace"],
+    else, with the values the state gives."""
+    cfg = tiny_cfg(**{"train.steps": 9, "train.diagnostics": ["grad_norm", "weight_norms"],
                       "train.diagnostics_every": 6, "train.diagnostics_probes": 4})
     seen = []
     run = Run(cfg)
     run.train(run.init_state(), lambda m, st: seen.append(
         (m["step"], {k: v for k, v in m.items() if k.startswith("diag/")}, run.diagnostics(st))))
-    assert [(s, sorted(d)) for s, d, _ in seen] == [
-        (3, []), (6, ["diag/grad_norm", "diag/hessian_trace"]),
-        (9, ["diag/grad_norm", "diag/hessian_trace"])]
+    assert [(s, "diag/grad_norm" in d, len(d) > 1) for s, d, _ in seen] == [
+        (3, False, False), (6, True, True), (9, True, True)]
     for _, reported, again in seen[1:]:
         assert reported == again
 

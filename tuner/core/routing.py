@@ -95,6 +95,11 @@ def is_routed(model) -> bool:
     return model.cfg.backbone in GATED_BACKBONES
 
 
+def metric_names(model_cfg) -> tuple[str, ...]:
+    """The evaluation metrics a model of ``model_cfg`` (a ModelConfig) adds to its task's."""
+    return tuple(f"eval/{m}" for m in METRICS) if model_cfg.backbone in GATED_BACKBONES else ()
+
+
 def _layer_mean(fn, gates: list[jax.Array]) -> jax.Array:
     return sum(fn(g) for g in gates) / len(gates)
 

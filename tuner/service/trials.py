@@ -106,7 +106,7 @@ def train_cell_finals(config: dict[str, Any], base: RunConfig) -> None:
                                                           cfg.rollout)
         ok = [m for i, m in enumerate(prog.last) if not prog.diverged(i)]
         means = {k: sum(m[k] for m in ok) / len(ok) for k in (ok[0] if ok else {})
-                 if k.startswith("eval/") or k == "train_loss"}
+                 if k.startswith(("eval/", "diag/")) or k == "train_loss"}
         result = {"step": step, "diverged": not ok, **means,
                   **{seed_key(s, k): v for s, m in zip(seeds, prog.last, strict=True)
                      for k, v in m.items()},
