@@ -49,7 +49,9 @@ def train_trial(config: dict[str, Any], base: RunConfig) -> None:
     from ray import tune  # imported here: the training core must import without Ray
 
     _prepare_worker(config)
-    cfg = search_config(trial_config(base, config))
+    # no diagnostics in the search: nothing reads them there (the searcher ranks on one metric),
+    # and they cost compiles and passes in every trial; the finals and tuner.train log them
+    cfg = replace(search_config(trial_config(base, config)), **{"train.diagnostics_every": 0})
     run = Run(cfg)
     state, progress = run.init_state(), Progress.start(1)
     ckpt = tune.get_checkpoint()
