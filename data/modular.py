@@ -115,6 +115,12 @@ class ModularTask(NothingAfterTraining):
     def inputs(b: dict[str, jax.Array]) -> jax.Array:
         return b["x"]
 
+    def residue_grid(self) -> jax.Array:
+        """Every pair's tokens as a (p, p, 4) grid, ``[a, b]`` holding (a, b): the model's
+        answers as a function over the residues (the spectral diagnostic's input)."""
+        p = self.cfg.p
+        return self.all_x_Mx4.reshape(p, p, 4)  # make_split orders pairs a-major
+
     def answer_logits(self, logits_BxLxV: jax.Array) -> jax.Array:
         """Logits over the p answers at the last position, (B, p)."""
         return logits_BxLxV[:, -1, : self.cfg.p]

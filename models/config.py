@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 
 INPUT_LAYERS = ("patch", "tokens", "onehot")  # models.registry.INPUT_LAYERS
-BACKBONES = ("transformer", "toy", "gpt", "mlp")  # models.registry.BACKBONES
+BACKBONES = ("transformer", "toy", "gpt", "mlp", "routed")  # models.registry.BACKBONES
+GATED_BACKBONES = ("routed",)  # backbones that sow gates (models.registry checks SOWS_GATES)
 HEADS = ("regression", "classifier")  # models.registry.HEADS
 ATTENTIONS = ("softmax", "quadratic")  # models.attention.ATTENTIONS
 MLPS = ("gelu", "bilinear", "none")  # models.block.MLPS, plus "none" (no MLP branch)
@@ -49,6 +50,9 @@ class ModelConfig:
     rope: bool = True  # toy backbone: rotary positions in attention (gpt has learned ones)
     zero_init_out: bool = False  # all backbones: attention and MLP output projections start at 0
     dropout: float = 0.0  # transformer/toy/gpt: rate on embeddings and residual branches (training)
+    # routed backbone (models/routed.py): a learned gate mixes parallel MLP heads per example
+    n_routes: int = 4  # heads per routed layer (each a GELU MLP of width d_ff)
+    route_top_k: int = 0  # heads each example runs through (the top-k gates); 0: all (soft)
 
     def __post_init__(self) -> None:
         for field, allowed in (("input_layer", INPUT_LAYERS), ("backbone", BACKBONES),
@@ -60,6 +64,11 @@ class ModelConfig:
                                  f"allowed: {list(allowed)}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"ModelConfig.dropout={self.dropout}; allowed: [0, 1)")
+        if self.n_routes < 1:
+            raise ValueError(f"ModelConfig.n_routes={self.n_routes}; allowed: an integer >= 1")
+        if not 0 <= self.route_top_k <= self.n_routes:
+            raise ValueError(f"ModelConfig.route_top_k={self.route_top_k}; allowed: 0 (all "
+                             f"heads) .. n_routes={self.n_routes}")
         if self.max_len < 1:
             raise ValueError(f"ModelConfig.max_len={self.max_len} must be >= 1")
         if self.tie_embeddings and (self.input_layer, self.head) != ("tokens", "classifier"):

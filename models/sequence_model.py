@@ -41,6 +41,22 @@ class SequenceModel(nn.Module):
         h_BxNxD, _ = self.backbone(h_BxNxD, jnp.arange(h_BxNxD.shape[1]))
         return self.head(h_BxNxD, stats)
 
+    # the forward pass in its parts, for the diagnostics (tuner.core.diagnostics): derivatives
+    # with respect to the input representation, and the last hidden representation
+    def embed(self, y_BxTxY: jax.Array) -> tuple[jax.Array, object]:
+        """The input layer's tokens (B, N, D) and what the head needs from it."""
+        return self.inputs(y_BxTxY)
+
+    def from_embedding(self, h_BxNxD: jax.Array, stats) -> jax.Array:
+        """Backbone and head on :meth:`embed`'s output: ``__call__`` = this after embed."""
+        h_BxNxD, _ = self.backbone(h_BxNxD, jnp.arange(h_BxNxD.shape[1]))
+        return self.head(h_BxNxD, stats)
+
+    def features(self, y_BxTxY: jax.Array) -> jax.Array:
+        """The backbone's output (B, N, D): the last hidden representation before the head."""
+        h_BxNxD, _ = self.inputs(y_BxTxY)
+        return self.backbone(h_BxNxD, jnp.arange(h_BxNxD.shape[1]))[0]
+
     def prefill(self, y_BxWxY: jax.Array, slots: int) -> tuple[jax.Array, DecodeState]:
         """Reads a warmup of W observations (W a multiple of P) into a cache of ``slots`` tokens.
 

@@ -486,3 +486,32 @@ def test_cli_rejects_bad_input_before_ray(tmp_path, args, message):
     assert "Traceback" not in res.stderr
     assert not out.exists()
     assert not (tmp_path.parent / "x").exists()  # name ../../x would have escaped --out
+
+
+ROUTED = (experiment.SEARCH_SPACES / "grokking_routed.yaml").read_text()
+
+
+@pytest.mark.parametrize("old,new,field,allowed", [
+    ("  train.route_reg: entropy", "  train.route_reg: l1", "fixed.train.route_reg", "gini"),
+    ("  train.route_reg_weight: [0.0, 1.0, 0.01, 0.1]", "  train.route_reg_weight: [0.0, -1.0]",
+     "grid.train.route_reg_weight", "a finite number >= 0"),
+    # with eval_every, a combination of two fixed fields: the error names the section
+    ("  train.diagnostics_every: 1000", "  train.diagnostics_every: 150",
+     "fixed", "a multiple of eval_every=100"),
+    ("  train.diagnostics_probes: 8", "  train.diagnostics_probes: 0",
+     "fixed.train.diagnostics_probes", ">= 1"),
+    ("  model.route_top_k: 0", "  model.route_top_k: 5", "fixed.model.route_top_k",
+     "n_routes=4"),
+    ("  model.backbone: routed", "  model.backbone: mlp", "fixed",
+     "model.backbone in ['routed']"),
+    ("  task: modular", "  task: bigram", "fixed", "tasks ['modular']"),
+    ("    metric: eval/route_entropy", "    metric: eval/gate_entropy", "claims[0].metric",
+     "eval/route_entropy"),
+])
+def test_routing_and_diagnostics_fields_are_checked(tmp_path, old, new, field, allowed):
+    """The new fields fail like every other: file, line, field and what is allowed."""
+    assert old in ROUTED
+    text = ROUTED.replace(old, new, 1)
+    path = write(tmp_path, text)
+    line = line_of(text, new) if field != "fixed" else line_of(text, "fixed:")
+    expect_error(path, line, field, allowed)

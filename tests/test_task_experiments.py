@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from data.registry import TASKS
+from tuner.core import routing
 from tuner.service import experiment
 
 
@@ -40,6 +41,7 @@ def smaller_grid(name: str, tmp_path) -> Path:
 
 @pytest.mark.parametrize("name", [
     "bigram", "grokking", "toy_lm",
+    "grokking_routed",  # the routed model, its regularizer as a grid axis, diagnostics
     # the text task again (toy_lm covers it under the service; test_text_models the GPT model)
     pytest.param("gpt", marks=pytest.mark.extended)])
 def test_task_experiment_smoke_runs_end_to_end(tmp_path, name):
@@ -67,3 +69,7 @@ def test_task_experiment_smoke_runs_end_to_end(tmp_path, name):
     header = next(line for line in finals_table if line.startswith("| cell |"))
     assert header.split(" | ")[1:] == ["seeds ok/run", *task.REPORTED, "flag |"], header
     assert summary.count("**") >= 2 * len(exp.claims) and "## Verdict" in summary
+    # the model's own metrics (routing) reach the finals, the diagnostics the report
+    assert all(m in r for r in finals for m in routing.metric_names(exp.base.model))
+    if exp.base.train.diagnostics_every:
+        assert "## Diagnostics" in summary and (root / "report" / "diagnostics.png").exists()

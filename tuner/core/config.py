@@ -8,6 +8,7 @@ Invalid combinations fail at construction, naming the field and the allowed valu
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from data.bigram import BigramConfig
 from data.lds import LDSConfig
@@ -16,6 +17,11 @@ from data.text import TextConfig
 from models.config import ModelConfig
 
 SCHEDULES = ("cosine", "constant")  # learning-rate shape after the linear warmup
+# tuner.core.diagnostics.ESTIMATORS' names (that module checks it has exactly these; named here
+# so building a config does not import the training core, which imports this module)
+DIAGNOSTICS = ("grad_norm", "hessian_trace", "fisher_trace", "input_jacobian_norm",
+               "spectral_smoothness", "representation_norm", "weight_norms", "adam")
+DIAGNOSTICS_NEED_TASK = {"spectral_smoothness": "residue_grid"}  # estimator -> task method
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,9 +44,17 @@ class TrainConfig:
     eval_batch: int = 512  # held-out sequences per evaluation (fixed key: same every time)
     eval_seed: int = 2**31 - 1  # key of the held-out data (finals use another: tuner.core.seeds)
     seed: int = 0  # init and data-stream seed (the system is data.system_seed)
+    # gated models (model.backbone routed): loss + route_reg_weight * regularizer (traced)
+    route_reg: str = "none"  # tuner.core.routing.REGULARIZERS: none | entropy | sparsity | gini
+    route_reg_weight: float = 0.0  # its weight (>= 0)
+    # tuner.core.diagnostics: estimators logged as diag/<key> every diagnostics_every steps
+    diagnostics: tuple[str, ...] = ()  # names in tuner.core.diagnostics.ESTIMATORS
+    diagnostics_every: int = 0  # steps between them, a multiple of eval_every; 0: off
+    diagnostics_probes: int = 8  # random probes of the Hutchinson and Jacobian estimators
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_every", "eval_batch", "grad_accum"):
+        for name in ("steps", "batch_size", "eval_every", "eval_batch", "grad_accum",
+                     "diagnostics_probes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
         if self.batch_size % self.grad_accum:
@@ -59,6 +73,36 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig.optimizer={self.optimizer!r}; "
                              f"allowed: {sorted(OPTIMIZERS)}")
+        self._check_routing_and_diagnostics()
+
+    def _check_routing_and_diagnostics(self) -> None:
+        from tuner.core.routing import REGULARIZERS
+
+        if self.route_reg not in REGULARIZERS:
+            raise ValueError(f"TrainConfig.route_reg={self.route_reg!r}; "
+                             f"allowed: {list(REGULARIZERS)}")
+        if not (self.route_reg_weight >= 0 and math.isfinite(self.route_reg_weight)):
+            raise ValueError(f"TrainConfig.route_reg_weight={self.route_reg_weight}; "
+                             "allowed: a finite number >= 0")
+        for name in self.diagnostics:
+            if name not in DIAGNOSTICS:
+                raise ValueError(f"TrainConfig.diagnostics: {name!r} is not a diagnostic; "
+                                 f"allowed: {list(DIAGNOSTICS)}")
+        if len(set(self.diagnostics)) < len(self.diagnostics):
+            raise ValueError(f"TrainConfig.diagnostics={list(self.diagnostics)} names one twice;"
+                             " allowed: distinct names")
+        if self.diagnostics_every < 0 or self.diagnostics_every % self.eval_every:
+            raise ValueError(f"TrainConfig.diagnostics_every={self.diagnostics_every}; allowed: "
+                             f"0 (off) or a multiple of eval_every={self.eval_every}")
+        if self.diagnostics_every and not self.diagnostics:
+            raise ValueError(f"TrainConfig.diagnostics_every={self.diagnostics_every} with no "
+                             "diagnostics; allowed: 0, or names in train.diagnostics")
+
+    def diagnostics_due(self, step: int) -> bool:
+        """Whether the evaluation at ``step`` also computes the diagnostics (every
+        ``diagnostics_every`` steps and at the last one)."""
+        return bool(self.diagnostics_every and self.diagnostics) and (
+            step % self.diagnostics_every == 0 or step == self.steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +144,18 @@ class RunConfig:
 
         if self.task not in TASKS:
             raise ValueError(f"RunConfig.task={self.task!r}; allowed: {sorted(TASKS)}")
+        from models.config import GATED_BACKBONES
+
+        if self.train.route_reg != "none" and self.model.backbone not in GATED_BACKBONES:
+            raise ValueError(f"train.route_reg={self.train.route_reg!r} needs a gated backbone "
+                             f"(model.backbone={self.model.backbone!r}); allowed: none, or "
+                             f"model.backbone in {list(GATED_BACKBONES)}")
+        for name in self.train.diagnostics:
+            need = DIAGNOSTICS_NEED_TASK.get(name)
+            if need and not hasattr(TASKS[self.task], need):
+                raise ValueError(f"train.diagnostics: {name!r} needs a task with {need} (task "
+                                 f"{self.task!r} has none); allowed: tasks "
+                                 f"{[t for t, c in TASKS.items() if hasattr(c, need)]}")
         if self.task != "lds":  # the patch/rollout checks below concern the LDS only
             return
         p = self.model.patch_size

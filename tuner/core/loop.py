@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from data.registry import TASKS
+from tuner.core import diagnostics, steps
 from tuner.core import seeds as seeding
-from tuner.core import steps
 from tuner.core.config import RunConfig
 
 
@@ -73,6 +73,13 @@ class Run:
     def evaluate(self, state: steps.TrainState):
         return steps.evaluate(state.params, self.task, self.model, self.cfg.train.eval_batch,
                               self.cfg.train.eval_seed)
+
+    def diagnostics(self, state: steps.TrainState) -> dict[str, float]:
+        """``train.diagnostics`` on ``state``, as ``diag/<key>`` metrics."""
+        t = self.cfg.train
+        out = diagnostics.compute(state, self.task, self.hparams, spec=self.spec,
+                                  names=tuple(t.diagnostics), n_probes=t.diagnostics_probes)
+        return {f"diag/{k}": float(v) for k, v in out.items()}
 
     def train(self, state: steps.TrainState,
               on_eval: Callable[[dict[str, Any], steps.TrainState], None],
@@ -175,6 +182,8 @@ def _loop(cfg: RunConfig, runs: Sequence[Run], states, chunk, state_of, progress
                 "lr_now": lr_now, "diverged": False,
                 **{f"eval/{k}": v for k, v in metrics.items()},
                 **milestone_metrics(run.task, progress.reached[i], step, metrics)}
+            if t.diagnostics_due(step):  # expensive: only at the configured interval
+                progress.last[i] |= run.diagnostics(state_of(states, i))
         if not all(progress.diverged(i) for i in range(len(runs))) or len(runs) > 1:
             on_eval(step, progress, states)
     return states

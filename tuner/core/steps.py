@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from models.sequence_model import SequenceModel
-from tuner.core import optimizers
+from tuner.core import optimizers, routing
 from tuner.core.config import RunConfig, TrainConfig
 
 
@@ -30,12 +30,13 @@ class HParams(NamedTuple):
     warmup_steps: jax.Array
     total_steps: jax.Array
     cosine: jax.Array  # 1.0: cosine decay after warmup; 0.0: constant (traced: no recompile)
+    route_reg_weight: jax.Array | float = 0.0  # weight of the routing regularizer (gated models)
 
     @staticmethod
     def from_config(t: TrainConfig) -> HParams:
         f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
         return HParams(f(t.lr), f(t.weight_decay), f(max(1.0, t.warmup_frac * t.steps)),
-                       f(t.steps), f(t.schedule == "cosine"))
+                       f(t.steps), f(t.schedule == "cosine"), f(t.route_reg_weight))
 
 
 class TrainState(NamedTuple):
@@ -58,10 +59,12 @@ class StepSpec:
     clip_norm: float
     optimizer: str = "adamw"  # tuner.core.optimizers.OPTIMIZERS name
     grad_accum: int = 1  # micro-batches per step (the batch is split, gradients averaged)
+    route_reg: str = "none"  # tuner.core.routing.REGULARIZERS name (gated models)
 
     @staticmethod
     def from_config(model: SequenceModel, t: TrainConfig) -> StepSpec:
-        return StepSpec(model, t.batch_size, t.b1, t.b2, t.clip_norm, t.optimizer, t.grad_accum)
+        return StepSpec(model, t.batch_size, t.b1, t.b2, t.clip_norm, t.optimizer, t.grad_accum,
+                        t.route_reg)
 
     def transform(self) -> optax.GradientTransformation:
         """The update direction (no learning rate: lr and decay are applied traced)."""
@@ -112,6 +115,9 @@ def _one_step(spec: StepSpec, task, hp: HParams, state: TrainState
     rngs = {"dropout": jax.random.fold_in(step_key, 1)}
 
     def loss_fn(params, b, rngs):
+        if spec.route_reg != "none":  # static: the default path below is untouched
+            return routing.regularized_loss(spec.model, task, params, b, rngs, spec.route_reg,
+                                            hp.route_reg_weight)
         return task.loss(spec.model.apply(params, task.inputs(b), rngs=rngs), b)
 
     if spec.grad_accum == 1:
@@ -200,6 +206,12 @@ def eval_stats(params, task, key: jax.Array, *, model: SequenceModel, batch: int
     return task.eval_stats(model.apply(params, task.inputs(b)), b)
 
 
+@functools.partial(jax.jit, static_argnames=("model", "batch"))
+def route_metrics(params, task, key: jax.Array, *, model: SequenceModel, batch: int):
+    """:func:`tuner.core.routing.metrics` on the held-out batch that :func:`eval_stats` scores."""
+    return routing.metrics(model, params, task.inputs(task.eval_sample(key, batch)))
+
+
 def evaluate(params, task, model: SequenceModel, batch: int, eval_seed: int
              ) -> tuple[dict[str, float], Any]:
     """Eval metrics on the held-out data of ``eval_seed`` (the same at every evaluation of a
@@ -207,4 +219,7 @@ def evaluate(params, task, model: SequenceModel, batch: int, eval_seed: int
     stats = eval_stats(params, task, jax.random.PRNGKey(eval_seed), model=model, batch=batch)
     metrics = {k: float(v) for k, v in task.eval_metrics(stats).items()}
     metrics["weight_norm"] = float(optax.tree.norm(params))  # what weight decay acts on
+    if routing.is_routed(model):  # gate entropy and head usage on the same held-out data
+        metrics |= {k: float(v) for k, v in route_metrics(
+            params, task, jax.random.PRNGKey(eval_seed), model=model, batch=batch).items()}
     return metrics, jax.device_get(stats)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from data.registry import metric_mode, metric_names
+from tuner.core import routing
 from tuner.core.config import RunConfig
 from tuner.core.seeds import SEARCH_SEED
 from tuner.service.experiment_claims import _ALL_CLAIM_KEYS, CLAIM_KINDS, Claim, _claim
@@ -248,7 +249,9 @@ def _build(cfg: dict, lines: _Lines, path: Path, source, smoke: bool) -> Experim
             raise lines.error(source("grid", "train.eval_every"), f"train.eval_every="
                               f"{run.train.eval_every} does not divide train.steps={steps} "
                               f"(cell {_cell_text(over)}); allowed: divisors of {steps}")
-    metrics = metric_names(base.task)  # what this experiment's task reports
+    # what this experiment's task reports, and what every cell's model adds (routing metrics)
+    metrics = metric_names(base.task) + tuple(sorted(set.intersection(
+        *(set(routing.metric_names(run.model)) for _, run in base_cells))))
     metric = get("asha", "metric", _as_str, list(metrics))
     if metric not in metrics:
         raise lines.error(source("asha", "metric"), f"{metric!r} is not a metric of task "

@@ -49,7 +49,9 @@ def train_trial(config: dict[str, Any], base: RunConfig) -> None:
     from ray import tune  # imported here: the training core must import without Ray
 
     prepare_worker(config)
-    cfg = search_config(trial_config(base, config))
+    # no diagnostics in the search: nothing reads them there (the searcher ranks on one metric),
+    # and they cost compiles and passes in every trial; the finals and tuner.train log them
+    cfg = replace(search_config(trial_config(base, config)), **{"train.diagnostics_every": 0})
     run = Run(cfg)
     state, progress = run.init_state(), Progress.start(1)
     ckpt = tune.get_checkpoint()
@@ -106,7 +108,7 @@ def train_cell_finals(config: dict[str, Any], base: RunConfig) -> None:
                                                           cfg.rollout)
         ok = [m for i, m in enumerate(prog.last) if not prog.diverged(i)]
         means = {k: sum(m[k] for m in ok) / len(ok) for k in (ok[0] if ok else {})
-                 if k.startswith("eval/") or k == "train_loss"}
+                 if k.startswith(("eval/", "diag/")) or k == "train_loss"}
         result = {"step": step, "diverged": not ok, **means,
                   **{seed_key(s, k): v for s, m in zip(seeds, prog.last, strict=True)
                      for k, v in m.items()},

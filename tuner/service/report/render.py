@@ -10,6 +10,7 @@ with their standard errors, and per claim its verdict, evidence and plot.
 
 from __future__ import annotations
 
+import json
 import math
 import textwrap
 from pathlib import Path
@@ -237,9 +238,74 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
         lines.append("The experiment file states no checkable claims.")
     if score_cols:
         _plot_curves(finals, curve, out / f"{curve['title'].lower()}.png")
+    if _plot_diagnostics(task, finals, _diagnostic_histories(root / "finals"),
+                         out / "diagnostics.png"):
+        marks = ", ".join(f"`eval/{m[0]}`" for m in task.MILESTONES)
+        lines += ["", "## Diagnostics", "",
+                  "The finals' `diag/` metrics (tuner/core/diagnostics.py) against the step, one "
+                  "line per cell and seed" + (f"; dashed: that seed's {marks}" if marks else "")
+                  + ". Plot: `diagnostics.png`."]
     summary = out / "summary.md"
     summary.write_text("\n".join(lines) + "\n")
     return summary
+
+
+def _diagnostic_histories(finals_dir: Path) -> dict[tuple[str, int], pd.DataFrame]:
+    """(cell, seed) -> that seed's ``diag/`` metrics per step, from the finals trials' Tune
+    result files (every evaluation; finals.json keeps only the last)."""
+    out: dict[tuple[str, int], list[dict]] = {}
+    for path in sorted(finals_dir.glob("*/result.json")):
+        for line in path.read_text().splitlines():
+            r = json.loads(line) if line.strip() else {}
+            spec = (r.get("config") or {}).get("final") or {}
+            for seed in spec.get("seeds", []):
+                prefix = f"seed_{seed}/diag/"
+                diag = {k[len(prefix):]: v for k, v in r.items() if k.startswith(prefix)}
+                if diag:
+                    out.setdefault((spec["cell"], int(seed)), []).append(
+                        {"step": r["step"], **diag})
+    return {k: pd.DataFrame(v).drop_duplicates("step", keep="last").sort_values("step")
+            for k, v in out.items()}
+
+
+def _plot_diagnostics(task, finals: pd.DataFrame,
+                      histories: dict[tuple[str, int], pd.DataFrame], path: Path) -> bool:
+    """One panel per diagnostic (the per-module weight norms share one), a line per cell and
+    seed, and a dashed vertical line at each seed's milestone step (the grokking step). False
+    (no plot) when the finals logged no diagnostics."""
+    if not histories:
+        return False
+    keys = sorted({k for h in histories.values() for k in h.columns if k != "step"})
+    panels = [k for k in keys if not k.startswith("weight_norm/")]
+    panels += ["weight_norm/*"] if len(panels) < len(keys) else []
+    milestones = [f"eval/{m[0]}" for m in task.MILESTONES if f"eval/{m[0]}" in finals]
+    ncol = min(4, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.8 * nrow), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        for j, ((cell, seed), h) in enumerate(sorted(histories.items())):
+            color = colors[j % len(colors)]
+            cols = [k for k in h.columns if k.startswith("weight_norm/")] \
+                if panel == "weight_norm/*" else [panel] if panel in h else []
+            for col in cols:
+                ax.plot(h["step"], h[col], color=color, lw=1,
+                        label=f"{cell} s{seed}" if col == cols[0] else None)
+            row = finals[(finals["cell"] == cell) & (finals["seed"] == seed)]
+            for m in milestones:
+                step = float(row[m].iloc[0]) if len(row) else math.nan
+                if math.isfinite(step):
+                    ax.axvline(step, color=color, ls="--", lw=0.8)
+        ax.set_title(panel, fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=5)
+    fig.supxlabel("step", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _plot_system(exp: Experiment, finals: pd.DataFrame, cols: list[str], path: Path) -> None:
