@@ -22,7 +22,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - PyTorch's convention
 from torch import nn
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run as a script
+# run as a script: the repo root on the path, and not bench/ itself (its profile.py would
+# shadow the standard library's, which torch imports)
+_HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:] = [str(_HERE.parent)] + [x for x in sys.path
+                                     if pathlib.Path(x or ".").resolve() != _HERE]
 from bench.anchor_data import Spec, emit, lds_pool, small_spec  # noqa: E402
 
 POOL = 8  # batches in the data pool
@@ -121,7 +125,7 @@ def measure(spec: Spec, batch: int, steps_per_call: int, calls: int, compile_: b
         start = time.perf_counter()
         for _ in range(steps_per_call):
             loss = step(next(counter))
-        value = float(loss)  # waits for the device
+        value = float(loss.detach())  # waits for the device
         sync()
         return value, time.perf_counter() - start
 
