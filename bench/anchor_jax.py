@@ -77,19 +77,21 @@ class Model(nn.Module):
     def __call__(self, y):  # (B, T, Y) -> predictions (B, T, Y); patch 1
         s = self.spec
         b = y.shape[0]
+        # causal RevIN: stats j of y_1..y_j (j = 0..T) with one pseudo observation (0, 1);
+        # token k carries y_k normalized by stats k and predicts y_{k+1} scaled by stats k
         zero = jnp.zeros((b, 1, s.dim_y))
-        n = jnp.arange(y.shape[1], dtype=jnp.float32)[None, :, None] + 1.0  # + pseudo obs
-        mean = jnp.concatenate([zero, jnp.cumsum(y, 1)[:, :-1]], 1) / n
-        var = (jnp.concatenate([zero, jnp.cumsum(y**2, 1)[:, :-1]], 1) + 1.0) / n - mean**2
+        n = jnp.arange(y.shape[1] + 1, dtype=jnp.float32)[None, :, None] + 1.0
+        mean = jnp.concatenate([zero, jnp.cumsum(y, 1)], 1) / n
+        var = (jnp.concatenate([zero, jnp.cumsum(y**2, 1)], 1) + 1.0) / n - mean**2
         std = jnp.sqrt(jnp.maximum(var, 0.0) + s.eps)
-        tokens = nn.Dense(s.d_model)(((y - mean) / std)[:, :-1])  # token k carries y_k
+        tokens = nn.Dense(s.d_model)(((y - mean[:, 1:]) / std[:, 1:])[:, :-1])
         start = self.param("start", nn.initializers.normal(1.0), (s.d_model,))
         h = jnp.concatenate([jnp.broadcast_to(start, (b, 1, s.d_model)), tokens], 1)
         h = h.astype(self.dtype)
         for _ in range(s.n_layers):
             h = Block(s, self.dtype, self.attn)(h)
         out = nn.Dense(s.dim_y)(nn.LayerNorm()(h.astype(jnp.float32)))
-        return out * std + mean
+        return out * std[:, :-1] + mean[:, :-1]
 
 
 def make_train(spec: Spec, model: Model, weights_t, pool, total_steps: int):

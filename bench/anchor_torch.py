@@ -78,17 +78,18 @@ class Model(nn.Module):
 
     def forward(self, y):  # (B, T, Y) float32 -> predictions (B, T, Y); patch 1
         s, b = self.s, y.shape[0]
+        # causal RevIN as in anchor_jax: stats j of y_1..y_j plus one pseudo observation (0, 1)
         zero = y.new_zeros(b, 1, s.dim_y)
-        n = torch.arange(y.shape[1], device=y.device, dtype=torch.float32)[None, :, None] + 1.0
-        mean = torch.cat([zero, torch.cumsum(y, 1)[:, :-1]], 1) / n
-        var = (torch.cat([zero, torch.cumsum(y**2, 1)[:, :-1]], 1) + 1.0) / n - mean**2
+        n = torch.arange(y.shape[1] + 1, device=y.device, dtype=torch.float32)[None, :, None] + 1
+        mean = torch.cat([zero, torch.cumsum(y, 1)], 1) / n
+        var = (torch.cat([zero, torch.cumsum(y**2, 1)], 1) + 1.0) / n - mean**2
         std = torch.sqrt(var.clamp_min(0.0) + s.eps)
-        tokens = self.embed(((y - mean) / std)[:, :-1])
+        tokens = self.embed(((y - mean[:, 1:]) / std[:, 1:])[:, :-1])
         h = torch.cat([self.start.expand(b, 1, s.d_model).to(tokens.dtype), tokens], 1)
         for block in self.blocks:
             h = block(h, self.cos, self.sin)
         out = self.proj(self.ln_final(h.float()))
-        return out.float() * std + mean
+        return out.float() * std[:, :-1] + mean[:, :-1]
 
 
 def measure(spec: Spec, batch: int, steps_per_call: int, calls: int, compile_: bool,
