@@ -1,6 +1,7 @@
 """Where a training step's GPU time goes: kernel time by kernel, from JAX's own profiler.
 
     python -m bench.profile [--batch 64] [--dtype bfloat16] [--attention cudnn] [--top 25]
+                            [--optimizer adamw]
 
 Traces a few compiled dispatches of ``train_steps`` and sums the device events of the trace
 (``jax.profiler.trace(..., create_perfetto_trace=True)`` writes Chrome-trace JSON, which needs no
@@ -48,9 +49,10 @@ def main() -> None:
     p.add_argument("--steps-per-call", type=int, default=10)
     p.add_argument("--calls", type=int, default=3)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--optimizer", default="adamw")
     a = p.parse_args()
     run = Run(default_run(**{"train.batch_size": a.batch, "model.compute_dtype": a.dtype,
-                             "model.patch_size": a.patch,
+                             "model.patch_size": a.patch, "train.optimizer": a.optimizer,
                              "model.attention_impl": None if a.attention == "default"
                              else a.attention}))
     state = run.init_state()
@@ -75,11 +77,12 @@ def main() -> None:
     busy_us = sum(by_name.values())
     top = sorted(by_name.items(), key=lambda kv: -kv[1])[: a.top]
     emit(bench="profile", batch=a.batch, dtype=a.dtype, attention=a.attention, patch=a.patch,
+         optimizer=a.optimizer,
          wall_ms_per_step_traced=round(wall / n_traced * 1e3, 3),
          kernel_ms_per_step=round(busy_us / n_traced / 1e3, 3),
          events_per_step=round(len(events) / n_traced, 1), tracks=tracks[:8],
-         top=[{"name": n[:90], "ms_per_step": round(us / steps / 1e3, 4),
-               "calls_per_step": round(count[n] / steps, 2)} for n, us in top])
+         top=[{"name": n[:90], "ms_per_step": round(us / n_traced / 1e3, 4),
+               "calls_per_step": round(count[n] / n_traced, 2)} for n, us in top])
 
 
 if __name__ == "__main__":

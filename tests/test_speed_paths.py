@@ -163,3 +163,23 @@ def test_train_seeds_resumes_from_a_checkpoint_exactly(tmp_path):
         assert full["step"] == res["step"] == 20
         for key in ("train_loss", "eval/nmse", "eval/skill"):
             np.testing.assert_allclose(res[key], full[key], rtol=1e-5)
+
+
+def test_vmapped_members_equal_separate_runs():
+    """K trials of a cell (different learning rates and decays, one shared task) in one
+    vmapped program: each member's losses and parameters are those of its own run."""
+    run = Run(SMALL)
+    hps = [replace(SMALL, **{"train.lr": lr, "train.weight_decay": wd}).train
+           for lr, wd in ((1e-3, 0.0), (3e-3, 0.1), (1e-2, 0.01))]
+    stacked = steps.stack([steps.HParams.from_config(t) for t in hps])
+    states = steps.stack([steps.init_state(run.spec, run.task, 0) for _ in hps])
+    states, metrics = steps.train_steps_members(states, run.task, stacked, spec=run.spec,
+                                                n_steps=30)
+    for i, t in enumerate(hps):
+        alone, m = steps.train_steps(steps.init_state(run.spec, run.task, 0), run.task,
+                                     steps.HParams.from_config(t), spec=run.spec, n_steps=30)
+        np.testing.assert_allclose(metrics["loss"][i], m["loss"], rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(alone.params), jax.tree.leaves(steps.unstack(states, i)
+                                                                      .params), strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(metrics["loss"][0], metrics["loss"][2])  # the rates did differ

@@ -1,11 +1,14 @@
 """Optimizer name -> update direction, and which parameters take weight decay.
 
-The trainer applies every update as ``p <- p - lr_t * (u + wd * mask * p)`` with ``lr_t`` and
-``wd`` traced (one compile per cell); an optimizer here only supplies the direction ``u`` (a
-static ``optax.GradientTransformation`` without learning rate) and nothing else, so adding one
-is a table entry (``train.optimizer`` picks it).
+Every update is ``p <- p - lr_t * (u + wd * mask * p)`` with ``lr_t`` and ``wd`` traced (one
+compile per cell). An :class:`Optimizer` is the pair (init, apply) the step calls; most are a
+direction ``u`` (a static ``optax.GradientTransformation`` without learning rate) applied leaf by
+leaf (:func:`per_leaf`), so adding one is a table entry (``train.optimizer`` picks it).
 
 - ``adamw``: global-norm clip + Adam moments (decoupled decay comes from the trainer).
+- ``adamw_flat``: the same update computed on one flat vector of all parameters
+  (:mod:`tuner.core.flat_adamw`): a few large kernels instead of several per parameter leaf.
+  Its optimizer state is two flat vectors, so an ``adamw`` checkpoint does not restore into it.
 - ``muon``: Newton-Schulz orthogonalized momentum (``optax.contrib.scale_by_muon``) on the 2-D
   weight matrices, Adam on everything else (embedding tables, biases, norm scales, and kernels
   of other ranks), as Muon's authors prescribe. Each Muon update is rescaled to an RMS of 0.2,
@@ -16,7 +19,7 @@ is a table entry (``train.optimizer`` picks it).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -73,11 +76,47 @@ def _rescale_rms(target: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def adamw(b1: float, b2: float, clip_norm: float) -> optax.GradientTransformation:
+class Optimizer(NamedTuple):
+    """What the training step calls: ``init(params) -> state`` and ``apply(grads, state, params,
+    scale, weight_decay) -> (params, state, grad_norm)``, where ``scale = -lr_t`` (traced) and
+    ``grad_norm`` is the unclipped global norm the step reports."""
+
+    init: Callable[[Any], Any]
+    apply: Callable[[Any, Any, Any, jax.Array, jax.Array], tuple[Any, Any, jax.Array]]
+
+
+def per_leaf(transform: optax.GradientTransformation) -> Optimizer:
+    """An optax direction applied leaf by leaf with decoupled, masked weight decay."""
+
+    def apply(grads, state, params, scale, weight_decay):
+        updates, state = transform.update(grads, state, params)
+        params = jax.tree.map(
+            lambda p, u, m: p + scale * (u + jnp.where(m, weight_decay, 0.0) * p),
+            params, updates, decay_mask(params))
+        return params, state, optax.tree.norm(grads)
+
+    return Optimizer(transform.init, apply)
+
+
+def adamw_direction(b1: float, b2: float, clip_norm: float) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(clip_norm), optax.scale_by_adam(b1, b2))
 
 
-def muon(b1: float, b2: float, clip_norm: float) -> optax.GradientTransformation:
+def adamw(b1: float, b2: float, clip_norm: float) -> Optimizer:
+    return per_leaf(adamw_direction(b1, b2, clip_norm))
+
+
+def adamw_flat(b1: float, b2: float, clip_norm: float) -> Optimizer:
+    from tuner.core import flat_adamw  # imports this module (decay_mask)
+
+    return flat_adamw.optimizer(b1, b2, clip_norm)
+
+
+def muon(b1: float, b2: float, clip_norm: float) -> Optimizer:
+    return per_leaf(muon_direction(b1, b2, clip_norm))
+
+
+def muon_direction(b1: float, b2: float, clip_norm: float) -> optax.GradientTransformation:
     """Muon on 2-D matrices (momentum ``b1``), Adam(``b1``, ``b2``) elsewhere; clipped first."""
     return optax.chain(
         optax.clip_by_global_norm(clip_norm),
@@ -89,7 +128,9 @@ def muon(b1: float, b2: float, clip_norm: float) -> optax.GradientTransformation
             _muon_labels))
 
 
-OPTIMIZERS: dict[str, Callable[[float, float, float], optax.GradientTransformation]] = {
+# Muon stays per leaf: Newton-Schulz needs each matrix in its own shape
+OPTIMIZERS: dict[str, Callable[[float, float, float], Optimizer]] = {
     "adamw": adamw,
+    "adamw_flat": adamw_flat,
     "muon": muon,
 }

@@ -66,8 +66,8 @@ class StepSpec:
         return StepSpec(model, t.batch_size, t.b1, t.b2, t.clip_norm, t.optimizer, t.grad_accum,
                         t.route_reg)
 
-    def transform(self) -> optax.GradientTransformation:
-        """The update direction (no learning rate: lr and decay are applied traced)."""
+    def optimizer_impl(self) -> optimizers.Optimizer:
+        """The optimizer's (init, apply); lr and decay are passed to ``apply`` traced."""
         return optimizers.OPTIMIZERS[self.optimizer](self.b1, self.b2, self.clip_norm)
 
 
@@ -89,7 +89,8 @@ def _init_state(seed_key: jax.Array, *, spec: StepSpec, input_shape: tuple[int, 
     # jitted: op-by-op initialization costs seconds per trial on CPU
     init_key, data_key = jax.random.split(seed_key)
     params = spec.model.init(init_key, jnp.zeros(input_shape, input_dtype))
-    return TrainState(params, spec.transform().init(params), jnp.zeros((), jnp.int32), data_key)
+    return TrainState(params, spec.optimizer_impl().init(params), jnp.zeros((), jnp.int32),
+                      data_key)
 
 
 def lr_multiplier(step: jax.Array, hp: HParams) -> jax.Array:
@@ -100,11 +101,6 @@ def lr_multiplier(step: jax.Array, hp: HParams) -> jax.Array:
                     0.0, 1.0)
     cosine = 0.5 * (1.0 + jnp.cos(math.pi * frac))
     return jnp.where(s < hp.warmup_steps, warm, 1.0 - hp.cosine * (1.0 - cosine))
-
-
-def _decay_mask(params) -> Any:
-    """Weight decay on matrices only (not embedding tables, biases, norms)."""
-    return optimizers.decay_mask(params)
 
 
 def _one_step(spec: StepSpec, task, hp: HParams, state: TrainState
@@ -124,12 +120,10 @@ def _one_step(spec: StepSpec, task, hp: HParams, state: TrainState
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rngs)
     else:
         loss, grads = _accumulated(loss_fn, state.params, batch, rngs, spec.grad_accum)
-    updates, opt_state = spec.transform().update(grads, state.opt_state, state.params)
     scale = -hp.lr * lr_multiplier(state.step, hp)
-    params = jax.tree.map(
-        lambda p, u, m: p + scale * (u + jnp.where(m, hp.weight_decay, 0.0) * p),
-        state.params, updates, _decay_mask(state.params))
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    params, opt_state, grad_norm = spec.optimizer_impl().apply(
+        grads, state.opt_state, state.params, scale, hp.weight_decay)
+    metrics = {"loss": loss, "grad_norm": grad_norm}
     return TrainState(params, opt_state, state.step + 1, state.data_key), metrics
 
 
@@ -175,6 +169,19 @@ def train_steps_seeds(states: TrainState, tasks, hp: HParams, *, spec: StepSpec,
     and the cell compiles once; each seed's trajectory equals its separate run.
     """
     return jax.vmap(lambda s, task: _train_steps(s, task, hp, spec, n_steps))(states, tasks)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "n_steps"), donate_argnames=("states",))
+def train_steps_members(states: TrainState, task, hps: HParams, *, spec: StepSpec, n_steps: int
+                        ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """:func:`train_steps` for K trials of one cell at once: ``states`` and ``hps`` stacked on a
+    leading axis (:func:`stack`), member i training with hyperparameters i on the shared task.
+
+    A cell's search trials differ only in traced scalars (learning rate, ...), so K of them are
+    one vmapped program: where one trial leaves the accelerator idle (large patches, small
+    models) K cost little more than one. Each member's trajectory equals its separate run.
+    """
+    return jax.vmap(lambda s, hp: _train_steps(s, task, hp, spec, n_steps))(states, hps)
 
 
 def stack(trees: list) -> Any:
