@@ -176,7 +176,7 @@ class Context(NamedTuple):
     weight_decay: jax.Array
     b1: float
     b2: float
-    transform: optax.GradientTransformation
+    optimizer: optimizers.Optimizer
 
     def loss(self, params) -> jax.Array:
         return self.task.loss(self.model.apply(params, self.task.inputs(self.batch)), self.batch)
@@ -233,7 +233,11 @@ def _weight_norms(c: Context) -> dict[str, jax.Array]:
 
 def _adam(c: Context) -> dict[str, jax.Array]:
     grads = jax.grad(c.loss)(c.params)
-    updates, _ = c.transform.update(grads, c.opt_state, c.params)
+    # the direction u from the optimizer's own step: p + scale * (u + wd * p) = p - u at
+    # scale -1 and no decay (any optimizer of the registry, flat or per leaf)
+    stepped, _, _ = c.optimizer.apply(grads, c.opt_state, c.params, jnp.float32(-1.0),
+                                      jnp.float32(0.0))
+    updates = jax.tree.map(lambda new, p: p - new, stepped, c.params)
     return {**adam_stats_of(c.opt_state, c.b1, c.b2, c.lr_t),
             "update_decay_ratio": update_decay_ratio_of(updates, c.params, c.weight_decay)}
 
@@ -263,7 +267,7 @@ def compute(state, task, hp, *, spec, names: tuple[str, ...], n_probes: int
     ctx = Context(spec.model, task, state.params, state.opt_state,
                   task.sample(step_key, spec.batch_size), jax.random.fold_in(step_key, 2),
                   n_probes, hp.lr * lr_multiplier(state.step, hp), hp.weight_decay, spec.b1,
-                  spec.b2, spec.transform())
+                  spec.b2, spec.optimizer_impl())
     out: dict[str, jax.Array] = {}
     for name in names:
         out |= ESTIMATORS[name](ctx)
