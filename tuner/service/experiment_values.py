@@ -17,22 +17,16 @@ class _Invalid(ValueError):
     pass
 
 
+# YAML's types in words, most specific first (bool before int: True is an int in Python)
+_TYPE_WORDS = ((bool, "a boolean"), (str, "a string"), (float, "a float"), (int, "an integer"),
+               (list, "a list"), (dict, "a mapping"))
+
+
 def _what(value: Any) -> str:
     if value is None:
         return "has no value (null)"
-    if isinstance(value, bool):
-        return f"{value!r} is a boolean"
-    if isinstance(value, str):
-        return f"{value!r} is a string"
-    if isinstance(value, float):
-        return f"{value!r} is a float"
-    if isinstance(value, int):
-        return f"{value!r} is an integer"
-    if isinstance(value, list):
-        return f"{value!r} is a list"
-    if isinstance(value, dict):
-        return f"{value!r} is a mapping"
-    return f"{value!r} is a {type(value).__name__}"
+    word = next((w for t, w in _TYPE_WORDS if isinstance(value, t)), None)
+    return f"{value!r} is {word or f'a {type(value).__name__}'}"
 
 
 def _as_int(value: Any, allowed: str) -> int:
