@@ -278,7 +278,8 @@ def test_interrupted_then_rerun_equals_uninterrupted(reference, tmp_path, sig, s
     import random
 
     point = random.Random(seed).randint(3, 12)
-    proc = cli(tmp_path, start_new_session=True)
+    log = tmp_path / "stopped.log"
+    proc = cli(tmp_path, start_new_session=True, log=log)
     root = tmp_path / "tiny"
     deadline = time.time() + 400
     reached = False
@@ -292,7 +293,8 @@ def test_interrupted_then_rerun_equals_uninterrupted(reference, tmp_path, sig, s
     done_file = root / ("search_best.json" if stage == "search" else "finals.json")
     assert not done_file.exists()
     os.kill(proc.pid, getattr(signal, sig))  # the driver only; Ray's processes go with it
-    out, _ = proc.communicate(timeout=300)
+    proc.wait(timeout=300)
+    out = log.read_text()
     if sig == "SIGINT":
         assert proc.returncode == 130, out[-3000:]
         assert "interrupted; rerun the same command to resume" in out
