@@ -244,21 +244,23 @@ def finished_trials(root: Path) -> int:
     return sum(t.state.is_finished() for ts in studies(root).values() for t in ts)
 
 
-def trial_midway(root: Path) -> bool:
-    """Whether the newest search trial has reported (so it has a checkpoint, Tune's snapshot
-    holds it and its W&B run has results) and its Optuna trial is still running: stopping now
-    leaves a trial to resume mid-run."""
-    folders = sorted((root / "search").glob("train_trial_*/result.json"),
-                     key=lambda f: f.parent.stat().st_ctime)
+def trial_midway(root: Path, stage: str) -> bool:
+    """Whether the newest trial of the stage has reported (so it has a checkpoint, Tune's
+    snapshot holds it and its W&B run has results) and has not ended (its last result short of
+    the budget; in the search, its Optuna trial still running): stopping now leaves a trial to
+    resume mid-run."""
+    folders = sorted((root / stage).glob("*/result.json"), key=lambda f: f.parent.stat().st_ctime)
     if not folders or not folders[-1].read_text().strip():
         return False
-    tune_id = json.loads(folders[-1].read_text().splitlines()[0])["trial_id"]
-    return any(t.user_attrs.get(TUNE_ID_ATTR) == tune_id and not t.state.is_finished()
-               for ts in studies(root).values() for t in ts)
-
-
-def final_checkpoints(root: Path) -> int:
-    return len(list((root / "finals").glob("*/checkpoint_*")))
+    try:
+        rows = [json.loads(line) for line in folders[-1].read_text().splitlines() if line]
+    except json.JSONDecodeError:  # a line being written
+        return False
+    if rows[-1]["step"] >= 60:
+        return False
+    return stage == "finals" or any(
+        t.user_attrs.get(TUNE_ID_ATTR) == rows[0]["trial_id"] and not t.state.is_finished()
+        for ts in studies(root).values() for t in ts)
 
 
 FAULTS = [  # (signal, stage, seed of the kill point); the finals ones run with -m extended
@@ -284,8 +286,8 @@ def test_interrupted_then_rerun_equals_uninterrupted(reference, tmp_path, sig, s
     deadline = time.time() + 400
     reached = False
     while time.time() < deadline and proc.poll() is None:
-        reached = (finished_trials(root) >= point and trial_midway(root) if stage == "search"
-                   else final_checkpoints(root) >= 1)
+        reached = (finished_trials(root) >= point and trial_midway(root, stage)
+                   if stage == "search" else trial_midway(root, stage))
         if reached:
             break
         time.sleep(0.1)
