@@ -9,17 +9,17 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-# Modules that start a Ray cluster (in-process or through the CLI) run one after another on one
-# pytest-xdist worker (`-n 2 --dist loadgroup`, the README's command): two local clusters on a
-# 2-core machine would compete for the same cores and ports; the other tests fill the other core.
-RAY_MODULES = {"test_service", "test_task_experiments", "test_slurm", "test_search",
-               "test_view"}
+# The modules that share the session's tiny run (``tiny_reference``) run on one pytest-xdist
+# worker (`-n 2 --dist loadgroup`, the README's command), so it is made once; every other test,
+# the other Ray-cluster modules included, goes to whichever worker is free.
+TINY_RUN_MODULES = {"test_service", "test_view"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the mark into the node id
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.module.__name__.rsplit(".", 1)[-1] in RAY_MODULES:
-            item.add_marker(pytest.mark.xdist_group("ray"))
+        if item.module.__name__.rsplit(".", 1)[-1] in TINY_RUN_MODULES:
+            item.add_marker(pytest.mark.xdist_group("tiny_run"))
 
 
 @pytest.fixture(scope="session")
