@@ -9,17 +9,10 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-# The modules that share the session's tiny run (``tiny_reference``) run on one pytest-xdist
-# worker (`-n 2 --dist loadgroup`, the README's command), so it is made once; every other test,
-# the other Ray-cluster modules included, goes to whichever worker is free.
-TINY_RUN_MODULES = {"test_service", "test_view"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the mark into the node id
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.module.__name__.rsplit(".", 1)[-1] in TINY_RUN_MODULES:
-            item.add_marker(pytest.mark.xdist_group("tiny_run"))
+# The modules that start a Ray cluster (service, viewer, task smokes, Slurm, search) carry
+# ``pytest.mark.xdist_group("ray")``: with `-n 2 --dist loadgroup` (the README's command) they
+# run one after another on one worker (two local clusters at once stalled and killed each
+# other's trials on a 2-core machine), sharing one tiny run; the other worker takes the rest.
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,8 @@ TRIALS_PER_CELL = yaml.safe_load(TINY.read_text())["search"]["trials_per_cell"]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 STAGE_FILES = ("search_trials.csv", "search_best.json", "finals.json", "report")
 
-pytestmark = pytest.mark.slow  # the fixture runs the service (a local Ray cluster)
+# the fixture runs the service (a local Ray cluster)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 
 @pytest.fixture(scope="module")
