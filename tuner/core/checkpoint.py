@@ -49,6 +49,15 @@ def save_replacing(directory: str | Path, state: Any, progress: Progress) -> Pat
     return directory
 
 
+def read_progress(directory: str | Path) -> Progress:
+    """The progress saved with a checkpoint, without its state: a population's state holds
+    only its live members (``progress.alive``), so their number shapes the state to read."""
+    directory = Path(directory).absolute()
+    if not (directory / _META).exists() and directory.with_name(directory.name + ".old").exists():
+        directory = directory.with_name(directory.name + ".old")  # killed mid-swap
+    return Progress(**json.loads((directory / _META).read_text())["progress"])
+
+
 def restore(directory: str | Path, like: Any) -> tuple[Any, Progress]:
     """Reads a state shaped like ``like`` (a freshly initialized one) and its progress."""
     directory = Path(directory).absolute()

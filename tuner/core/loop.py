@@ -38,6 +38,9 @@ class Progress:
 
     last: list[dict[str, Any]]  # last evaluation's metrics (``diverged`` True once NaN)
     reached: list[dict[str, int]]  # task milestones (e.g. grokking step) -> first step reached
+    # a population (tuner.core.population): members still training, in the stacked state's
+    # order; None for seeds and single runs, which never stop a member early
+    alive: list[int] | None = None
 
     @staticmethod
     def start(n_seeds: int) -> Progress:

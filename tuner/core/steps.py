@@ -184,6 +184,21 @@ def train_steps_members(states: TrainState, task, hps: HParams, *, spec: StepSpe
     return jax.vmap(lambda s, hp: _train_steps(s, task, hp, spec, n_steps))(states, hps)
 
 
+@functools.partial(jax.jit, static_argnames=("spec", "n_steps"), donate_argnames=("states",))
+def train_steps_population(states: TrainState, tasks, hps: HParams, *, spec: StepSpec,
+                           n_steps: int) -> tuple[TrainState, dict[str, jax.Array]]:
+    """:func:`train_steps` for a population: member i trains with its own state, task and
+    hyperparameters, all stacked on a leading axis, in one vmapped program.
+
+    The search's populations hold learning rates of one cell or of several cells that compile
+    to the same step (e.g. LDS cells that differ only in the system's eigenvalues), so both the
+    task and the hyperparameters are per member; it generalises :func:`train_steps_seeds` and
+    :func:`train_steps_members`.
+    """
+    return jax.vmap(lambda s, task, hp: _train_steps(s, task, hp, spec, n_steps))(
+        states, tasks, hps)
+
+
 def stack(trees: list) -> Any:
     """Pytrees of one structure stacked leaf by leaf on a new leading axis.
 

@@ -1,0 +1,92 @@
+"""A population (tuner.core.population) trains each member as its own run would, stops exactly
+the members its halving rule names, and resumes from a checkpoint to the same end."""
+
+import math
+
+import numpy as np
+import pytest
+
+from tuner.core import checkpoint
+from tuner.core.config import replace
+from tuner.core.loop import Run
+from tuner.core.population import Population, train_population
+
+from test_speed_paths import SMALL
+
+BASE = replace(SMALL, **{"train.steps": 40, "train.eval_every": 10, "train.eval_batch": 64})
+# members: two cells that share one program (the LDS eigenvalue is an array of the task), two
+# rates each; the last rate diverges
+MEMBERS = [(0.9, 3e-3), (0.9, 1e-2), (0.6, 3e-3), (0.6, 1e4)]
+# float32 (eps 1.2e-7) summed in another order inside the vmapped program, then carried through
+# 40 Adam steps: measured here 1.1e-7 relative (one ulp); the tolerance allows ~400 ulps for
+# another CPU's XLA kernels. A 1% change of the rate moves nmse by 2.4e-4 relative (checked
+# below), so 5e-5 still separates rounding from a different run.
+RTOL = 5e-5
+
+
+def _configs():
+    return [replace(BASE, **{"data.lambda_val": lam, "train.lr": lr}) for lam, lr in MEMBERS]
+
+
+def _alone(cfg):
+    run, history = Run(cfg), {}
+    try:
+        run.train(run.init_state(), lambda m, s: history.setdefault(m["step"], m))
+    except FloatingPointError:
+        pass
+    return history
+
+
+def test_members_equal_separate_runs_and_stop_when_told():
+    pop = Population(_configs())
+    seen: list[tuple[int, list[int]]] = []
+
+    def halve(step, previous, progress):  # stop member 1 at step 20, whatever its value
+        return {1} if previous < 20 <= step else set()
+
+    progress = train_population(pop, lambda s, p, st: seen.append((s, list(p.alive))), halve)
+    assert seen == [(10, [0, 1, 2]), (20, [0, 2]), (30, [0, 2]), (40, [0, 2])]
+    assert progress.last[1]["stopped"] and progress.last[1]["step"] == 20
+    assert progress.last[3]["diverged"] and not math.isfinite(progress.last[3]["train_loss"])
+    for i, cfg in enumerate(_configs()[:3]):
+        alone = _alone(cfg)
+        mine = progress.last[i]
+        np.testing.assert_allclose(mine["eval/nmse"], alone[mine["step"]]["eval/nmse"], rtol=RTOL)
+        np.testing.assert_allclose(mine["train_loss"], alone[mine["step"]]["train_loss"],
+                                   rtol=RTOL)
+    # the tolerance is tight enough to tell a 1% different rate apart
+    other = _alone(replace(_configs()[0], **{"train.lr": 3e-3 * 1.01}))
+    assert abs(other[40]["eval/nmse"] / progress.last[0]["eval/nmse"] - 1) > 4 * RTOL
+
+
+def test_resume_from_a_checkpoint_reaches_the_same_end(tmp_path):
+    pop = Population(_configs()[:3])
+
+    def halve(step, previous, progress):
+        return {2} if previous < 20 <= step else set()
+
+    straight = train_population(pop, lambda *a: None, halve)
+
+    class Stop(Exception):
+        pass
+
+    def save_then_stop(step, progress, states):
+        if step == 20:
+            checkpoint.save(tmp_path / "ckpt", states, progress)
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_population(pop, save_then_stop, halve)
+    saved = checkpoint.read_progress(tmp_path / "ckpt")
+    assert saved.alive == [0, 1]
+    states, progress = checkpoint.restore(tmp_path / "ckpt", pop.init_states(saved.alive))
+    resumed = train_population(pop, lambda *a: None, halve, states=states, progress=progress)
+    for a, b in zip(straight.last, resumed.last, strict=True):
+        assert a.keys() == b.keys()
+        np.testing.assert_allclose(a["eval/nmse"], b["eval/nmse"], rtol=RTOL)
+        assert a["step"] == b["step"]
+
+
+def test_members_must_share_one_program():
+    with pytest.raises(ValueError, match="another step"):
+        Population([BASE, replace(BASE, **{"model.d_model": 64})])
