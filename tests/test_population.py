@@ -1,17 +1,17 @@
 """A population (tuner.core.population) trains each member as its own run would, stops exactly
 the members its halving rule names, and resumes from a checkpoint to the same end."""
 
+import contextlib
 import math
 
 import numpy as np
 import pytest
+from test_speed_paths import SMALL
 
 from tuner.core import checkpoint
 from tuner.core.config import replace
 from tuner.core.loop import Run
 from tuner.core.population import Population, train_population
-
-from test_speed_paths import SMALL
 
 BASE = replace(SMALL, **{"train.steps": 40, "train.eval_every": 10, "train.eval_batch": 64})
 # members: two cells that share one program (the LDS eigenvalue is an array of the task), two
@@ -30,10 +30,8 @@ def _configs():
 
 def _alone(cfg):
     run, history = Run(cfg), {}
-    try:
+    with contextlib.suppress(FloatingPointError):
         run.train(run.init_state(), lambda m, s: history.setdefault(m["step"], m))
-    except FloatingPointError:
-        pass
     return history
 
 

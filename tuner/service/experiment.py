@@ -30,7 +30,7 @@ from tuner.core.config import RunConfig
 from tuner.core.seeds import SEARCH_SEED
 from tuner.service.experiment_claims import _ALL_CLAIM_KEYS, CLAIM_KINDS, Claim, _claim
 from tuner.service.experiment_grid import _RESERVED, MAX_CELLS, _apply, _cell_text, _grid, cell_id
-from tuner.service.experiment_values import _as_int, _as_number, _as_str, _Invalid, _what
+from tuner.service.experiment_values import _as_bool, _as_int, _as_number, _as_str, _Invalid, _what
 from tuner.service.experiment_yaml import SearchSpaceError, _Lines
 
 __all__ = ["CLAIM_KINDS", "MAX_CELLS", "SEARCH_SEED", "SEARCH_SPACES", "Claim", "Experiment",
@@ -53,6 +53,8 @@ class Experiment:
     lr_high: float
     trials_per_cell: int
     max_concurrent: int | None  # trials running at once over all cells; None: "auto"
+    population: int  # learning rates of a cell trained together in one trial (1: one per trial)
+    share_program: bool  # population: cells that compile to one program train in one trial
     metric: str
     mode: str
     grace_period: int  # steps before ASHA may stop a trial
@@ -82,7 +84,8 @@ _REQUIRED = ("name", "hypothesis", "grid", "search", "asha", "finals")
 _SECTIONS = {
     "fixed": set(),
     "grid": set(),
-    "search": {"lr_low", "lr_high", "trials_per_cell", "max_concurrent"},
+    "search": {"lr_low", "lr_high", "trials_per_cell", "max_concurrent", "population",
+               "share_program"},
     "asha": {"metric", "mode", "grace_period", "reduction_factor"},
     "finals": {"seeds"},
     "resources": {"cpus_per_trial", "gpus_per_trial"},
@@ -236,6 +239,16 @@ def _build(cfg: dict, lines: _Lines, path: Path, source, smoke: bool) -> Experim
                          lambda v, a: None if v == "auto" else count(v, a),
                          "an integer >= 1 or auto", default=2)
 
+    # a cell's rates trained together (tuner.service.search.population): waves of this many
+    population = get("search", "population", count, "an integer >= 1", default=1)
+    if population > trials_per_cell:
+        raise lines.error(source("search", "population"), f"{population} is not allowed; "
+                          f"allowed: an integer in 1..trials_per_cell={trials_per_cell}")
+    share_program = get("search", "share_program", _as_bool, "true or false", default=False)
+    if share_program and population == 1:
+        raise lines.error(source("search", "share_program"), "true needs a population; "
+                          "allowed: false, or true with search.population >= 2")
+
     seeds = _seeds(cfg, lines, source)
 
     steps = base.train.steps
@@ -304,6 +317,8 @@ def _build(cfg: dict, lines: _Lines, path: Path, source, smoke: bool) -> Experim
         lr_high=lr_high,
         trials_per_cell=trials_per_cell,
         max_concurrent=max_concurrent,
+        population=population,
+        share_program=share_program,
         metric=metric,
         mode=mode,
         grace_period=grace_period,

@@ -119,3 +119,9 @@ def _coerce(hint: Any, value: Any) -> Any:
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def _as_bool(value: Any, allowed: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _Invalid(f"{_what(value)}, not true or false; allowed: {allowed}")

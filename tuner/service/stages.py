@@ -27,11 +27,12 @@ from tuner.service.dirs import ExperimentDirs
 from tuner.service.experiment import Experiment
 from tuner.service.objective import Objective
 from tuner.service.search import rounds
+from tuner.service.search.population import PopulationSearcher
 from tuner.service.search.rounds import SearchRound
 from tuner.service.search.scheduler import PerCellScheduler
 from tuner.service.search.searcher import PerCellSearcher
 from tuner.service.status import StatusFile
-from tuner.service.trials import seed_key, train_cell_finals, train_trial
+from tuner.service.trials import seed_key, train_cell_finals, train_population_trial, train_trial
 from tuner.service.wandb_logging import make_callback
 
 TIME_ATTR = "step"
@@ -85,10 +86,39 @@ def first_round(exp: Experiment, dirs: ExperimentDirs) -> SearchRound:
     return SearchRound("search", exp.cells(), exp.lr_low, exp.lr_high, dirs.studies)
 
 
+def search_trainable(exp: Experiment):
+    """The search's trainable: population trials where ``search.population`` > 1."""
+    return trainable(exp, train_population_trial if exp.population > 1 else train_trial)
+
+
+def build_population_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound
+                            ) -> PopulationSearcher:
+    """The population searcher of a round; cells that compile to one program share trials
+    where ``search.share_program`` says so."""
+    coords = {cell: tuple(exp.grid[axis].index(v) for axis, v in over.items())
+              for cell, over in exp.cells().items() if cell in rnd.cells}
+    if exp.share_program:
+        from tuner.service.shapes import shapes
+
+        groups = [[c for c in cells if c in rnd.cells] for cells in shapes(exp).values()]
+        groups = [g for g in groups if g]
+    else:
+        groups = [[c] for c in rnd.cells]
+    auto = exp.max_concurrent is None
+    return PopulationSearcher(
+        rnd.cells, coords, groups, exp.trials_per_cell, exp.population, rnd.lr_low, rnd.lr_high,
+        exp.metric, exp.mode, exp.max_t, exp.grace_period, exp.reduction_factor, rnd.study_dir,
+        {"stage": "search", **worker_settings(exp, dirs)}, seed=0,
+        max_running=ClusterConcurrency(exp.cpus_per_trial, exp.gpus_per_trial) if auto else None)
+
+
 def build_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound | None = None
-                 ) -> tuple[PerCellSearcher, PerCellScheduler]:
-    """The searcher/scheduler pair; the searcher saves the scheduler's rungs in its snapshots."""
+                 ) -> tuple[PerCellSearcher | PopulationSearcher, PerCellScheduler | None]:
+    """The searcher/scheduler pair; the searcher saves the scheduler's rungs in its snapshots.
+    A population search has no Tune scheduler: its trials halve their members themselves."""
     rnd = rnd or first_round(exp, dirs)
+    if exp.population > 1:
+        return build_population_search(exp, dirs, rnd), None
     scheduler = PerCellScheduler(metric=exp.metric, mode=exp.mode, time_attr=TIME_ATTR,
                                  max_t=exp.max_t, grace_period=exp.grace_period,
                                  reduction_factor=exp.reduction_factor)
@@ -112,14 +142,14 @@ def _run_round(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound, wandb: b
     ray_fixes.tolerate_deleted_checkpoints()
     if tune.Tuner.can_restore(path):
         print(f"resuming the search from {path}", flush=True)
-        tuner = tune.Tuner.restore(str(path), trainable(exp), resume_errored=False,
+        tuner = tune.Tuner.restore(str(path), search_trainable(exp), resume_errored=False,
                                    restart_errored=False)
     else:
         searcher, scheduler = build_search(exp, dirs, rnd)
         status = StatusFile(dirs.status, rnd.name, list(rnd.cells), exp.trials_per_cell,
                             exp.metric, exp.mode)
         tuner = tune.Tuner(
-            trainable(exp),
+            search_trainable(exp),
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                         num_samples=-1, max_concurrent_trials=exp.max_concurrent,
                                         reuse_actors=True),

@@ -12,16 +12,12 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from ray.tune import Callback
 
 from tuner.service.objective import Objective
-
-
-def trial_spec(config: dict[str, Any]) -> dict[str, Any]:
-    """A trial's own settings (finals nest them under ``final``)."""
-    return config.get("final", config)
+from tuner.service.trial_spec import TrialSpec
+from tuner.service.trials import member_key
 
 
 class StatusFile(Callback):
@@ -47,19 +43,22 @@ class StatusFile(Callback):
                     for c in self.cells}
         objective = Objective(self.metric, self.mode)
         for t in trials:
-            spec = trial_spec(t.config)
-            entry = per_cell.setdefault(spec["cell"], {"running": 0, "finished": 0,
-                                                       "errored": 0, "best_so_far": None})
+            spec = TrialSpec.of(t.config)
             key = {"RUNNING": "running", "TERMINATED": "finished", "ERROR": "errored"}.get(
                 t.status)
-            if key:
-                entry[key] += 1
-            value = (t.last_result or {}).get(self.metric)
-            best = entry["best_so_far"]
-            if isinstance(value, int | float) and math.isfinite(value) and objective.better(
-                    value, None if best is None else best["value"]):
-                entry["best_so_far"] = {"value": value, "lr": spec["lr"],
-                                        "step": t.last_result.get("step")}
+            result = t.last_result or {}
+            for j, member in enumerate(spec.members):
+                entry = per_cell.setdefault(member.cell, {"running": 0, "finished": 0,
+                                                          "errored": 0, "best_so_far": None})
+                if key:  # a population counts once in each of its cells
+                    entry[key] += member.cell not in [m.cell for m in spec.members[:j]]
+                value = result.get(member_key(j, self.metric) if spec.is_population
+                                   else self.metric)
+                best = entry["best_so_far"]
+                if isinstance(value, int | float) and math.isfinite(value) and objective.better(
+                        value, None if best is None else best["value"]):
+                    entry["best_so_far"] = {"value": value, "lr": member.lr,
+                                            "step": result.get("step")}
         done = sum(e["finished"] + e["errored"] >= self.per_cell for e in per_cell.values())
         status = {"stage": self.stage, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "metric": self.metric, "cells_total": len(per_cell), "cells_done": done,

@@ -1,6 +1,8 @@
 """The Ray Tune trainables, checkpointed at every evaluation.
 
-Stage 1: :func:`train_trial`, one trial = one training run of a cell at one learning rate.
+Stage 1: :func:`train_trial`, one trial = one training run of a cell at one learning rate; or
+:func:`train_population_trial`, one trial = a population of rates (of one or more cells) in one
+vmapped program, halved at rungs (``search.population`` > 1).
 Stage 2: :func:`train_cell_finals`, one trial = every final seed of a cell, vmapped.
 
 Tune calls them in a worker (reused across trials with ``reuse_actors=True``; the
@@ -24,6 +26,7 @@ from tuner.core import checkpoint, compile_cache, gpu_share
 from tuner.core.config import RunConfig, replace
 from tuner.core.loop import DivergedError, Progress, Run, SeedRuns, seed_state, train_seeds
 from tuner.core.seeds import get_field, search_config, system_seed_field
+from tuner.service.objective import Objective
 
 
 def trial_config(base: RunConfig, config: dict[str, Any]) -> RunConfig:
@@ -70,6 +73,67 @@ def train_trial(config: dict[str, Any], base: RunConfig) -> None:
     except DivergedError as e:
         tune.report({"step": last_step, "diverged": True, "error": str(e),
                      **dict.fromkeys(metric_names(cfg.task), math.nan)})
+
+
+def member_key(index: int, key: str) -> str:
+    """Result key of member ``index``'s value in a population trial (``member_3/eval/nmse``)."""
+    return f"member_{index}/{key}"
+
+
+def population_configs(base: RunConfig, config: dict[str, Any]) -> list[RunConfig]:
+    """Each member's search run: its cell's settings at its rate, diagnostics off (as
+    :func:`train_trial`)."""
+    return [replace(search_config(trial_config(base, {"overrides": config["cells"][m["cell"]],
+                                                      "lr": m["lr"]})),
+                    **{"train.diagnostics_every": 0}) for m in config["members"]]
+
+
+def train_population_trial(config: dict[str, Any], base: RunConfig) -> None:
+    """Tune function trainable of a population (``tuner.service.search.population``).
+
+    ``config["members"]`` (cell, Optuna trial number, lr each) train together
+    (:func:`tuner.core.population.train_population`), halved by the rule in
+    ``config["halving"]``. Each evaluation reports every member evaluated there under
+    ``member_<i>/...`` with ``stopped`` / ``diverged`` flags (the searcher tells Optuna from
+    them), the best live member's metrics under the plain names (status file, W&B curves),
+    and a checkpoint of the live members' stacked state and every member's progress.
+    """
+    from ray import tune
+
+    from tuner.core.population import Population, train_population
+    from tuner.service.search.halving import SuccessiveHalving
+
+    prepare_worker(config)
+    pop = Population(population_configs(base, config))
+    halve = SuccessiveHalving.from_dict(config["halving"])
+    states, progress = None, None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            progress = checkpoint.read_progress(d)
+            if progress.alive:
+                states, progress = checkpoint.restore(d, pop.init_states(progress.alive))
+    if progress is not None and not progress.alive:
+        return  # every member had ended before the checkpoint
+    objective = Objective(halve.metric, halve.mode)
+
+    def on_eval(step: int, prog: Progress, sts) -> None:
+        result: dict[str, Any] = {"step": step}
+        best = None
+        for i, m in enumerate(prog.last):
+            if m.get("step") != step:
+                continue  # ended at an earlier evaluation
+            result |= {member_key(i, k): v for k, v in m.items()}
+            result[member_key(i, "stopped")] = bool(m.get("stopped", False))
+            value = m.get(halve.metric)
+            if not m.get("diverged") and value is not None and math.isfinite(value) and (
+                    best is None or objective.better(value, best[halve.metric])):
+                best = m
+        result |= {k: v for k, v in (best or {}).items() if k.startswith("eval/")}
+        result["diverged"] = best is None
+        _report(tune, result, sts, prog)
+
+    train_population(pop, on_eval, halve, states=states, progress=progress)
 
 
 def seed_key(seed: int, metric: str) -> str:

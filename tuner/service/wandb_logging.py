@@ -24,7 +24,7 @@ from ray.air.constants import TRAINING_ITERATION
 from ray.air.integrations.wandb import WandbLoggerCallback, _clean_log, _WandbLoggingActor
 from ray.air.util.node import _force_on_current_node
 
-from tuner.service.status import trial_spec
+from tuner.service.trial_spec import TrialSpec
 
 FINISH_TIMEOUT_S = 300  # experiment end waits this long for runs to be written
 
@@ -116,9 +116,9 @@ class CellWandbCallback(WandbLoggerCallback):
         return state
 
     def log_trial_start(self, trial) -> None:
-        spec = trial_spec(trial.config)
-        self.kwargs["tags"] = [f"cell:{spec['cell']}", f"stage:{spec.get('stage', 'search')}",
-                               *(f"seed:{s}" for s in spec.get("seeds", []))]  # finals: a cell's
+        spec = TrialSpec.of(trial.config)
+        self.kwargs["tags"] = [*(f"cell:{c}" for c in spec.cells), f"stage:{spec.stage}",
+                               *(f"seed:{s}" for s in spec.seeds)]  # finals: a cell's
         super().log_trial_start(trial)
 
     def _start_logging_actor(self, trial, exclude_results: list[str], **init_kwargs) -> None:

@@ -22,30 +22,15 @@ import ray
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
-from tuner.core.loop import Run
-from tuner.core.seeds import search_config
 from tuner.service.concurrency import per_cell_cap
 from tuner.service.dirs import ExperimentDirs
 from tuner.service.experiment import Experiment
 from tuner.service.pilot import project
 from tuner.service.pilot.measure import pilot_trial
+from tuner.service.shapes import shapes
 from tuner.service.stages import trainable, worker_settings
-from tuner.service.trials import trial_config
 
 GPU_COUNTS = (1, 2, 4, 8)  # the projection's "on N GPUs" rows
-
-
-def shapes(exp: Experiment) -> dict[str, list[str]]:
-    """Shape name (its first cell) -> the cells that compile to the same programs."""
-    lr = math.sqrt(exp.lr_low * exp.lr_high)
-    groups: dict[Any, list[str]] = {}
-    for cell, over in exp.cells().items():
-        run = Run(search_config(trial_config(exp.base, {"overrides": over, "lr": lr})))
-        # not the task's static fields: they hold its config (e.g. lambda_val), which is
-        # traced through the arrays and leaves the compiled program the same
-        leaves = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(run.task))
-        groups.setdefault((run.spec, type(run.task).__name__, leaves), []).append(cell)
-    return {cells[0]: cells for cells in groups.values()}
 
 
 def _plan(exp: Experiment, by_shape: dict[str, list[str]]) -> project.Plan:

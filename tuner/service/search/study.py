@@ -99,6 +99,11 @@ class CellStudy:
         self.storage.set_trial_user_attr(storage_id, DIVERGED_ATTR, True)
         optuna.trial.Trial(self.study, storage_id).set_constraint(DIVERGED_ATTR, 1.0)
 
+    def set_attrs(self, number: int, **attrs) -> None:
+        """User attributes of a trial (JSON values), e.g. where its rate was proposed."""
+        for key, value in attrs.items():
+            self.storage.set_trial_user_attr(self._storage_id(number), key, value)
+
     def tag(self, number: int, tune_trial_id: str) -> None:
         self.storage.set_trial_user_attr(self._storage_id(number), TUNE_ID_ATTR, tune_trial_id)
 

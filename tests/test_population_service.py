@@ -1,0 +1,115 @@
+"""The population search through the real CLI on a local Ray cluster: two populations at once,
+then the same run killed mid-search and resumed ends with the same trials, states, sources and
+picks (the search no longer depends on arrival order), and every report file keeps its meaning.
+"""
+
+import json
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from tiny_run import cli, finish
+
+from tuner.service.search.study import TUNE_ID_ATTR
+
+TINY_POP = Path(__file__).parent / "fixtures" / "tiny_population.yaml"
+CELLS = ["patch=1", "patch=4"]
+
+pytestmark = pytest.mark.slow
+
+
+def studies(root: Path) -> dict[str, list[optuna.trial.FrozenTrial]]:
+    out = {}
+    for cell in CELLS:
+        storage = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(root / "studies" / f"{cell}.journal")))
+        out[cell] = optuna.load_study(study_name=cell, storage=storage).trials
+    return out
+
+
+def outcome(root: Path) -> dict:
+    best = json.loads((root / "search_best.json").read_text())
+    return {cell: {"trials": [(round(t.params["lr"], 12), t.state.name, t.user_attrs["wave"],
+                               t.user_attrs["source"], sorted(t.intermediate_values))
+                              for t in trials],
+                   "best_lr": round(best[cell]["lr"], 12)}
+            for cell, trials in studies(root).items()}
+
+
+@pytest.fixture(scope="module")
+def population_reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("population")
+    finish(cli(out, experiment=TINY_POP))
+    return out / "tinypop"
+
+
+def test_population_search_end_to_end(population_reference):
+    root = population_reference
+    per_cell = studies(root)
+    best = json.loads((root / "search_best.json").read_text())
+    for cell, trials in per_cell.items():
+        assert len(trials) == 10
+        waves = [t.user_attrs["wave"] for t in trials]
+        assert waves == [0] * 5 + [1] * 5
+        assert [t.user_attrs["source"] for t in trials[:5]] == ["stratified"] * 5
+        assert trials[5].user_attrs["source"] == f"neighbour:{[c for c in CELLS if c != cell][0]}"
+        for wave in (0, 1):  # halving on the whole rung: ceil(5 / 3) = 2 reach the budget
+            members = [t for t in trials if t.user_attrs["wave"] == wave]
+            finite = [t for t in members if t.intermediate_values.get(20, float("nan")) ==
+                      t.intermediate_values.get(20, float("nan"))]
+            complete = [t for t in members if t.state.name == "COMPLETE"]
+            assert len(complete) == min(2, len(finite)), (cell, wave)
+            # the ones kept were the best at step 20
+            kept = sorted(finite, key=lambda t: (t.intermediate_values[20], t.number))[:2]
+            assert {t.number for t in complete} == {t.number for t in kept}
+        complete = [t for t in trials if t.state.name == "COMPLETE"]
+        assert best[cell]["lr"] == pytest.approx(min(complete, key=lambda t: t.value)
+                                                 .params["lr"])
+        assert any(t.user_attrs.get("diverged") for t in trials)  # the range reaches NaN
+    search = pd.read_csv(root / "search_trials.csv")
+    assert len(search) == 20 and set(search.state) <= {"COMPLETE", "PRUNED"}
+    assert (search.groupby("cell").last_step.max() == 60).all()
+    report = pd.read_csv(root / "report" / "trials.csv")
+    assert len(report[report.stage == "search"]) == 20
+    assert len(json.loads((root / "finals.json").read_text())) == 4
+
+
+def test_killed_then_resumed_equals_uninterrupted(population_reference, tmp_path):
+    """SIGKILL once a population has reported and some members ended (at a point chosen by a
+    seed), then the same command: the same trials, states, waves, sources and best rates."""
+    point = random.Random(0).randint(3, 8)
+    log = tmp_path / "stopped.log"
+    proc = cli(tmp_path, start_new_session=True, log=log, experiment=TINY_POP)
+    root = tmp_path / "tinypop"
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        done = sum(t.state.is_finished() for ts in studies(root).values() for t in ts) \
+            if (root / "studies").exists() else 0
+        if done >= point:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before the kill point"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=120)
+    assert not (root / "search_best.json").exists()
+    before = {cell: {t.number: (t.state, t.params) for t in ts if t.state.is_finished()}
+              for cell, ts in studies(root).items()}
+    assert 0 < sum(map(len, before.values())) < 20
+    again = finish(cli(tmp_path, experiment=TINY_POP))
+    assert "resuming the search" in again
+    after = studies(root)
+    for cell, told in before.items():  # nothing told before the kill was told again
+        by_number = {t.number: t for t in after[cell]}
+        for number, (state, params) in told.items():
+            assert (by_number[number].state, by_number[number].params) == (state, params)
+    assert outcome(root) == outcome(population_reference)
+    # each population's members went to one Tune trial (at most one re-handing after the kill)
+    for trials in after.values():
+        for wave in (0, 1):
+            ids = {t.user_attrs[TUNE_ID_ATTR] for t in trials if t.user_attrs["wave"] == wave}
+            assert len(ids) == 1

@@ -1,0 +1,27 @@
+"""Which cells compile to the same program: the pilot measures one of each, and the population
+search may train them in one program (``search.share_program``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+
+from tuner.core.loop import Run
+from tuner.core.seeds import search_config
+from tuner.service.experiment import Experiment
+from tuner.service.trials import trial_config
+
+
+def shapes(exp: Experiment) -> dict[str, list[str]]:
+    """Shape name (its first cell) -> the cells that compile to the same programs."""
+    lr = math.sqrt(exp.lr_low * exp.lr_high)
+    groups: dict[Any, list[str]] = {}
+    for cell, over in exp.cells().items():
+        run = Run(search_config(trial_config(exp.base, {"overrides": over, "lr": lr})))
+        # not the task's static fields: they hold its config (e.g. lambda_val), which is
+        # traced through the arrays and leaves the compiled program the same
+        leaves = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(run.task))
+        groups.setdefault((run.spec, type(run.task).__name__, leaves), []).append(cell)
+    return {cells[0]: cells for cells in groups.values()}
