@@ -91,3 +91,24 @@ def test_percentile_is_numpys():
         for fraction in (0.0, 0.5, 2 / 3, 0.75, 1.0):
             assert project._percentile(values, fraction) == pytest.approx(
                 np.percentile(values, 100 * fraction), abs=1e-12)
+
+
+def test_population_projection_by_hand():
+    """Population 3 of one cell per wave, one wave per cell (trials_per_cell 3), rungs at 100
+    and 300 (rf 3, budget 1,000): 3 members to 100, 1 member to 1,000. A 3-member step costs
+    0.02 s (measured), a 1-member step 0.01 s. Steps: 100 x 0.02 + 900 x 0.01 = 11 s; evaluations
+    and checkpoints (1 s a member): 3 + 9 = 12 s; warm start 1 s + population compile 4 s. Per
+    cell 28 s; two cells on one slot 56 s, on two slots 28 s (a wave's longest population)."""
+    c = cost(population_size=3, population_step_s=0.02, population_compile_s=4.0)
+    assert c.members_step_s(2) == pytest.approx(0.015)
+    p = plan(trials_per_cell=3, population=3)
+    one = project.project(p, {"s": c}, slots=1, overhead_s=0.0)
+    assert one["search_s"] == pytest.approx(2 * 28)
+    assert one["asha_steps_per_trial"] == pytest.approx((3 * 100 + 900) / 3)
+    assert project.project(p, {"s": c}, slots=2, overhead_s=0.0)["search_s"] == \
+        pytest.approx(28)
+    # both cells in one program: one population of 6 members per wave
+    shared = project.project(plan(trials_per_cell=3, population=3, groups=[["a", "b"]]),
+                             {"s": c}, slots=2, overhead_s=0.0)
+    steps = 100 * c.members_step_s(6) + 900 * c.members_step_s(2)
+    assert shared["search_s"] == pytest.approx(steps + 6 + 2 * 9 + 5)

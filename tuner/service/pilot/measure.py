@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 
 from tuner.core import checkpoint, steps
 from tuner.core.config import RunConfig
@@ -94,6 +95,7 @@ def measure(config: dict[str, Any], base: RunConfig) -> dict[str, float]:
         first_run.task.after_training(seed_state(states, 0).params, first_run.model,
                                       finals_cfg.rollout)
         after_training_s = time.perf_counter() - t
+    population = _population(config, base, n)
     peak, device = _peak_bytes()
     if device and config.get("gpu_fraction"):
         from tuner.core.gpu_share import HEADROOM
@@ -104,7 +106,28 @@ def measure(config: dict[str, Any], base: RunConfig) -> dict[str, float]:
             "finals_step_s": finals_step_s,
             "finals_compile_s": max(0.0, finals_first - n * finals_step_s),
             "finals_checkpoint_s": finals_checkpoint_s, "after_training_s": after_training_s,
-            "peak_bytes": peak, "device_bytes": device or 0}
+            "peak_bytes": peak, "device_bytes": device or 0, **population}
+
+
+def _population(config: dict[str, Any], base: RunConfig, n: int) -> dict[str, float]:
+    """A search population's step: ``population_size`` members (rates over the range) of the
+    cell in one program, as :func:`tuner.service.trials.train_population_trial` trains them."""
+    size = int(config.get("population_size", 1))
+    if size <= 1:
+        return {}
+    from tuner.core.population import Population
+
+    lrs = [float(x) for x in np.geomspace(config["lr_low"], config["lr_high"], size)]
+    pop = Population([search_config(trial_config(base, {**config, "lr": lr})) for lr in lrs])
+    members = list(range(size))
+    tasks, hps = pop.stacked(members)
+
+    def chunk(states, k):
+        return steps.train_steps_population(states, tasks, hps, spec=pop.spec, n_steps=k)
+
+    _, first, step_s = _chunks(chunk, pop.init_states(members), n)
+    return {"population_size": size, "population_step_s": step_s,
+            "population_compile_s": max(0.0, first - n * step_s)}
 
 
 def pilot_trial(config: dict[str, Any], base: RunConfig) -> None:

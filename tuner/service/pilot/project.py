@@ -8,6 +8,13 @@ The model of a run, stage by stage, with ``slots`` trials running at once:
   cache hit) and every worker its first compile of each shape it runs. The stage takes the
   total work spread over the slots, but no less than the longest cell's trials at its own
   concurrency (``per_cell``: TPE asks only a few of a cell's trials at once).
+- Population search (``search.population`` > 1): per wave, one trial per cell (or per group
+  of cells that share a program), its members halved at the rungs
+  (:func:`tuner.service.search.halving.member_steps`, segment by segment); a program of n
+  members steps in a time interpolated linearly between the measured one-member step and the
+  measured full population's step. A wave starts when the one before it has ended, so the
+  stage is the sum of the waves, each its work over the slots but no less than its longest
+  population.
 - Finals: one trial per cell, all seeds vmapped, to the full budget, plus each seed's
   evaluation after training (the rollouts), spread over the slots the same way.
 - A constant: Ray start, Tune's start and end, the report (measured by the pilot as its own
@@ -43,10 +50,24 @@ class ShapeCost:
     finals_checkpoint_s: float
     after_training_s: float  # one seed's evaluation after training (the LDS rollouts)
     peak_bytes: int  # device memory (GPU) or resident memory (CPU) of one trial
+    # a population of ``population_size`` members in one program (0: not measured)
+    population_size: int = 0
+    population_step_s: float = 0.0  # one step of the whole population
+    population_compile_s: float = 0.0
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> ShapeCost:
-        return ShapeCost(**{f.name: d[f.name] for f in dataclasses.fields(ShapeCost)})
+        return ShapeCost(**{f.name: d[f.name] for f in dataclasses.fields(ShapeCost)
+                            if f.name in d})
+
+    def members_step_s(self, n: int) -> float:
+        """One step of a program of ``n`` members (module docstring)."""
+        if n <= 1:
+            return self.step_s
+        if self.population_size <= 1:  # not measured: no gain from one program assumed
+            return n * self.step_s
+        slope = (self.population_step_s - self.step_s) / (self.population_size - 1)
+        return self.step_s + slope * (n - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +82,8 @@ class Plan:
     reduction_factor: float
     n_seeds: int
     per_cell: int | None  # a cell's trials at once (None: no cap beyond the slots)
+    population: int = 1  # members of a cell per wave (1: one trial per rate, ASHA)
+    groups: Sequence[Sequence[str]] = ()  # cells trained in one program (population search)
 
 
 def asha_expected_steps(n_trials: int, grace_period: float, max_t: float,
@@ -116,9 +139,38 @@ def slots_for(gpus: float, cpus: float, gpus_per_trial: float, cpus_per_trial: f
     return min(slots, max_concurrent) if max_concurrent else slots
 
 
+def population_search_s(plan: Plan, costs: Mapping[str, ShapeCost], slots: int
+                        ) -> tuple[float, float]:
+    """(seconds of the population search, mean steps per member) (module docstring)."""
+    from tuner.service.search.halving import keep_count, rungs
+
+    total, member_steps, members = 0.0, 0, 0
+    for wave_start in range(0, plan.trials_per_cell, plan.population):
+        k = min(plan.population, plan.trials_per_cell - wave_start)
+        pops = []
+        for group in plan.groups or [[c] for c in plan.cells]:
+            c = costs[plan.cells[group[0]]]
+            seconds, alive, start = c.warm_start_s + c.population_compile_s, k, 0
+            for end in [*rungs(plan.grace_period, plan.reduction_factor, plan.max_t),
+                        plan.max_t]:
+                n = alive * len(group)
+                seconds += (end - start) * c.members_step_s(n) + (end - start) / \
+                    plan.eval_every * n * (c.eval_s + c.checkpoint_s)
+                member_steps += (end - start) * n
+                alive, start = keep_count(alive, plan.reduction_factor), end
+            members += k * len(group)
+            pops.append(seconds)
+        total += max(sum(pops) / slots, max(pops))
+    return total, member_steps / max(1, members)
+
+
 def project(plan: Plan, costs: Mapping[str, ShapeCost], slots: int, overhead_s: float
             ) -> dict[str, float]:
     """Seconds per stage and in total (module docstring)."""
+    if plan.population > 1:
+        search, steps = population_search_s(plan, costs, slots)
+        return {"search_s": search, **_finals(plan, costs, slots, search, overhead_s),
+                "asha_steps_per_trial": steps}
     steps = asha_expected_steps(plan.trials_per_cell, plan.grace_period, plan.max_t,
                                 plan.reduction_factor)
     cell_s, work = {}, 0.0
@@ -132,6 +184,12 @@ def project(plan: Plan, costs: Mapping[str, ShapeCost], slots: int, overhead_s: 
                 for s, n in shapes.items())
     per_cell = min(slots, plan.per_cell or slots)
     search = max(work / slots, max(cell_s.values()) / per_cell)
+    return {"search_s": search, **_finals(plan, costs, slots, search, overhead_s),
+            "asha_steps_per_trial": steps}
+
+
+def _finals(plan: Plan, costs: Mapping[str, ShapeCost], slots: int, search: float,
+            overhead_s: float) -> dict[str, float]:
     finals = []
     for shape in plan.cells.values():
         c = costs[shape]
@@ -140,9 +198,8 @@ def project(plan: Plan, costs: Mapping[str, ShapeCost], slots: int, overhead_s: 
                       + evals * (plan.n_seeds * c.eval_s + c.finals_checkpoint_s)
                       + plan.n_seeds * c.after_training_s)
     finals_s = max(sum(finals) / slots, max(finals))
-    return {"search_s": search, "finals_s": finals_s, "overhead_s": overhead_s,
-            "total_s": search + finals_s + overhead_s,
-            "asha_steps_per_trial": steps}
+    return {"finals_s": finals_s, "overhead_s": overhead_s,
+            "total_s": search + finals_s + overhead_s}
 
 
 def gpus_per_trial_allowed(peak_bytes: Sequence[int], device_bytes: int,

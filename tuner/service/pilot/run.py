@@ -39,7 +39,9 @@ def _plan(exp: Experiment, by_shape: dict[str, list[str]]) -> project.Plan:
         trials_per_cell=exp.trials_per_cell, max_t=exp.max_t, eval_every=exp.base.train.eval_every,
         grace_period=exp.grace_period, reduction_factor=exp.reduction_factor,
         n_seeds=len(exp.seeds),
-        per_cell=per_cell_cap(exp.trials_per_cell) if exp.max_concurrent is None else None)
+        per_cell=per_cell_cap(exp.trials_per_cell) if exp.max_concurrent is None else None,
+        population=exp.population,
+        groups=list(by_shape.values()) if exp.share_program else [[c] for c in exp.cells()])
 
 
 def _slots(exp: Experiment, gpus: float, cpus: float) -> int:
@@ -59,8 +61,11 @@ def run_pilot(exp: Experiment, dirs: ExperimentDirs, startup_s: float = 0.0) -> 
     slots = _slots(exp, gpus, cpus)
     copies = max(1, slots // len(by_shape))
     lr = math.sqrt(exp.lr_low * exp.lr_high)
+    # a population trial's program: the cell's rates, and the cells sharing it where they do
+    size = exp.population * (max(map(len, by_shape.values())) if exp.share_program else 1)
     specs = [{"cell": shape, "copy": i, "lr": lr, "overrides": exp.cells()[shape],
-              "seeds": list(exp.seeds), **worker_settings(exp, dirs)}
+              "seeds": list(exp.seeds), "population_size": size if exp.population > 1 else 1,
+              "lr_low": exp.lr_low, "lr_high": exp.lr_high, **worker_settings(exp, dirs)}
              for shape in by_shape for i in range(copies)]
     print(f"pilot: {len(by_shape)} shape(s) x {copies} side-by-side trial(s) on "
           f"{gpus:g} GPU(s) / {cpus:g} CPU(s) ({slots} slots)", flush=True)
