@@ -8,7 +8,8 @@ For every population size a halving passes through (K, K/3, ... per cell) it com
 ``tuner.core.steps.train_steps_population`` once and times ``--calls`` dispatches of
 ``--steps`` steps; a population's wall time is then its halving schedule
 (:func:`tuner.service.search.halving.member_steps` segment by segment) at the measured rates,
-plus one compile per size. Today's path: one trial's rate (K trials packed on a GPU total about
+plus one compile per size; ``seconds_if_masked`` is the alternative that keeps stopped members
+in the program (one compile, every segment at the full population's rate). Today's path: one trial's rate (K trials packed on a GPU total about
 one trial's throughput: bench.packing) over the ASHA-expected steps of a trial
 (:func:`tuner.service.pilot.project.asha_expected_steps`, exp3's 12 trials per cell, grace
 3,000, rf 3). Both report member trials per GPU-hour, halving included.
@@ -74,19 +75,25 @@ def main() -> None:
         emit(bench="population_speed", patch=patch, path="today (1 trial, ASHA)",
              member_steps_per_s=round(solo, 1), steps_per_trial=round(asha_steps),
              trials_per_gpu_hour=round(today, 2), compile_s=round(solo_compile, 1))
+        rates: dict[int, tuple[float, float]] = {}  # members in the program -> rate, compile
         for k in a.k:
             for n_cells in sorted({1, a.share}):
-                rates, seconds, steps_done = {}, 0.0, 0
+                seconds, steps_done, masked, compiled = 0.0, 0, 0.0, set()
                 try:
                     for alive, n in schedule(k):
-                        if alive not in rates:
+                        size = alive * n_cells
+                        if size not in rates:
                             lrs = jnp.geomspace(3e-5, 3e-3, alive)
                             members = [Run(replace(c, **{"train.lr": float(lr)}))
                                        for c in cells[:n_cells] for lr in lrs]
-                            rates[alive] = population_rate(members, a.steps, a.calls)
-                            seconds += rates[alive][1]
-                        seconds += n * alive * n_cells / rates[alive][0]
-                        steps_done += n * alive * n_cells
+                            rates[size] = population_rate(members, a.steps, a.calls)
+                        if size not in compiled:  # each size compiles once per worker
+                            seconds += rates[size][1]
+                            compiled.add(size)
+                        seconds += n * size / rates[size][0]
+                        steps_done += n * size
+                        # masking instead: every member stays in the program to the end
+                        masked += n * k * n_cells / rates[k * n_cells][0]
                 except Exception as e:  # noqa: BLE001 - e.g. out of memory at a large K
                     emit(bench="population_speed", patch=patch, k=k, cells=n_cells,
                          error=f"{type(e).__name__}: {str(e)[:300]}")
@@ -97,9 +104,11 @@ def main() -> None:
                                                         for n, (r, _) in rates.items()},
                      steps_per_member=round(steps_done / (k * n_cells)),
                      seconds_per_population=round(seconds, 1),
+                     seconds_if_masked=round(masked + rates[k * n_cells][1], 1),
                      trials_per_gpu_hour=round(trials_per_hour, 2),
-                     vs_today=round(trials_per_hour / today, 2))
-                jax.clear_caches()
+                     vs_today=round(trials_per_hour / today, 2),
+                     member_step_rate_vs_solo=round(rates[k * n_cells][0] / solo, 2))
+        jax.clear_caches()
 
 
 if __name__ == "__main__":
