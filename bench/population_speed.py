@@ -9,7 +9,8 @@ For every population size a halving passes through (K, K/3, ... per cell) it com
 ``--steps`` steps; a population's wall time is then its halving schedule
 (:func:`tuner.service.search.halving.member_steps` segment by segment) at the measured rates,
 plus one compile per size; ``seconds_if_masked`` is the alternative that keeps stopped members
-in the program (one compile, every segment at the full population's rate). Today's path: one trial's rate (K trials packed on a GPU total about
+in the program (one compile, every segment at the full population's rate).
+Today's path: one trial's rate (K trials packed on a GPU total about
 one trial's throughput: bench.packing) over the ASHA-expected steps of a trial
 (:func:`tuner.service.pilot.project.asha_expected_steps`, exp3's 12 trials per cell, grace
 3,000, rf 3). Both report member trials per GPU-hour, halving included.
