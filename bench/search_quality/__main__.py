@@ -39,8 +39,12 @@ GRID = Path(__file__).with_name("grid.yaml")
 POLICIES = {
     "today": {"search": {"trials_per_cell": 8, "max_concurrent": 2, "population": 1},
               "asha": {"grace_period": 100, "reduction_factor": 3}},
-    "new": {"search": {"trials_per_cell": 8, "max_concurrent": 2, "population": 8},
-            "asha": {"grace_period": 300, "reduction_factor": 3}},
+    # one wave of 8 rates per cell, rungs at 5%, 15% and 45% of the budget
+    "pop8": {"search": {"trials_per_cell": 8, "max_concurrent": 2, "population": 8},
+             "asha": {"grace_period": 50, "reduction_factor": 3}},
+    # two waves of 4: the second takes a neighbour's best and TPE's proposals
+    "pop4x2": {"search": {"trials_per_cell": 8, "max_concurrent": 2, "population": 4},
+               "asha": {"grace_period": 50, "reduction_factor": 4}},
 }
 
 

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from tuner.service.search.study import CellStudy
 
 EDGE_FRACTION = 0.1  # an lr in the outer 10% of the log range sits at its edge
-COLUMNS = ["cell", "number", "lr", "state", "value", "last_step", "diverged", TUNE_ID_ATTR]
+COLUMNS = ["cell", "number", "lr", "state", "value", "last_step", "diverged", TUNE_ID_ATTR,
+           "wave", "source"]  # the last two: population search (where the rate came from)
 
 
 def best_trial(trials: list[FrozenTrial], mode: str, lr_low: float, lr_high: float
@@ -53,7 +54,8 @@ def trials_frame(studies: dict[str, CellStudy]) -> pd.DataFrame:
              "value": t.value,
              "last_step": max(t.intermediate_values) if t.intermediate_values else None,
              "diverged": bool(t.user_attrs.get(DIVERGED_ATTR, False)),
-             TUNE_ID_ATTR: t.user_attrs.get(TUNE_ID_ATTR)}
+             TUNE_ID_ATTR: t.user_attrs.get(TUNE_ID_ATTR),
+             "wave": t.user_attrs.get("wave"), "source": t.user_attrs.get("source")}
             for cell, study in studies.items() for t in study.trials()]
     return pd.DataFrame(rows, columns=COLUMNS)
 
