@@ -17,7 +17,7 @@ from tiny_run import cli, finish
 
 from tuner.service.search.study import TUNE_ID_ATTR
 
-TINY_POP = Path(__file__).parent / "fixtures" / "tiny_population.yaml"
+TINY_POP = Path(__file__).parent / "fixtures" / "tinypop.yaml"
 CELLS = ["patch=1", "patch=4"]
 
 pytestmark = pytest.mark.slow
