@@ -25,7 +25,6 @@ told again.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -34,14 +33,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from tuner.service.objective import Objective
 from tuner.service.search import results
 from tuner.service.search.halving import SuccessiveHalving
-from tuner.service.search.study import CellStudy
+from tuner.service.search.study import CellStudy, open_studies
 from tuner.service.trials import member_key
 
 if TYPE_CHECKING:
@@ -130,17 +128,9 @@ class PopulationSearcher(Searcher):
         self._studies = self._open_studies()
 
     def _open_studies(self) -> dict[str, CellStudy]:
-        self._study_dir.mkdir(parents=True, exist_ok=True)
-        direction = Objective(self._metric, self._mode).direction
-        return {cell: CellStudy(self._study_dir / f"{cell}.journal", cell, direction,
-                                functools.partial(self._sampler, i))
-                for i, cell in enumerate(self._cells)}
-
-    def _sampler(self, cell_index: int, n_existing: int) -> optuna.samplers.TPESampler:
-        seed = int(np.random.SeedSequence([self._seed, cell_index, n_existing])
-                   .generate_state(1)[0])
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self._n_startup,
-                                          constant_liar=True)
+        return open_studies(self._study_dir, self._cells,
+                            Objective(self._metric, self._mode).direction, self._seed,
+                            self._n_startup)
 
     # ----------------------------------------------------------------- Tune hooks
     def set_search_properties(self, metric, mode, config, **spec) -> bool:

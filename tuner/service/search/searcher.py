@@ -20,7 +20,6 @@ Invariants kept across a driver kill and ``Tuner.restore``:
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -28,14 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import optuna
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
 from tuner.service.objective import Objective
 from tuner.service.search import results
-from tuner.service.search.study import TUNE_ID_ATTR, CellStudy
+from tuner.service.search.study import TUNE_ID_ATTR, CellStudy, open_studies
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -145,26 +142,9 @@ class PerCellSearcher(Searcher):
         self._studies = self._open_studies()
 
     def _open_studies(self) -> dict[str, CellStudy]:
-        self._study_dir.mkdir(parents=True, exist_ok=True)
-        direction = Objective(self._metric, self._mode).direction
-        return {
-            cell: CellStudy(
-                self._study_dir / f"{cell}.journal",
-                cell,
-                direction,
-                functools.partial(self._sampler, i),
-            )
-            for i, cell in enumerate(self._cells)
-        }
-
-    def _sampler(self, cell_index: int, n_existing: int) -> optuna.samplers.TPESampler:
-        """Seeded from (seed, cell, trials so far): a re-opened study (driver restart) must not
-        replay the random stream from its start, which would re-ask its first lrs."""
-        entropy = [self._seed, cell_index, n_existing]
-        seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
-        return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=self._n_startup, constant_liar=True
-        )
+        return open_studies(self._study_dir, self._cells,
+                            Objective(self._metric, self._mode).direction, self._seed,
+                            self._n_startup)
 
     # ----------------------------------------------------------------- Tune hooks
     def set_search_properties(

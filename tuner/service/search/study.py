@@ -7,10 +7,12 @@ checked against it.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.distributions import FloatDistribution
 from optuna.storages import JournalStorage
@@ -109,3 +111,23 @@ class CellStudy:
 
     def _storage_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self._study_id, number)
+
+
+def tpe_sampler(seed: int, cell_index: int, n_startup: int, n_existing: int
+                ) -> optuna.samplers.TPESampler:
+    """A cell's TPE sampler, seeded from (seed, cell, trials so far): a re-opened study (driver
+    restart) must not replay the random stream from its start, which would re-ask its first
+    rates. ``constant_liar``: trials asked while others run do not all land on one spot."""
+    state = int(np.random.SeedSequence([seed, cell_index, n_existing]).generate_state(1)[0])
+    return optuna.samplers.TPESampler(seed=state, n_startup_trials=n_startup, constant_liar=True)
+
+
+def open_studies(study_dir: Path, cells: Iterable[str], direction: str, seed: int,
+                 n_startup: int) -> dict[str, CellStudy]:
+    """One :class:`CellStudy` per cell under ``study_dir`` (created), TPE per
+    :func:`tpe_sampler`. The searchers call it at construction and after unpickling (Tune
+    pickles them without the open storages)."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    return {cell: CellStudy(study_dir / f"{cell}.journal", cell, direction,
+                            functools.partial(tpe_sampler, seed, i, n_startup))
+            for i, cell in enumerate(cells)}
