@@ -63,10 +63,13 @@ def test_population_search_end_to_end(population_reference):
             finite = [t for t in members if t.intermediate_values.get(20, float("nan")) ==
                       t.intermediate_values.get(20, float("nan"))]
             complete = [t for t in members if t.state.name == "COMPLETE"]
-            assert len(complete) == min(2, len(finite)), (cell, wave)
-            # the ones kept were the best at step 20
+            # the ones kept were the best at step 20; a kept one may still diverge later
             kept = sorted(finite, key=lambda t: (t.intermediate_values[20], t.number))[:2]
-            assert {t.number for t in complete} == {t.number for t in kept}
+            assert {t.number for t in complete} <= {t.number for t in kept}, (cell, wave)
+            for t in kept:
+                assert t.state.name == "COMPLETE" or t.user_attrs.get("diverged"), (cell, t)
+            for t in [t for t in members if t.number not in {k.number for k in kept}]:
+                assert t.state.name == "PRUNED" and max(t.intermediate_values) <= 20
         complete = [t for t in trials if t.state.name == "COMPLETE"]
         assert best[cell]["lr"] == pytest.approx(min(complete, key=lambda t: t.value)
                                                  .params["lr"])
