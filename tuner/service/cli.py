@@ -26,6 +26,7 @@ import tyro
 
 from tuner.service import experiment
 from tuner.service.dirs import ExperimentDirs
+from tuner.service.folder_lock import FolderLock, FolderLocked
 from tuner.service.search import rounds
 
 
@@ -119,6 +120,23 @@ def main(args: Args) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # one driver per folder (the pilot too: it writes pilot.json there, and a second cluster
+    # on the machine would skew its measurements); taken before Ray starts, released on any
+    # exit but SIGKILL, whose lock the next driver takes over (folder_lock)
+    lock = FolderLock(dirs.root)
+    try:
+        lock.acquire()
+    except FolderLocked as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return _drive(args, exp, dirs, research, started)
+    finally:
+        lock.release()
+
+
+def _drive(args: Args, exp, dirs: ExperimentDirs, research, started: float) -> int:
+    """Starts Ray and runs the stages (or the pilot) in a folder this driver holds."""
     # Under `uv run`, Ray 2.60 would rebuild the uv env for every worker; share this one.
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # snapshot often: lose little
