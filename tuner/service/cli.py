@@ -24,8 +24,9 @@ from typing import Annotated
 
 import tyro
 
-from tuner.service import experiment
+from tuner.service import experiment, folder_check
 from tuner.service.dirs import ExperimentDirs
+from tuner.service.files import DamagedFile, read_json
 from tuner.service.folder_lock import FolderLock, FolderLocked
 from tuner.service.search import rounds
 
@@ -130,7 +131,12 @@ def main(args: Args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
+        for message in folder_check.check(dirs):
+            print(message, flush=True)
         return _drive(args, exp, dirs, research, started)
+    except DamagedFile as e:  # a journal or result file a crash or a full disk cut
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
     finally:
         lock.release()
 
@@ -219,8 +225,6 @@ def _against_pilot(dirs: ExperimentDirs, times: dict[str, float]) -> list[str]:
     path = dirs.root / "pilot.json"
     if not path.exists():
         return []
-    import json
-
-    projected = json.loads(path.read_text())["projection"]["current"]
+    projected = read_json(path, folder_check.REMEDY[path.name])["projection"]["current"]
     return [f"  {key[:-2]}: {times[key]:.0f} s, the pilot projected {projected[key]:.0f} s "
             f"({times[key] / projected[key]:.2f}x)" for key in ("search_s", "finals_s", "total_s")]
