@@ -62,7 +62,10 @@ def test_compilation_cache_is_written_then_read(tmp_path):
         "from tests.test_speed_paths import SMALL; from tuner.core.loop import Run;"
         "r = Run(SMALL); r.train(r.init_state(), lambda m, s: None);"
         "print('HITS', events.count('/jax/compilation_cache/cache_hits'))")
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # this module imports the tests' own helpers (tests/tolerance.py) by their bare name
+    tests_dir = os.path.dirname(__file__)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
+        p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p))
 
     def hits() -> int:
         res = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
