@@ -212,10 +212,10 @@ class FolderLock:
                      else f" (kill {holder['pid']} on {holder.get('host')})"
                      if holder.get("pid") else ""))
         return (f"{self.folder} is in use by {who}. Two drivers on one folder would train the "
-                f"same trials twice and race on its files: {remedy}, then rerun this command "
-                f"to resume. A lock whose driver is gone is taken over by itself (dead pid on "
-                f"its host, or a heartbeat older than {self.stale_after_s:.0f} s); "
-                f"the lock: {self.path}")
+                f"same trials twice and race on its files. {remedy[0].upper()}{remedy[1:]}, "
+                f"then rerun this command to resume; a lock whose driver is gone is taken over "
+                f"automatically (its pid dead on its host, or its heartbeat older than "
+                f"{self.stale_after_s:.0f} s). Lock file: {self.path}")
 
     def _beat(self) -> None:
         """Rewrites the heartbeat until released; stops if the lock is no longer ours (taken
