@@ -148,7 +148,8 @@ def test_spectral_smoothness_matches_numpy_fft(trained):
     f = diagnostics.spectral_smoothness_of
     assert float(f(jnp.asarray(np.cos(2 * np.pi * a / 11)))) == pytest.approx(1.0)
     assert float(f(jnp.asarray(np.cos(2 * np.pi * 5 * a / 11)))) == pytest.approx(0.0, abs=1e-6)
-    assert float(f(jnp.ones((11, 11, 2)))) == 1.0
+    # a float32 FFT leaves ~eps32 in the non-constant bins: 1 to rounding, as the cosines
+    assert float(f(jnp.ones((11, 11, 2)))) == pytest.approx(1.0, abs=1e-6)
     noise = np.random.default_rng(0).normal(size=(11, 11, 3))
     assert float(f(jnp.asarray(noise))) == pytest.approx(numpy_smoothness(noise), rel=1e-4)
 

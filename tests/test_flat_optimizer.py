@@ -1,16 +1,17 @@
 """``adamw_flat`` (one flat vector) trains exactly like ``adamw`` (per leaf): same parameters,
 moments, losses and gradient norms, computed side by side here in float32 on the CPU.
 
-Tolerance: rtol 1e-6 with atol 1e-7 on parameters (O(0.1-1): a few float32 ULPs), after 6
-steps. The two programs round differently (the global norm's summation order; XLA contracts and
-fuses the elementwise update differently per leaf and flat), so parameters near 0 differ by a few
-ULPs in absolute terms; against a float64 AdamW both are equally close (checked below).
+Tolerance: the two programs round differently (the global norm's summation order; XLA contracts
+and fuses the elementwise update differently per leaf and flat, and differently per CPU), so they
+agree to float32 rounding of 6 training steps (tests/tolerance.py: ~1e-4 x each array's scale),
+not bit for bit; against a float64 AdamW both are close to a few float32 ulps (checked below).
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tolerance import assert_f32_close, forward_depth, train_depth
 
 from tuner.core import flat_adamw, optimizers, steps
 from tuner.core.config import RunConfig, replace
@@ -20,7 +21,7 @@ SMALL = replace(RunConfig(), **{
     "data.dim_x": 4, "data.seq_len": 32, "model.n_layers": 2, "model.d_model": 32,
     "model.n_heads": 2, "model.d_ff": 64, "train.batch_size": 8, "train.steps": 20,
     "train.lr": 3e-3, "train.weight_decay": 0.5, "train.warmup_frac": 0.1})
-RTOL, ATOL = 1e-6, 1e-7
+DEPTH = train_depth(forward_depth(n_layers=2, d_model=32, d_ff=64, seq_len=32, head_dim=16), 6)
 
 
 def _train(cfg, n_steps: int):
@@ -34,18 +35,17 @@ def test_flat_adamw_equals_per_leaf_adamw(clip_norm):
     cfg = replace(SMALL, **{"train.clip_norm": clip_norm})
     per_leaf, m_leaf = _train(cfg, 6)
     flat, m_flat = _train(replace(cfg, **{"train.optimizer": "adamw_flat"}), 6)
-    np.testing.assert_allclose(m_flat["loss"], m_leaf["loss"], rtol=RTOL)
-    np.testing.assert_allclose(m_flat["grad_norm"], m_leaf["grad_norm"], rtol=RTOL)
+    assert_f32_close(m_flat["loss"], m_leaf["loss"], DEPTH)
+    assert_f32_close(m_flat["grad_norm"], m_leaf["grad_norm"], DEPTH)
     leaves_leaf, leaves_flat = jax.tree.leaves(per_leaf.params), jax.tree.leaves(flat.params)
     assert [x.shape for x in leaves_leaf] == [x.shape for x in leaves_flat]
     for a, b in zip(leaves_flat, leaves_leaf, strict=True):
-        np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+        assert_f32_close(a, b, DEPTH)
     adam = per_leaf.opt_state[1]  # chain(clip, scale_by_adam): the Adam state
     assert int(flat.opt_state.count) == int(adam.count) == 6
     for ours, theirs in ((flat.opt_state.mu, adam.mu), (flat.opt_state.nu, adam.nu)):
         theirs = flat_adamw.ravel(theirs)
-        np.testing.assert_allclose(ours, theirs, rtol=1e-5,
-                                   atol=1e-6 * float(jnp.abs(theirs).max()))
+        assert_f32_close(ours, theirs, DEPTH)
 
 
 @pytest.mark.parametrize("name", ["adamw", "adamw_flat"])
@@ -74,6 +74,8 @@ def test_adamw_steps_match_float64_reference(name):
         mu, nu = 0.9 * mu + 0.1 * g, 0.95 * nu + 0.05 * g**2
         u = (mu / (1 - 0.9**t)) / (np.sqrt(nu / (1 - 0.95**t)) + 1e-8)
         p = p - 3e-3 * (u + 0.5 * decays * p)
+    # float32 against exact: 3 steps of ~10 elementwise roundings each; rtol 1e-6 (8 eps32)
+    # on O(0.1) parameters, atol 1e-7 for those near zero (their updates are ~3e-3 x O(1))
     np.testing.assert_allclose(f64(new), p, rtol=1e-6, atol=1e-7)
 
 

@@ -24,8 +24,10 @@ from typing import Annotated
 
 import tyro
 
-from tuner.service import experiment
+from tuner.service import experiment, folder_check
 from tuner.service.dirs import ExperimentDirs
+from tuner.service.files import DamagedFile, read_json
+from tuner.service.folder_lock import FolderLock, FolderLocked
 from tuner.service.search import rounds
 
 
@@ -119,6 +121,28 @@ def main(args: Args) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # one driver per folder (the pilot too: it writes pilot.json there, and a second cluster
+    # on the machine would skew its measurements); taken before Ray starts, released on any
+    # exit but SIGKILL, whose lock the next driver takes over (folder_lock)
+    lock = FolderLock(dirs.root)
+    try:
+        lock.acquire()
+    except FolderLocked as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        for message in folder_check.check(dirs):
+            print(message, flush=True)
+        return _drive(args, exp, dirs, research, started)
+    except DamagedFile as e:  # a journal or result file a crash or a full disk cut
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        lock.release()
+
+
+def _drive(args: Args, exp, dirs: ExperimentDirs, research, started: float) -> int:
+    """Starts Ray and runs the stages (or the pilot) in a folder this driver holds."""
     # Under `uv run`, Ray 2.60 would rebuild the uv env for every worker; share this one.
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # snapshot often: lose little
@@ -201,8 +225,6 @@ def _against_pilot(dirs: ExperimentDirs, times: dict[str, float]) -> list[str]:
     path = dirs.root / "pilot.json"
     if not path.exists():
         return []
-    import json
-
-    projected = json.loads(path.read_text())["projection"]["current"]
+    projected = read_json(path, folder_check.REMEDY[path.name])["projection"]["current"]
     return [f"  {key[:-2]}: {times[key]:.0f} s, the pilot projected {projected[key]:.0f} s "
             f"({times[key] / projected[key]:.2f}x)" for key in ("search_s", "finals_s", "total_s")]

@@ -10,9 +10,7 @@ is done and is never rerun.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,8 @@ from tuner.service import ray_fixes
 from tuner.service.concurrency import ClusterConcurrency, per_cell_cap
 from tuner.service.dirs import ExperimentDirs
 from tuner.service.experiment import Experiment
+from tuner.service.files import read_json, write_json
+from tuner.service.folder_check import REMEDY
 from tuner.service.objective import Objective
 from tuner.service.search import rounds
 from tuner.service.search.population import PopulationSearcher
@@ -47,9 +47,7 @@ class Interrupted(Exception):
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    write_json(path, data, default=str)
 
 
 def trainable(exp: Experiment, fn=train_trial):
@@ -195,7 +193,7 @@ def run_search(exp: Experiment, dirs: ExperimentDirs, wandb: bool = True,
     finished rounds read back from their Tune folders, not rerun."""
     options = rounds.record(dirs.options, widen_edges, research)
     if dirs.best.exists() and not options.pending:
-        return json.loads(dirs.best.read_text())
+        return read_json(dirs.best, REMEDY[dirs.best.name])
     first = first_round(exp, dirs)
     searcher = _run_round(exp, dirs, first, wandb)
     best = {c: b and {**b, "range": [exp.lr_low, exp.lr_high], "round": first.name}
@@ -264,7 +262,8 @@ def kept_finals(dirs: ExperimentDirs, best: dict[str, Any]) -> list[dict]:
     rows_file = _stale_finals(dirs, n) / dirs.finals.name
     if not rows_file.exists():
         return []
-    return [r for r in json.loads(rows_file.read_text()) if r["lr"] == best[r["cell"]]["lr"]]
+    return [r for r in read_json(rows_file, "restore it or delete it (those finals are then "
+                                 "retrained)") if r["lr"] == best[r["cell"]]["lr"]]
 
 
 def final_specs(exp: Experiment, best: dict[str, Any], dirs: ExperimentDirs,
@@ -298,7 +297,7 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
                wandb: bool = True) -> list[dict]:
     """Stage 2. Returns one row per final run: cell, seed, lr and its final metrics."""
     if dirs.finals.exists():
-        rows = json.loads(dirs.finals.read_text())
+        rows = read_json(dirs.finals, REMEDY[dirs.finals.name])
         if all(r["lr"] == best[r["cell"]]["lr"] for r in rows):
             return rows
         _set_aside_stale_finals(dirs)  # widened or re-searched after these finals ran

@@ -7,14 +7,13 @@ the trial list Tune hands to ``on_step_end``, so it is also right after a restor
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from pathlib import Path
 
 from ray.tune import Callback
 
+from tuner.service.files import write_json
 from tuner.service.objective import Objective
 from tuner.service.trial_spec import TrialSpec
 from tuner.service.trials import member_key
@@ -65,6 +64,4 @@ class StatusFile(Callback):
                   "trials_running": sum(e["running"] for e in per_cell.values()),
                   "trials_finished": sum(e["finished"] for e in per_cell.values()),
                   "cells": per_cell}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(status, indent=1))
-        os.replace(tmp, self.path)
+        write_json(self.path, status)

@@ -8,10 +8,17 @@ time on a 2-core machine (bench/README.md). Here every run of the experiment liv
 long-lived actor (wandb allows several runs in one process with ``reinit="create_new"``); the
 callback keeps Ray's run naming, grouping, config cleaning and result filtering by reusing its
 own pieces.
+
+Calls to the actor are fire-and-forget, so a driver killed outright (SIGKILL, a lost node)
+takes with it whatever the actor had not yet written: a fresh actor spends seconds importing
+wandb and starting its service, so a trial's first results may not even have a run yet. Tune's
+``result.json`` does hold them, so a trial's first result in a driver carries the trial's
+earlier rows from that file, and a run resumed there logs those it lacks before the new one.
 """
 
 from __future__ import annotations
 
+import json
 import netrc
 import os
 import socket
@@ -73,12 +80,26 @@ class WandbRuns:
         self._runs[trial_id] = (run, types.SimpleNamespace(_exclude=set(exclude),
                                                            _to_config=set(to_config)))
 
-    def log(self, trial_id: str, result: dict[str, Any], start_args: tuple) -> None:
-        """Logs one result; ``start_args`` (those of :meth:`start`) rebuild the run where this
-        actor lost it (Ray restarted the actor): W&B resumes the same run id."""
+    def log(self, trial_id: str, result: dict[str, Any], start_args: tuple,
+            earlier: list[dict[str, Any]] | None = None) -> None:
+        """Logs one result, after ``earlier`` ones of the trial (see
+        :meth:`CellWandbCallback.log_trial_result`) that the run has not yet (those at or past
+        ``run.step``: a resumed online run is past the steps it already holds; an offline one
+        starts at 0 and ``wandb sync`` drops steps the run already has). ``start_args`` (those
+        of :meth:`start`) rebuild the run where this actor lost it (Ray restarted the actor):
+        W&B resumes the same run id."""
         if trial_id not in self._runs:
             self.start(trial_id, *start_args)
         run, filt = self._runs[trial_id]
+        if earlier:
+            first = run.step
+            for row in earlier:
+                if row[TRAINING_ITERATION] >= first:
+                    self._log(run, filt, row)
+        self._log(run, filt, result)
+
+    @staticmethod
+    def _log(run, filt, result: dict[str, Any]) -> None:
         log, config_update = _WandbLoggingActor._handle_result(filt, result)
         run.config.update(config_update, allow_val_change=True)
         run.log(log, step=log.get(TRAINING_ITERATION))
@@ -96,6 +117,24 @@ class WandbRuns:
         self._wandb.teardown()
 
 
+def earlier_results(path: Path, before: int) -> list[dict[str, Any]]:
+    """The rows of a trial's ``result.json`` (Tune's own record, one JSON line per result)
+    before iteration ``before``, one per iteration (the last written), oldest first; a line cut
+    by a kill is skipped."""
+    if before <= 1 or not path.exists():
+        return []
+    rows: dict[int, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        it = row.get(TRAINING_ITERATION) if isinstance(row, dict) else None
+        if isinstance(it, int) and it < before:
+            rows[it] = row
+    return [rows[i] for i in sorted(rows)]
+
+
 class CellWandbCallback(WandbLoggerCallback):
     """WandbLoggerCallback whose runs carry the trial's cell, stage and seed as tags, and share
     one logging actor (see the module docstring). Hooks: Tune calls ``log_trial_start`` /
@@ -109,10 +148,12 @@ class CellWandbCallback(WandbLoggerCallback):
         self._runs_actor = None
         self._finishing: list = []
         self._start_args: dict[str, tuple] = {}
+        self._seen: set[str] = set()  # trials that reported to this driver
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)  # an actor handle must not land in Tune's snapshots
         state["_runs_actor"], state["_finishing"], state["_start_args"] = None, [], {}
+        state["_seen"] = set()  # per driver: a restored driver replays (log_trial_result)
         return state
 
     def log_trial_start(self, trial) -> None:
@@ -137,11 +178,20 @@ class CellWandbCallback(WandbLoggerCallback):
         self._trial_logging_actors[trial] = self._runs_actor
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        """Sends the result; a trial's first result in this driver also sends its earlier
+        results from Tune's result.json (a resumed trial: see the module docstring)."""
         if trial not in self._trial_logging_actors:
             self.log_trial_start(trial)
-        result = _clean_log(result, video_kwargs=self.video_kwargs,
-                            image_kwargs=self.image_kwargs)
-        self._runs_actor.log.remote(trial.trial_id, result, self._start_args[trial.trial_id])
+        earlier = None
+        if trial.trial_id not in self._seen:
+            self._seen.add(trial.trial_id)
+            earlier = [self._clean(r) for r in earlier_results(
+                Path(trial.local_path) / "result.json", result.get(TRAINING_ITERATION, 0))]
+        self._runs_actor.log.remote(trial.trial_id, self._clean(result),
+                                    self._start_args[trial.trial_id], earlier)
+
+    def _clean(self, result: dict) -> dict:
+        return _clean_log(result, video_kwargs=self.video_kwargs, image_kwargs=self.image_kwargs)
 
     def __del__(self) -> None:
         """Nothing to stop at garbage collection: the runs actor is closed at the experiment's

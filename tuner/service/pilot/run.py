@@ -11,9 +11,7 @@ back and prints each stage's time against it.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from typing import Any
 
@@ -25,6 +23,7 @@ from ray.tune.logger import JsonLoggerCallback
 from tuner.service.concurrency import per_cell_cap
 from tuner.service.dirs import ExperimentDirs
 from tuner.service.experiment import Experiment
+from tuner.service.files import write_json
 from tuner.service.pilot import project
 from tuner.service.pilot.measure import pilot_trial
 from tuner.service.shapes import shapes
@@ -115,9 +114,7 @@ def _median_cost(rows: list[dict[str, float]]) -> project.ShapeCost:
 
 
 def _write(path, data) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_json(path, data)
 
 
 def summary_lines(pilot: dict[str, Any], exp: Experiment) -> list[str]:

@@ -18,12 +18,13 @@ No Ray import: the CLI checks ``--research`` before any cluster work.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from tuner.service.files import read_json, write_json
+from tuner.service.folder_check import REMEDY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,9 +96,7 @@ class SearchOptions:
                                    researched=[r["name"] for r in self.researches])
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=1))
-        os.replace(tmp, path)
+        write_json(path, dataclasses.asdict(self))
 
 
 def record(path: Path, widen_edges: bool = False, researches: Iterable[Research] = ()
@@ -108,7 +107,7 @@ def record(path: Path, widen_edges: bool = False, researches: Iterable[Research]
     is the same round, so rerunning the command that asked for it resumes it; new ones asked
     together with the same range share one round (their trials run side by side).
     """
-    saved = json.loads(path.read_text()) if path.exists() else {}
+    saved = read_json(path, REMEDY[path.name]) if path.exists() else {}
     known = {f.name for f in dataclasses.fields(SearchOptions)}
     options = SearchOptions(**{k: v for k, v in saved.items() if k in known})
     options.widen_edges = bool(widen_edges or options.widen_edges)

@@ -19,6 +19,8 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.service.search.journal_repair import repair_torn_tail
+
 TUNE_ID_ATTR = "tune_trial_id"  # Optuna user attribute: the Tune trial that now holds it
 DIVERGED_ATTR = "diverged"  # Optuna user attribute of a trial whose metric turned non-finite
 
@@ -46,6 +48,9 @@ class CellStudy:
     ) -> None:
         self.path = path
         self._sampler_for = sampler_for
+        repaired = repair_torn_tail(path)  # a driver killed mid-append leaves a cut record
+        if repaired:
+            print(repaired, flush=True)
         self.storage = JournalStorage(JournalFileBackend(str(path)))
         self.study = optuna.create_study(
             study_name=name,

@@ -1,0 +1,135 @@
+"""Torn and damaged files of the experiment folder, on real Optuna journals and real files:
+a journal whose last record was cut is repaired (original kept, only the tail dropped) and
+loads with every earlier trial; damage elsewhere, or a damaged JSON result file, is a clear
+error naming the file and the remedy. (The same after a real SIGKILL: tests/test_service.py.)"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tuner.service.files import DamagedFile, read_json, write_json
+from tuner.service.search.journal_repair import JournalDamaged, repair_torn_tail
+from tuner.service.search.study import CellStudy
+
+ROOT = Path(__file__).parent.parent
+
+
+def journal(path: Path) -> CellStudy:
+    """A real cell study: three trials (complete, pruned with a report, running)."""
+    study = CellStudy(path, "patch=1", "minimize",
+                      lambda n: optuna.samplers.RandomSampler(seed=n))
+    n0, _ = study.ask_lr(1e-4, 1e-1)
+    study.report(n0, 10, 0.5)
+    study.tell(n0, optuna.trial.TrialState.COMPLETE, 0.4)
+    n1, _ = study.ask_lr(1e-4, 1e-1)
+    study.report(n1, 10, 0.9)
+    study.tell(n1, optuna.trial.TrialState.PRUNED, None)
+    n2, _ = study.ask_lr(1e-4, 1e-1)
+    study.report(n2, 10, 0.7)
+    return study
+
+
+def trials(study: CellStudy) -> list[tuple]:
+    return [(t.number, t.state.name, t.params, dict(t.intermediate_values))
+            for t in study.trials()]
+
+
+def reopen(path: Path) -> CellStudy:
+    return CellStudy(path, "patch=1", "minimize", lambda n: optuna.samplers.RandomSampler(n))
+
+
+@pytest.mark.parametrize("cut", ["mid-record", "before-newline"])
+def test_torn_last_record_dropped_and_original_kept(tmp_path, capsys, cut):
+    path = tmp_path / "patch=1.journal"
+    whole = trials(journal(path))
+    data = path.read_bytes()
+    last_start = data.rstrip(b"\n").rfind(b"\n") + 1  # the last record: trial 2's report
+    torn = data[:last_start + 25]
+    if cut == "before-newline":  # a record whose end was lost but whose line ended
+        torn += b"\n"
+    path.write_bytes(torn)
+    out = repair_torn_tail(path)
+    assert f"repaired {path}" in out and "was cut" in out and "patch=1.journal.torn-1" in out
+    assert (tmp_path / "patch=1.journal.torn-1").read_bytes() == torn  # the original, as found
+    assert path.read_bytes() == data[:last_start]  # only the torn record went
+    study = reopen(path)
+    # every trial is there; only trial 2's last report (the dropped record) is missing
+    got = trials(study)
+    assert got[:2] == whole[:2]
+    assert got[2][:3] == whole[2][:3] and got[2][3] == {}
+    # the study goes on: trial 2 reports again (as its resumed Tune trial does) and is told
+    study.report(2, 10, 0.7)
+    study.tell(2, optuna.trial.TrialState.COMPLETE, 0.3)
+    assert trials(reopen(path))[2][1:] == ("COMPLETE", whole[2][2], {10: 0.7})
+    assert not list(tmp_path.glob("*.torn-2"))  # whole again: nothing more to do
+
+
+def test_opening_a_torn_study_repairs_and_says_so(tmp_path, capsys):
+    """CellStudy (what the searcher opens on resume) repairs and prints; a second tear later
+    keeps its own original beside the first."""
+    path = tmp_path / "c.journal"
+    journal(path)
+    for n in (1, 2):
+        path.write_bytes(path.read_bytes()[:-7])
+        assert len(reopen(path).trials()) == 3
+        assert (tmp_path / f"c.journal.torn-{n}").exists()
+        assert f"the original is saved as c.journal.torn-{n}" in capsys.readouterr().out
+
+
+def test_damage_before_the_last_record_is_a_clear_error(tmp_path):
+    path = tmp_path / "patch=1.journal"
+    journal(path)
+    lines = path.read_bytes().split(b"\n")
+    lines[2] = lines[2][:10]
+    path.write_bytes(b"\n".join(lines))
+    before = path.read_bytes()
+    with pytest.raises(JournalDamaged) as e:
+        reopen(path)
+    msg = str(e.value)
+    assert str(path) in msg and "line 3 of" in msg and "new --out folder" in msg
+    assert path.read_bytes() == before and not list(tmp_path.glob("*.torn-*"))  # untouched
+
+
+def test_whole_journal_untouched(tmp_path):
+    path = tmp_path / "c.journal"
+    journal(path)
+    before = path.read_bytes()
+    assert repair_torn_tail(path) is None and path.read_bytes() == before
+    assert repair_torn_tail(tmp_path / "missing.journal") is None
+
+
+def test_json_written_atomically_and_damage_named(tmp_path):
+    path = tmp_path / "finals.json"
+    write_json(path, [{"cell": "a", "nmse": math.pi}])
+    assert read_json(path, "x") == [{"cell": "a", "nmse": math.pi}]
+    assert [p.name for p in tmp_path.iterdir()] == ["finals.json"]  # no temporary left
+    path.write_text('[{"cell": "a", "nm')
+    with pytest.raises(DamagedFile, match=r"finals.json is damaged \(line 1, column \d+: .*"
+                                          r"\); delete it"):
+        read_json(path, "delete it")
+    path.write_text("")
+    with pytest.raises(DamagedFile, match="it is empty"):
+        read_json(path, "delete it")
+
+
+def test_cli_exits_2_on_a_damaged_result_file(tmp_path):
+    """A damaged search_options.json (read before Ray starts): exit 2, one line naming the file
+    and the remedy, no traceback."""
+    out = tmp_path / "out"
+    folder = out / "tiny"
+    folder.mkdir(parents=True)
+    (folder / "experiment.yaml").write_text((ROOT / "tests/fixtures/tiny.yaml").read_text())
+    (folder / "search_options.json").write_text('{"widen_edges": tr')
+    res = subprocess.run([sys.executable, "-m", "tuner.run", "tests/fixtures/tiny.yaml",
+                          "--out", str(out), "--no-wandb", "--num-cpus", "1"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "search_options.json is damaged" in res.stderr and "--widen-edges" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (folder / "driver.lock").exists()  # released on that exit too
