@@ -9,10 +9,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-# The modules that start a Ray cluster (service, viewer, task smokes, Slurm, search) carry
-# ``pytest.mark.xdist_group("ray")``: with `-n 2 --dist loadgroup` (the README's command) they
-# run one after another on one worker (two local clusters at once stalled and killed each
-# other's trials on a 2-core machine), sharing one tiny run; the other worker takes the rest.
+# The suite runs in one process: the modules that start a local Ray cluster (service, viewer,
+# task smokes, Slurm, search) must never run two clusters at once (on a 2-core machine they
+# stall and kill each other's trials), and they share one tiny run (``tiny_reference``).
 
 
 @pytest.fixture(scope="session")

@@ -33,8 +33,6 @@ from tuner.service.search import results  # noqa: E402
 from tuner.service.search.scheduler import PerCellScheduler  # noqa: E402
 from tuner.service.search.searcher import PerCellSearcher  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster at a time (conftest.py)
-
 MAX_T = 9
 DRIVER = Path(__file__).with_name("search_driver.py")
 

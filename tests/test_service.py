@@ -25,7 +25,7 @@ from tuner.service.search.study import TUNE_ID_ATTR
 CELLS = ["patch=1", "patch=4"]
 TRIALS_PER_CELL = 10
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = pytest.mark.slow
 
 
 def studies(root: Path, cells: list[str] = CELLS, folder: str = "studies"

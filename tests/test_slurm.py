@@ -25,7 +25,7 @@ import yaml
 
 from tuner.slurm.runner import HeadProcesses
 
-pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("ray")]
+pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))

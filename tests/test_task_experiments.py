@@ -23,8 +23,6 @@ from data.registry import TASKS
 from tuner.core import routing
 from tuner.service import experiment
 
-pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster at a time (conftest.py)
-
 
 def smaller_grid(name: str, tmp_path) -> Path:
     """The experiment file with its smoke grid cut to what its claims need (two values of each
