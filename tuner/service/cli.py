@@ -71,7 +71,7 @@ def prepare(args: Args):
     except ValueError as e:
         raise UsageError(f"{exp.path}: {e}") from None
     dirs = ExperimentDirs(Path(args.out).absolute() / exp.name)
-    frozen = dirs.root / "experiment.yaml"
+    frozen = dirs.experiment_file
     if frozen.exists() and frozen.read_text() != exp.path.read_text():
         raise UsageError(
             f"{exp.path} changed since {dirs.root} was started (its copy is {frozen}); resuming "
@@ -216,13 +216,13 @@ def _pilot(exp, dirs: ExperimentDirs, startup_s: float) -> int:
         return 130
     for line in summary_lines(pilot, exp):
         print(line)
-    print(f"pilot: {dirs.root / 'pilot.json'}")
+    print(f"pilot: {dirs.pilot}")
     return 0
 
 
 def _against_pilot(dirs: ExperimentDirs, times: dict[str, float]) -> list[str]:
     """This run's stage times against the pilot's projection (where a pilot ran)."""
-    path = dirs.root / "pilot.json"
+    path = dirs.pilot
     if not path.exists():
         return []
     projected = read_json(path, folder_check.REMEDY[path.name])["projection"]["current"]

@@ -43,3 +43,35 @@ class ExperimentDirs:
     @property
     def jax_cache(self) -> Path:
         return self.root / "jax_cache"
+
+    @property
+    def experiment_file(self) -> Path:  # the experiment file as it was at the first run
+        return self.root / "experiment.yaml"
+
+    @property
+    def lock(self) -> Path:  # the driver's lock (tuner.service.folder_lock)
+        return self.root / "driver.lock"
+
+    @property
+    def pilot(self) -> Path:  # what --pilot measured and projected
+        return self.root / "pilot.json"
+
+    @property
+    def pilot_runs(self) -> Path:  # the pilot's Tune run
+        return self.root / "pilot"
+
+    @property
+    def report(self) -> Path:  # summary.md, plots, trials.csv/.parquet
+        return self.root / "report"
+
+    def round_runs(self, name: str) -> Path:
+        """A search round's Tune run (``search``, ``search_wider_low``, ...)."""
+        return self.root / name
+
+    @property
+    def finals_runs(self) -> Path:  # the finals' Tune run
+        return self.root / "finals"
+
+    def stale_finals(self, n: int) -> Path:
+        """Where finals that trained a rate no longer picked are set aside (n = 1, 2, ...)."""
+        return self.root / f"finals-stale-{n}"

@@ -136,7 +136,7 @@ def build_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound | None 
 def _run_round(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound, wandb: bool
                ) -> PerCellSearcher:
     """Runs (or resumes) one round; returns a searcher restored from its final snapshot."""
-    path = dirs.root / rnd.name
+    path = dirs.round_runs(rnd.name)
     ray_fixes.tolerate_deleted_checkpoints()
     if tune.Tuner.can_restore(path):
         print(f"resuming the search from {path}", flush=True)
@@ -221,7 +221,7 @@ def run_search(exp: Experiment, dirs: ExperimentDirs, wandb: bool = True,
     missing = [c for c, b in best.items() if b is None]
     if missing:
         hint = ("the wider round found none either: check the trial logs under "
-                f"{dirs.root / 'search'}, or search lower with --research CELL:LOW:HIGH"
+                f"{dirs.round_runs('search')}, or search lower with --research CELL:LOW:HIGH"
                 if options.widen_edges else
                 "rerun the same command with --widen-edges (these cells are searched again "
                 "at lower rates, the others are kept) or --research CELL:LOW:HIGH")
@@ -234,7 +234,7 @@ def run_search(exp: Experiment, dirs: ExperimentDirs, wandb: bool = True,
 
 
 def _stale_finals(dirs: ExperimentDirs, n: int) -> Path:
-    return dirs.root / f"finals-stale-{n}"
+    return dirs.stale_finals(n)
 
 
 def _set_aside_stale_finals(dirs: ExperimentDirs) -> None:
@@ -245,7 +245,7 @@ def _set_aside_stale_finals(dirs: ExperimentDirs) -> None:
         n += 1
     stale = _stale_finals(dirs, n)
     stale.mkdir()
-    for path in (dirs.finals, dirs.root / "finals"):
+    for path in (dirs.finals, dirs.finals_runs):
         if path.exists():
             path.rename(stale / path.name)
     print(f"the best rates changed: earlier finals moved to {stale}", flush=True)
@@ -305,7 +305,7 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
     skip = sorted({r["cell"] for r in kept})
     if skip:
         print(f"finals kept (best rate unchanged): {', '.join(skip)}", flush=True)
-    path = dirs.root / "finals"
+    path = dirs.finals_runs
     ray_fixes.tolerate_deleted_checkpoints()
     finals_trainable = trainable(exp, _final_trial)
     if tune.Tuner.can_restore(path):

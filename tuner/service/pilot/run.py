@@ -103,7 +103,7 @@ def run_pilot(exp: Experiment, dirs: ExperimentDirs, startup_s: float = 0.0) -> 
         "gpus_per_trial_allowed": (project.gpus_per_trial_allowed(
             [c.peak_bytes for c in costs.values()], device) if device else None),
     }
-    _write(dirs.root / "pilot.json", out)
+    _write(dirs.pilot, out)
     return out
 
 
