@@ -88,3 +88,32 @@ def test_resume_from_a_checkpoint_reaches_the_same_end(tmp_path):
 def test_members_must_share_one_program():
     with pytest.raises(ValueError, match="another step"):
         Population([BASE, replace(BASE, **{"model.d_model": 64})])
+
+
+def test_masked_members_end_as_compacted_ones(tmp_path):
+    """Stopped members kept in the program (the CPU's choice) change nobody's result, and a
+    masked checkpoint (every member's state) resumes to the same end."""
+    pop = Population(_configs()[:3])
+
+    def halve(step, previous, progress):
+        return {2} if previous < 20 <= step else set()
+
+    compacted = train_population(pop, lambda *a: None, halve, compact=True)
+    seen = []
+
+    def save_at_20(step, progress, states):
+        seen.append(list(progress.alive))
+        if step == 20:
+            checkpoint.save(tmp_path / "ckpt", states, progress)
+
+    masked = train_population(pop, save_at_20, halve, compact=False)
+    assert seen == [[0, 1, 2], [0, 1], [0, 1], [0, 1]]
+    saved = checkpoint.read_progress(tmp_path / "ckpt")
+    states, progress = checkpoint.restore(tmp_path / "ckpt", pop.init_states([0, 1, 2]))
+    resumed = train_population(pop, lambda *a: None, halve, states=states, progress=progress,
+                               compact=False)
+    assert saved.alive == [0, 1]
+    for a, b, c in zip(compacted.last, masked.last, resumed.last, strict=True):
+        assert a["step"] == b["step"] == c["step"]
+        np.testing.assert_allclose(b["eval/nmse"], a["eval/nmse"], rtol=RTOL)
+        np.testing.assert_allclose(c["eval/nmse"], a["eval/nmse"], rtol=RTOL)

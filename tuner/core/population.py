@@ -5,9 +5,12 @@ One search trial alone leaves an accelerator mostly idle (bench/README.md: packi
 trials on a GPU adds nothing, one vmapped program does), so the search trains a cell's rates
 together. Which members stop is the caller's rule (``halve``, the service's successive halving),
 decided on a whole evaluation at once, so the outcome never depends on the order in which
-results arrive. A stopped or diverged member leaves the program: the stacked state is cut to
-the survivors, a smaller program compiled once per population size, instead of masking (which
-would keep paying for the stopped members' steps).
+results arrive. A stopped or diverged member either leaves the program (``compact``: the
+stacked state is cut to the survivors, a smaller program compiled once per population size) or
+stays in it unevaluated (masked: one program, paying for the stopped members' steps).
+:func:`compact_by_default` picks by backend from measurement (bench/README.md): on a GPU a
+population's compute dominates and cutting it pays; on a CPU, with the small models run there,
+compiling the smaller programs cost more than the steps they save.
 
 Each member's trajectory equals its separate run (``tests/test_population.py``).
 """
@@ -67,6 +70,17 @@ class Population:
                 steps.stack([self.runs[i].hparams for i in members]))
 
 
+def compact_by_default() -> bool:
+    """Whether stopped members leave the program on this backend (module docstring)."""
+    return jax.default_backend() != "cpu"
+
+
+def held_members(progress: Progress, n: int, compact: bool) -> list[int]:
+    """The members a checkpointed state holds, in order: the live ones where stopped members
+    leave the program, else all ``n``."""
+    return list(progress.alive) if compact and progress.alive is not None else list(range(n))
+
+
 def take(states: steps.TrainState, positions: Sequence[int]) -> steps.TrainState:
     """The members at ``positions`` of a stacked state, in that order."""
     index = jnp.asarray(list(positions), jnp.int32)
@@ -75,19 +89,20 @@ def take(states: steps.TrainState, positions: Sequence[int]) -> steps.TrainState
 
 def train_population(pop: Population, on_eval: OnEval, halve: Halving, *,
                      states: steps.TrainState | None = None,
-                     progress: Progress | None = None) -> Progress:
+                     progress: Progress | None = None, compact: bool = True) -> Progress:
     """Trains every live member to ``train.steps`` in one program; evaluates each live member
     every ``eval_every`` steps and at the end (the metrics :meth:`Run.train` reports, in
     ``progress.last[i]``), then stops the members ``halve`` names (``stopped: True`` in their
     last metrics) and the diverged ones, then calls ``on_eval``.
 
-    ``states``/``progress`` resume from a checkpoint: ``states`` holds ``progress.alive`` in
-    that order (default: a fresh start of every member). Returns the final progress.
+    ``states``/``progress`` resume from a checkpoint: ``states`` holds
+    :func:`held_members` in that order (default: a fresh start of every member). ``compact``:
+    stopped members leave the program (module docstring). Returns the final progress.
     """
     progress = progress or Progress.start(len(pop))
+    held = held_members(progress, len(pop), compact)  # members in ``states``, in order
     if progress.alive is None:
         progress.alive = list(range(len(pop)))
-    held = list(progress.alive)  # members in ``states``, in order
     states = pop.init_states(held) if states is None else states
     tasks, hps = pop.stacked(held)
     t = pop.train
@@ -99,6 +114,8 @@ def train_population(pop: Population, on_eval: OnEval, halve: Halving, *,
         losses, grad_norms = jax.device_get((m["loss"], m["grad_norm"]))
         multiplier = float(steps.lr_multiplier(jnp.asarray(step - 1), pop.runs[0].hparams))
         for pos, i in enumerate(held):
+            if i not in progress.alive:
+                continue  # stopped earlier, kept in a masked program
             run, loss = pop.runs[i], float(losses[pos])
             if not math.isfinite(loss):
                 progress.last[i] = {"step": step, "train_loss": loss, "diverged": True}
@@ -109,13 +126,13 @@ def train_population(pop: Population, on_eval: OnEval, halve: Halving, *,
                 "lr_now": run.cfg.train.lr * multiplier, "diverged": False,
                 **{f"eval/{k}": v for k, v in metrics.items()},
                 **milestone_metrics(run.task, progress.reached[i], step, metrics)}
-        live = [i for i in held if not progress.diverged(i)]
+        live = [i for i in progress.alive if not progress.diverged(i)]
         progress.alive = live
         stop = halve(step, previous, progress) if step < t.steps else set()
         for i in stop:
             progress.last[i]["stopped"] = True
         progress.alive = [i for i in live if i not in stop]
-        if progress.alive and progress.alive != held:
+        if compact and progress.alive and progress.alive != held:
             states = take(states, [held.index(i) for i in progress.alive])
             held = list(progress.alive)
             tasks, hps = pop.stacked(held)

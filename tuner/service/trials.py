@@ -100,19 +100,21 @@ def train_population_trial(config: dict[str, Any], base: RunConfig) -> None:
     """
     from ray import tune
 
-    from tuner.core.population import Population, train_population
+    from tuner.core.population import Population, compact_by_default, held_members, train_population
     from tuner.service.search.halving import SuccessiveHalving
 
     prepare_worker(config)
     pop = Population(population_configs(base, config))
     halve = SuccessiveHalving.from_dict(config["halving"])
+    compact = compact_by_default()
     states, progress = None, None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             progress = checkpoint.read_progress(d)
             if progress.alive:
-                states, progress = checkpoint.restore(d, pop.init_states(progress.alive))
+                held = held_members(progress, len(pop), compact)
+                states, progress = checkpoint.restore(d, pop.init_states(held))
     if progress is not None and not progress.alive:
         return  # every member had ended before the checkpoint
     objective = Objective(halve.metric, halve.mode)
@@ -133,7 +135,7 @@ def train_population_trial(config: dict[str, Any], base: RunConfig) -> None:
         result["diverged"] = best is None
         _report(tune, result, sts, prog)
 
-    train_population(pop, on_eval, halve, states=states, progress=progress)
+    train_population(pop, on_eval, halve, states=states, progress=progress, compact=compact)
 
 
 def seed_key(seed: int, metric: str) -> str:

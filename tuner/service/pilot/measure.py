@@ -115,7 +115,7 @@ def _population(config: dict[str, Any], base: RunConfig, n: int) -> dict[str, fl
     size = int(config.get("population_size", 1))
     if size <= 1:
         return {}
-    from tuner.core.population import Population
+    from tuner.core.population import Population, compact_by_default
 
     lrs = [float(x) for x in np.geomspace(config["lr_low"], config["lr_high"], size)]
     pop = Population([search_config(trial_config(base, {**config, "lr": lr})) for lr in lrs])
@@ -127,7 +127,8 @@ def _population(config: dict[str, Any], base: RunConfig, n: int) -> dict[str, fl
 
     _, first, step_s = _chunks(chunk, pop.init_states(members), n)
     return {"population_size": size, "population_step_s": step_s,
-            "population_compile_s": max(0.0, first - n * step_s)}
+            "population_compile_s": max(0.0, first - n * step_s),
+            "population_compacts": compact_by_default()}
 
 
 def pilot_trial(config: dict[str, Any], base: RunConfig) -> None:

@@ -54,6 +54,7 @@ class ShapeCost:
     population_size: int = 0
     population_step_s: float = 0.0  # one step of the whole population
     population_compile_s: float = 0.0
+    population_compacts: bool = True  # stopped members leave the program (else masked)
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> ShapeCost:
@@ -154,8 +155,9 @@ def population_search_s(plan: Plan, costs: Mapping[str, ShapeCost], slots: int
             for end in [*rungs(plan.grace_period, plan.reduction_factor, plan.max_t),
                         plan.max_t]:
                 n = alive * len(group)
-                seconds += (end - start) * c.members_step_s(n) + (end - start) / \
-                    plan.eval_every * n * (c.eval_s + c.checkpoint_s)
+                program = n if c.population_compacts else k * len(group)
+                seconds += (end - start) * c.members_step_s(program) + (end - start) / \
+                    plan.eval_every * (n * c.eval_s + program * c.checkpoint_s)
                 member_steps += (end - start) * n
                 alive, start = keep_count(alive, plan.reduction_factor), end
             members += k * len(group)
