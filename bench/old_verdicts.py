@@ -1,5 +1,6 @@
 """The judge as it was before issue 26 (effects from the two ends of the effect axis only),
-kept verbatim below this note as the baseline of ``bench/power_table.py``; not used by the service."""
+kept verbatim below this note as the baseline of ``bench/power_table.py``; not used by the
+service."""
 
 
 from __future__ import annotations

@@ -113,7 +113,8 @@ def main() -> None:
     for name, index in CLAIMS:
         exp = experiment.load(name)
         claim = exp.claims[index]
-        label = f"{name} {claim.kind} ({claim.effect_axis or ''}{' x ' if claim.effect_axis else ''}{claim.axis})"
+        axes = f"{claim.effect_axis} x {claim.axis}" if claim.effect_axis else claim.axis
+        label = f"{name} {claim.kind} ({axes})"
         for judge_name, module in (("old", old_verdicts), ("new", verdicts)):
             rng = np.random.default_rng(args.seed)
             rates = []

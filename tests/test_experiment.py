@@ -276,7 +276,8 @@ BAD = [
     (CLAIM_DIR, CLAIM_DIR + "\n    min_effect: {eval/nmse: 0.01}", "claims[0].min_effect.eval/nmse",
      "a plain number: the claim is judged on asha.metric", None),
     (CLAIM_DIR, CLAIM_DIR + "\n    better: 1", "claims[0].better",
-     "allowed: for trend, ['kind', 'text', 'axis', 'direction', 'metric', 'metrics', 'min_effect']", None),
+     "allowed: for trend, ['kind', 'text', 'axis', 'direction', 'metric', 'metrics', "
+     "'min_effect']", None),
     (CLAIM_DIR, CLAIM_DIR + "\n    effect_axis: model.patch_size", "claims[0].effect_axis",
      "allowed: for trend", None),
     (CLAIM_DIR, "    direction: down", "claims[0].direction", "'increasing', 'decreasing'",
