@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 
 from data.registry import TASKS, metric_mode  # noqa: E402
 from tuner.service.experiment import Claim, Experiment  # noqa: E402
-from tuner.service.report import verdicts  # noqa: E402
+from tuner.service.report import seeds_needed, verdicts  # noqa: E402
 
 
 def claim_metrics(claim: Claim, exp: Experiment) -> tuple[str, ...]:
@@ -42,7 +42,8 @@ def judge_all(exp: Experiment, finals: pd.DataFrame
     check = getattr(task, "LEARNING_CHECK", None)
     check_table = (verdicts.cell_table(cells, finals, f"eval/{check[0]}") if check else None)
     any_table = verdicts.cell_table(cells, finals, "step")
-    unusable = verdicts.usability(any_table, check_table, check[1] if check else None)
+    read = dict(tables) | ({f"eval/{check[0]}": check_table} if check else {})
+    unusable = verdicts.usability(any_table, check_table, check[1] if check else None, read)
     out = [verdicts.judge(c, {m: tables[m] for m in claim_metrics(c, exp)},
                           {m: metric_mode(exp.base.task, m) for m in claim_metrics(c, exp)},
                           unusable) for c in exp.claims]
@@ -226,8 +227,10 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
     lines += ["", "## Verdict", "",
               "Each claim names the metrics that answer it; it is supported (contradicted) only "
               "when every one of them says so, by a difference beyond its 95% t threshold over "
-              "the seeds (tuner/service/report/verdicts.py). Cells that are not clearly better "
-              "than the trivial predictor, or lack replicates, are left out of every claim.", ""]
+              "the seeds (tuner/service/report/verdicts.py); an effect claim reads every value of "
+              "its effect axis. Cells that are not clearly better than the trivial predictor, "
+              "lack replicates or lack finite values of a claim's metric are left out of every "
+              "claim.", ""]
     for i, (claim, v) in enumerate(zip(exp.claims, claim_verdicts, strict=True)):
         png = f"claim{i + 1}.png"
         _plot_claim(claim, {m: tables[m] for m in claim_metrics(claim, exp)}, out / png)
@@ -236,10 +239,10 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
                      f"Plot: `{png}`.")
     if not exp.claims:
         lines.append("The experiment file states no checkable claims.")
+    lines += seeds_needed.lines(exp, claim_verdicts, root)
     if score_cols:
         _plot_curves(finals, curve, out / f"{curve['title'].lower()}.png")
-    if _plot_diagnostics(task, finals, _diagnostic_histories(root / "finals"),
-                         out / "diagnostics.png"):
+    if _plot_diagnostics(task, finals, _diagnostic_histories(root), out / "diagnostics.png"):
         marks = ", ".join(f"`eval/{m[0]}`" for m in task.MILESTONES)
         lines += ["", "## Diagnostics", "",
                   "The finals' `diag/` metrics (tuner/core/diagnostics.py) against the step, one "
@@ -250,11 +253,13 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
     return summary
 
 
-def _diagnostic_histories(finals_dir: Path) -> dict[tuple[str, int], pd.DataFrame]:
+def _diagnostic_histories(root: Path) -> dict[tuple[str, int], pd.DataFrame]:
     """(cell, seed) -> that seed's ``diag/`` metrics per step, from the finals trials' Tune
-    result files (every evaluation; finals.json keeps only the last)."""
+    result files (every evaluation; finals.json keeps only the last), those of seeds added
+    later (``finals-seeds-*/``) included."""
     out: dict[tuple[str, int], list[dict]] = {}
-    for path in sorted(finals_dir.glob("*/result.json")):
+    for path in sorted([*root.glob("finals/*/result.json"),
+                        *root.glob("finals-seeds-*/*/result.json")]):
         for line in path.read_text().splitlines():
             r = json.loads(line) if line.strip() else {}
             spec = (r.get("config") or {}).get("final") or {}

@@ -175,17 +175,25 @@ def usability(table: pd.DataFrame, check_table: pd.DataFrame | None, floor: floa
     return why
 
 
-def contrast(table: pd.DataFrame, coef: dict[str, float], label: str = "") -> Contrast:
-    """The contrast ``coef`` (cell -> coefficient) of ``table``'s cell means."""
-    t = table.set_index("cell").loc[list(coef)]
-    c = np.array(list(coef.values()))
-    var = c**2 * t["se"].to_numpy() ** 2
-    den = np.sum(var[var > 0] ** 2 / np.clip(t["df"].to_numpy()[var > 0], 1, None))
-    total = float(var.sum())
-    return Contrast(label, dict(coef), float(c @ t["mean"].to_numpy()), math.sqrt(total),
+def _by_cell(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    return table.set_index("cell")[["mean", "se", "df", "sd", "n"]].to_dict("index")
+
+
+def contrast(table: pd.DataFrame | dict, coef: dict[str, float], label: str = "") -> Contrast:
+    """The contrast ``coef`` (cell -> coefficient) of ``table``'s cell means (a
+    :func:`cell_table`, or its rows by cell as :func:`_by_cell` gives them)."""
+    rows = _by_cell(table) if isinstance(table, pd.DataFrame) else table
+    total = den = estimate = 0.0
+    for cell, c in coef.items():
+        r = rows[cell]
+        var = c**2 * r["se"] ** 2
+        total += var
+        den += var**2 / max(r["df"], 1) if var > 0 else 0.0
+        estimate += c * r["mean"]
+    return Contrast(label, dict(coef), float(estimate), math.sqrt(total),
                     total**2 / den if den > 0 else math.inf,
-                    dict(zip(t.index, t["sd"].astype(float), strict=True)),
-                    dict(zip(t.index, t["n"].astype(int), strict=True)))
+                    {cell: float(rows[cell]["sd"]) for cell in coef},
+                    {cell: int(rows[cell]["n"]) for cell in coef})
 
 
 def level_coefs(table: pd.DataFrame, axis: str) -> dict[Any, dict[str, float]]:
@@ -244,6 +252,7 @@ def _fmt(levels: dict[Any, Contrast]) -> str:
 
 def _trend(table: pd.DataFrame, coefs: dict[Any, dict[str, float]], direction: str
            ) -> tuple[str, str, tuple[Contrast, ...]]:
+    table = _by_cell(table)
     levels = {v: contrast(table, c) for v, c in coefs.items()}
     values = list(levels)
     ys = np.array([s.estimate for s in levels.values()])
@@ -272,6 +281,7 @@ def _compare(table: pd.DataFrame, coefs: dict[Any, dict[str, float]], better: An
              ) -> tuple[str, str, tuple[Contrast, ...]]:
     if better not in coefs:
         return "inconclusive", f"{better} has no usable cells", ()
+    table = _by_cell(table)
     b = contrast(table, coefs[better])
     gaps = tuple(contrast(table, _minus(c, coefs[better]), f"{v} - {better}")
                  for v, c in coefs.items() if v != better)
