@@ -46,9 +46,11 @@ def _metric_plan(claim: Claim, m: MetricVerdict) -> tuple[str, int | None, int |
     against = any(e * m.direction < 0 for e in observed)
     n_obs = power.seeds_needed(m.tests, observed)
     what = ", ".join(f"{t.label} {t.estimate:+.3g}" for t in m.tests)
-    text = (f"`{m.metric}`: observed {what}{' (against the claim)' if against else ''}, seed "
-            f"sd per cell {min(sds):.2g}-{max(sds):.2g} over {'/'.join(map(str, n_now))} "
-            f"seeds: {_seeds(n_obs)} for 80% power")
+    spread = f"{min(sds):.2g}" + (f"-{max(sds):.2g}" if f"{max(sds):.2g}" != f"{min(sds):.2g}"
+                                  else "")
+    text = (f"`{m.metric}`: observed {what}{' (against the claim)' if against else ''} (seed "
+            f"sd per cell {spread}, {'/'.join(map(str, n_now))} seeds): {_seeds(n_obs)} for "
+            "80% power")
     size = claim.min_effect_of(m.metric)
     n_min = None
     if size is not None:
@@ -74,8 +76,8 @@ def _cost(exp: Experiment, n: int, seconds: dict[str, float]) -> str:
     hours = more * sum(seconds.get(c, per_seed) for c in cells) / 3600
     gpu = (f"≈ {hours * exp.gpus_per_trial:.3g} GPU-hours" if exp.gpus_per_trial else
            "0 GPU-hours (gpus_per_trial 0)")
-    return (f"{head}: {gpu}, {hours:.3g} h of trial time (measured: {per_seed:.3g} s per seed "
-            f"of a cell, on average)")
+    return (f"{head}: {gpu}, {hours:.3g} h of trial time ({per_seed:.3g} s per seed of a "
+            "cell, measured)")
 
 
 def lines(exp: Experiment, claim_verdicts: list[ClaimVerdict], root: Path) -> list[str]:
@@ -86,17 +88,20 @@ def lines(exp: Experiment, claim_verdicts: list[ClaimVerdict], root: Path) -> li
         if v.verdict != "inconclusive":
             continue
         plans = [_metric_plan(claim, m) for m in v.per_metric]
-        parts = [p[0] for p in plans]
-        for k, label in ((1, "the observed effect"), (2, "min_effect")):
+        text = "; ".join(p[0] for p in plans) + "."
+        costs = []
+        for k, label in ((1, "observed effect"), (2, "min_effect")):
             ns = [p[k] for p in plans]
-            if label == "min_effect" and claim.min_effect == ():
+            if k == 2 and not claim.min_effect:
                 continue
-            if all(n is not None for n in ns):
-                n = max(ns)
-                parts.append(f"for {label} on every metric: {_seeds(n)} ({_cost(exp, n, seconds)})")
-            else:
-                parts.append(f"for {label} on every metric: no finite plan")
-        out.append(f"{i + 1}. **{claim.text}** ({v.verdict}). " + "; ".join(parts) + ".")
+            if None in ns:
+                costs.append(f"{label}: no plan within {power.MAX_SEEDS} seeds")
+                continue
+            head = (f"{label}: {_seeds(max(ns))} (every metric must pass)" if len(ns) > 1
+                    else f"{max(ns)} seeds")
+            costs.append(f"{head} = {_cost(exp, max(ns), seconds)}")
+        out.append(f"{i + 1}. **{claim.text}** ({v.verdict}). {text} Cost: "
+                   + "; ".join(costs) + ".")
     if not out:
         return []
     return ["", "## Seeds needed", "",
