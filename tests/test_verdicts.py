@@ -388,3 +388,5 @@ def test_an_inconclusive_claim_says_how_many_seeds_would_settle_it(tmp_path):
     assert f"{n_obs} seeds = {n_obs - 2} more for each of the 2 cells: 0 GPU-hours" in section
     assert f"{hours:.3g} h of trial time" in section
     assert "extend `finals.seeds`" in section
+    # bullets: the verdict lines (what the CLI prints, what the viewer shows) stay the verdicts
+    assert [line[:3] for line in report.verdict_lines(summary)] == ["1. "]

@@ -327,5 +327,5 @@ def _plot_system(exp: Experiment, finals: pd.DataFrame, cols: list[str], path: P
 
 def verdict_lines(summary: Path) -> list[str]:
     """The numbered verdict lines of a written summary (what the CLI prints)."""
-    text = summary.read_text().split("## Verdict", 1)[-1]
+    text = summary.read_text().split("## Verdict", 1)[-1].split("\n## ", 1)[0]
     return [line for line in text.splitlines() if line[:1].isdigit()]

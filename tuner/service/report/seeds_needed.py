@@ -81,7 +81,9 @@ def _cost(exp: Experiment, n: int, seconds: dict[str, float]) -> str:
 
 
 def lines(exp: Experiment, claim_verdicts: list[ClaimVerdict], root: Path) -> list[str]:
-    """The section's markdown lines (none when no claim is inconclusive)."""
+    """The section's markdown lines (none when no claim is inconclusive). Bullets, not
+    numbers: readers of the summary take its numbered lines after "## Verdict" as the
+    verdicts (``render.verdict_lines``, the viewer)."""
     seconds = seed_seconds(root)
     out = []
     for i, (claim, v) in enumerate(zip(exp.claims, claim_verdicts, strict=True)):
@@ -100,7 +102,7 @@ def lines(exp: Experiment, claim_verdicts: list[ClaimVerdict], root: Path) -> li
             head = (f"{label}: {_seeds(max(ns))} (every metric must pass)" if len(ns) > 1
                     else f"{max(ns)} seeds")
             costs.append(f"{head} = {_cost(exp, max(ns), seconds)}")
-        out.append(f"{i + 1}. **{claim.text}** ({v.verdict}). {text} Cost: "
+        out.append(f"- claim {i + 1}, **{claim.text}** ({v.verdict}). {text} Cost: "
                    + "; ".join(costs) + ".")
     if not out:
         return []
