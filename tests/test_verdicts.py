@@ -220,7 +220,7 @@ def test_exp3_effect_claims_have_the_power_the_issue_asks_for():
     nmse_info, the effect of patching changing by 2 sd per step of the claim's axis, spread
     over every patch size): each exp3 effect claim is supported in >= 60% of the grids, with
     two Monte-Carlo standard errors to spare (so 60% is not reached by the seed's luck; the
-    bench measured 76-79% over 1,000 grids, the old two-ends judge 54-68%). Pure noise on the
+    bench measured 76-78% over 1,000 grids, the old two-ends judge 57-58%). Pure noise on the
     same grid: decisive in no more than 5% of 1,000 grids, up to two Monte-Carlo standard
     errors (bench/README.md has the rates of every claim)."""
     from bench.power_table import simulate
