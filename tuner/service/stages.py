@@ -217,7 +217,7 @@ def _set_aside_stale_finals(dirs: ExperimentDirs) -> None:
         n += 1
     stale = _stale_finals(dirs, n)
     stale.mkdir()
-    for path in (dirs.finals, dirs.root / "finals"):
+    for path in (dirs.finals, dirs.root / "finals", *sorted(dirs.root.glob("finals-seeds-*"))):
         if path.exists():
             path.rename(stale / path.name)
     print(f"the best rates changed: earlier finals moved to {stale}", flush=True)
