@@ -390,3 +390,28 @@ def test_an_inconclusive_claim_says_how_many_seeds_would_settle_it(tmp_path):
     assert "extend `finals.seeds`" in section
     # bullets: the verdict lines (what the CLI prints, what the viewer shows) stay the verdicts
     assert [line[:3] for line in report.verdict_lines(summary)] == ["1. "]
+
+
+def test_an_unusable_cell_costs_an_effect_claim_the_fewest_cells():
+    """One unusable cell at the largest patch: an effect claim leaves out that patch size at
+    every value of its axis (the slopes still compare like with like; 6 of 8 cells kept)
+    rather than the whole axis value (4 of 8: fewer than 2 values left); a trend claim on
+    the axis leaves out the axis value, as before."""
+    cells = {f"a={a},p={p}": {"a": a, "p": p} for a in (1, 2) for p in (1, 2, 4, 8)}
+    rng = np.random.default_rng(5)
+    finals = pd.DataFrame([{"cell": c, **o, "seed": s, "diverged": False,
+                            "m": 0.1 * o["a"] * np.log2(o["p"]) + 0.01 * rng.standard_normal()}
+                           for c, o in cells.items() for s in range(3)])
+    table = verdicts.cell_table(cells, finals, "m")
+    unusable = {"a=2,p=8": "not clearly better than the trivial predictor"}
+    C = experiment.Claim  # noqa: N806
+    effect = verdicts.judge(C("effect_trend", "e", "a", direction="increasing", effect_axis="p",
+                              metrics=("m",)), {"m": table}, {"m": "min"}, unusable)
+    assert effect.dropped == {} and list(effect.dropped_effect) == [8]
+    assert "left out: p=8 (a=2,p=8: not clearly better" in effect.evidence()
+    assert effect.verdict == "supported" and "slope over 3 values" in effect.evidence()
+    assert all("a=2,p=8" not in t.coef and "a=1,p=8" not in t.coef
+               for t in effect.per_metric[0].tests)
+    trend = verdicts.judge(C("trend", "t", "a", direction="increasing", metrics=("m",)),
+                           {"m": table}, {"m": "min"}, unusable)
+    assert list(trend.dropped) == [2] and trend.verdict == "inconclusive"

@@ -96,14 +96,16 @@ class ClaimVerdict:
     per_metric: tuple[MetricVerdict, ...]
     dropped: dict[Any, str]  # claim-axis value left out -> why (its cells unusable)
     dropped_effect: dict[Any, str] = dataclasses.field(default_factory=dict)  # effect-axis ones
+    axes: tuple[str, str | None] = ("", None)  # (axis, effect_axis): names for the evidence
 
     def evidence(self) -> str:
         parts = [f"`{m.metric}` ({'higher' if m.mode == 'max' else 'lower'} is better): "
                  f"{m.verdict}; {m.evidence}" for m in self.per_metric]
-        for what, dropped in (("", self.dropped), ("effect-axis value ", self.dropped_effect)):
-            if dropped:
-                parts.append(f"left out ({what or 'axis value '}: why): " + "; ".join(
-                    f"{v} ({why})" for v, why in dropped.items()))
+        left = [f"{axis}={v} ({why})" for axis, dropped in zip(
+            self.axes, (self.dropped, self.dropped_effect), strict=True)
+            for v, why in dropped.items()]
+        if left:
+            parts.append("left out: " + "; ".join(left))
         return ". ".join(parts)
 
 
@@ -355,4 +357,5 @@ def judge(claim, tables: dict[str, pd.DataFrame], modes: dict[str, str],
         per_metric.append(MetricVerdict(metric, modes[metric], verdict, evidence, tests, sign))
     found = {m.verdict for m in per_metric}
     verdict = found.pop() if len(found) == 1 else "inconclusive"  # disagreeing metrics
-    return ClaimVerdict(verdict, tuple(per_metric), dropped, dropped_effect)
+    return ClaimVerdict(verdict, tuple(per_metric), dropped, dropped_effect,
+                        (claim.axis, claim.effect_axis))
