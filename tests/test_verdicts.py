@@ -385,11 +385,30 @@ def test_an_inconclusive_claim_says_how_many_seeds_would_settle_it(tmp_path):
     assert f"**{n_obs} seeds** for 80% power" in section
     assert f"for min_effect 0.05: **{n_min} seeds**" in section
     hours = (n_obs - 2) * (30 + 50) / 2 / 3600  # per seed: 15 s and 25 s; 2 seeds run already
-    assert f"{n_obs} seeds = {n_obs - 2} more for each of the 2 cells: 0 GPU-hours" in section
+    assert f"**{n_obs} seeds** = {n_obs - 2} more for each of the 2 cells: 0 GPU-hours" in section
     assert f"{hours:.3g} h of trial time" in section
     assert "extend `finals.seeds`" in section
     # bullets: the verdict lines (what the CLI prints, what the viewer shows) stay the verdicts
     assert [line[:3] for line in report.verdict_lines(summary)] == ["1. "]
+
+    # a cell that fails the learning check for want of seeds (skill_info 0.15 and 0.45): the
+    # plan names the seeds at which its one-sided test passes with 80% power, here computed
+    # as the textbook one-sample t power (noncentral t), and the claim's plan covers them
+    from scipy import stats
+
+    for r in rows:
+        if r["cell"] == "patch=4":
+            r["eval/skill_info"] = 0.15 + 0.3 * r["seed"]
+    text = report.write(exp, tmp_path, {c: {"lr": 1e-3, "value": 1.1} for c in cells}, rows,
+                        search).read_text()
+    assert "patch=4: not clearly better than the trivial predictor" in text
+    sd = np.std([0.15, 0.45], ddof=1)
+    n_learn = next(n for n in range(2, 100) if stats.nct.sf(
+        stats.t.ppf(0.95, n - 1), n - 1, (0.3 - 0.05) / (sd / np.sqrt(n))) >= 0.8)
+    section = text.split("## Seeds needed", 1)[1]
+    print(section)
+    assert f"would pass it (80% power, its one-sided test) at: patch=4: **{n_learn} seeds**" \
+        in section
 
 
 def test_an_unusable_cell_costs_an_effect_claim_the_fewest_cells():

@@ -33,26 +33,29 @@ def welch(c: Contrast, n: int) -> tuple[float, float]:
     return math.sqrt(v.sum() / n), (n - 1) * v.sum() ** 2 / float(v @ v)
 
 
-def power(c: Contrast, effect: float, n: int) -> float:
-    """The chance that the contrast counts, in the direction of ``effect``, with ``n`` seeds."""
+def power(c: Contrast, effect: float, n: int, sides: int = 2) -> float:
+    """The chance that the contrast counts, in the direction of ``effect``, with ``n`` seeds
+    (``sides`` 1: a one-sided test at ALPHA, as the learning check)."""
     se, df = welch(c, n)
     if not (math.isfinite(se) and se > 0):
         return math.nan
-    quantile = stats.t.ppf(1 - ALPHA / 2, df)
+    quantile = stats.t.ppf(1 - ALPHA / sides, df)
     return float(stats.nct.sf(quantile, df, abs(effect) / se))
 
 
 def seeds_needed(tests: Sequence[Contrast], effects: Sequence[float],
-                 target: float = TARGET) -> int | None:
+                 target: float = TARGET, sides: int = 2) -> int | None:
     """The fewest seeds per cell (>= 2) at which every test reaches ``target`` power for its
     effect (a verdict needs all of them; each is held to the target, a slight overstatement
     of the joint power when they are correlated); None: more than :data:`MAX_SEEDS`."""
     def enough(n: int) -> bool:
-        return all(power(c, e, n) >= target for c, e in zip(tests, effects, strict=True))
+        return all(power(c, e, n, sides) >= target
+                   for c, e in zip(tests, effects, strict=True))
 
     if not tests or any(not (math.isfinite(e) and e != 0) for e in effects):
         return None
-    if any(not math.isfinite(power(c, e, 2)) for c, e in zip(tests, effects, strict=True)):
+    if any(not math.isfinite(power(c, e, 2, sides))
+           for c, e in zip(tests, effects, strict=True)):
         return None
     lo, hi = 1, 2  # enough(hi) is the invariant sought; lo: known not enough (or below 2)
     while not enough(hi):

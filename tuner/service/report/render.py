@@ -32,14 +32,15 @@ def claim_metrics(claim: Claim, exp: Experiment) -> tuple[str, ...]:
     return tuple(claim.metrics) or (exp.metric,)
 
 
-def judge_all(exp: Experiment, finals: pd.DataFrame
+def judge_all(exp: Experiment, finals: pd.DataFrame, learning_check: bool = True
               ) -> tuple[list[verdicts.ClaimVerdict], dict[str, pd.DataFrame], dict[str, str]]:
-    """Every claim's verdict, the per-metric cell tables they used, and the unusable cells."""
+    """Every claim's verdict, the per-metric cell tables they used, and the unusable cells
+    (``learning_check`` False: as if the task had none, what a plan for more seeds needs)."""
     task = TASKS[exp.base.task]
     cells = exp.cells()
     needed = {m for c in exp.claims for m in claim_metrics(c, exp)}
     tables = {m: verdicts.cell_table(cells, finals, m) for m in sorted(needed)}
-    check = getattr(task, "LEARNING_CHECK", None)
+    check = getattr(task, "LEARNING_CHECK", None) if learning_check else None
     check_table = (verdicts.cell_table(cells, finals, f"eval/{check[0]}") if check else None)
     any_table = verdicts.cell_table(cells, finals, "step")
     read = dict(tables) | ({f"eval/{check[0]}": check_table} if check else {})
@@ -48,6 +49,19 @@ def judge_all(exp: Experiment, finals: pd.DataFrame
                           {m: metric_mode(exp.base.task, m) for m in claim_metrics(c, exp)},
                           unusable) for c in exp.claims]
     return out, tables, unusable
+
+
+def _learning_gaps(exp: Experiment, finals: pd.DataFrame, cells: set[str]
+                   ) -> dict[str, tuple[verdicts.Contrast, float]]:
+    """Per cell that failed only the learning check: its mean on the check metric as a
+    contrast, and how far that mean lies above the floor (what more seeds must resolve)."""
+    check = getattr(TASKS[exp.base.task], "LEARNING_CHECK", None)
+    if not cells or not check:
+        return {}
+    table = verdicts.cell_table(exp.cells(), finals, f"eval/{check[0]}")
+    rows = table.set_index("cell")
+    return {c: (verdicts.contrast(table, {c: 1.0}, f"`eval/{check[0]}` of {c} above {check[1]:g}"),
+                float(rows.loc[c, "mean"]) - check[1]) for c in sorted(cells)}
 
 
 def _plot_claim(claim: Claim, tables: dict[str, pd.DataFrame], path: Path) -> None:
@@ -239,7 +253,11 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
                      f"Plot: `{png}`.")
     if not exp.claims:
         lines.append("The experiment file states no checkable claims.")
-    lines += seeds_needed.lines(exp, claim_verdicts, root)
+    if any(v.verdict == "inconclusive" for v in claim_verdicts):
+        plan_verdicts, _, structural = judge_all(exp, finals, learning_check=False)
+        lines += seeds_needed.lines(exp, claim_verdicts, plan_verdicts,
+                                    _learning_gaps(exp, finals, set(unusable) - set(structural)),
+                                    root)
     if score_cols:
         _plot_curves(finals, curve, out / f"{curve['title'].lower()}.png")
     if _plot_diagnostics(task, finals, _diagnostic_histories(root), out / "diagnostics.png"):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tuner.service.experiment import Claim, Experiment
 from tuner.service.report import power
-from tuner.service.report.verdicts import ClaimVerdict, MetricVerdict
+from tuner.service.report.verdicts import ClaimVerdict, Contrast, MetricVerdict
 
 
 def seed_seconds(root: Path) -> dict[str, float]:
@@ -80,28 +80,57 @@ def _cost(exp: Experiment, n: int, seconds: dict[str, float]) -> str:
             "cell, measured)")
 
 
-def lines(exp: Experiment, claim_verdicts: list[ClaimVerdict], root: Path) -> list[str]:
-    """The section's markdown lines (none when no claim is inconclusive). Bullets, not
-    numbers: readers of the summary take its numbered lines after "## Verdict" as the
-    verdicts (``render.verdict_lines``, the viewer)."""
+def _learning_plan(gaps: dict[str, tuple[Contrast, float]]) -> tuple[list[str], int | None]:
+    """The seeds at which each cell that failed the learning check would pass it (one-sided,
+    80% power) if its mean is what was measured; None: some cell cannot."""
+    texts, worst = [], 0
+    for cell, (c, above) in gaps.items():
+        n = power.seeds_needed([c], [above], sides=1) if above > 0 else None
+        where = "at or below the floor" if above <= 0 else "barely above the floor"
+        texts.append(f"{cell}: {_seeds(n)}" if n is not None else
+                     f"{cell}: mean {where} ({c.estimate:.3g}), more than {power.MAX_SEEDS} "
+                     "seeds")
+        worst = None if n is None or worst is None else max(worst, n)
+    return texts, worst
+
+
+def lines(exp: Experiment, claim_verdicts: list[ClaimVerdict], plan_verdicts: list[ClaimVerdict],
+          learning: dict[str, tuple[Contrast, float]], root: Path) -> list[str]:
+    """The section's markdown lines (none when no claim is inconclusive). ``plan_verdicts``:
+    the claims judged without the learning check (a cell left out by it still has a spread
+    to plan from); ``learning``: the cells that failed the learning check only, with their gap
+    (``render._learning_gaps``): their seeds count too. Bullets, not numbers: readers of the
+    summary take its numbered lines after "## Verdict" as the verdicts
+    (``render.verdict_lines``, the viewer)."""
     seconds = seed_seconds(root)
+    learn_texts, learn_n = _learning_plan(learning)
     out = []
-    for i, (claim, v) in enumerate(zip(exp.claims, claim_verdicts, strict=True)):
+    for i, (claim, v, pv) in enumerate(zip(exp.claims, claim_verdicts, plan_verdicts,
+                                           strict=True)):
         if v.verdict != "inconclusive":
             continue
-        plans = [_metric_plan(claim, m) for m in v.per_metric]
+        plans = [_metric_plan(claim, m) for m in pv.per_metric]
         text = "; ".join(p[0] for p in plans) + "."
+        if learning:
+            text += (" Cells left out by the learning check would pass it (80% power, its "
+                     "one-sided test) at: " + "; ".join(learn_texts) + ".")
         costs = []
-        for k, label in ((1, "observed effect"), (2, "min_effect")):
-            ns = [p[k] for p in plans]
+        for k, label in ((1, "for the observed effect"), (2, "for min_effect")):
             if k == 2 and not claim.min_effect:
                 continue
-            if None in ns:
+            ns = [p[k] for p in plans]
+            n_claim = None if None in ns else max(ns)
+            if n_claim is None:
                 costs.append(f"{label}: no plan within {power.MAX_SEEDS} seeds")
-                continue
-            head = (f"{label}: {_seeds(max(ns))} (every metric must pass)" if len(ns) > 1
-                    else f"{max(ns)} seeds")
-            costs.append(f"{head} = {_cost(exp, max(ns), seconds)}")
+            elif not learning or (learn_n is not None and learn_n <= n_claim):
+                costs.append(f"{label}: {_seeds(n_claim)} = {_cost(exp, n_claim, seconds)}")
+            elif learn_n is not None:
+                costs.append(f"{label}: {_seeds(learn_n)} (the learning check's) = "
+                             f"{_cost(exp, learn_n, seconds)}")
+            else:
+                costs.append(f"{label}: {_seeds(n_claim)} for the claim's test = "
+                             f"{_cost(exp, n_claim, seconds)}, but the learning check does not "
+                             f"pass within {power.MAX_SEEDS} seeds in every cell")
         out.append(f"- claim {i + 1}, **{claim.text}** ({v.verdict}). {text} Cost: "
                    + "; ".join(costs) + ".")
     if not out:
@@ -110,6 +139,8 @@ def lines(exp: Experiment, claim_verdicts: list[ClaimVerdict], root: Path) -> li
             "For each inconclusive claim: the finals seeds per cell at which its test would "
             "reach 80% power for the effect these finals observed (and for the claim's "
             "`min_effect`, where declared), from the measured seed spread "
-            "(tuner/service/report/power.py); a claim on several metrics needs every one. "
+            "(tuner/service/report/power.py), judged as if every cell had passed the learning "
+            "check; the cells that did not must pass it as well, and a claim on several "
+            "metrics needs every one. "
             f"To add seeds, extend `finals.seeds` in `{exp.path}` (keep the old ones) and rerun "
             "the same command: only the new seeds train, the report is rewritten.", "", *out]
