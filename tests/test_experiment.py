@@ -255,7 +255,7 @@ BAD = [
     ("    axis: data.dim_y\n", "", "claims[0].axis", "is missing", "- kind: trend"),
     (DIM_Y, "  data.dim_y: [1]", "claims[0].axis", "a single value", "axis: data.dim_y"),
     (CLAIM_DIR, CLAIM_DIR + "\n    metirc: eval/skill", "claims[0].metirc",
-     "'effect_axis', 'metric', 'metrics']", None),
+     "'effect_axis', 'metric', 'metrics', 'min_effect']", None),
     (CLAIM_DIR, CLAIM_DIR + "\n    metric: eval/nmse\n    metrics: [eval/skill]",
      "claims[0].metrics", "not both", None),
     (CLAIM_DIR, CLAIM_DIR + "\n    metrics: [eval/nmse, accuracy]", "claims[0].metrics",
@@ -266,8 +266,26 @@ BAD = [
     (CLAIM_DIR, CLAIM_DIR + "\n    metrics: [eval/nmse, eval/nmse]", "claims[0].metrics",
      "distinct", None),
     (CLAIM_DIR, CLAIM_DIR + "\n    metric: accuracy", "claims[0].metric", "eval/skill", None),
+    # min_effect: the smallest effect worth finding (report: seeds needed), in metric units
+    (CLAIM_DIR, CLAIM_DIR + "\n    min_effect: 0", "claims[0].min_effect",
+     "a finite number > 0", None),
+    (CLAIM_DIR, CLAIM_DIR + "\n    min_effect: .inf", "claims[0].min_effect",
+     "a finite number > 0", None),
+    (CLAIM_DIR, CLAIM_DIR + "\n    min_effect: big", "claims[0].min_effect",
+     "a finite number > 0", None),
+    (CLAIM_DIR, CLAIM_DIR + "\n    metrics: [eval/nmse, eval/skill]\n    min_effect: 0.01",
+     "claims[0].min_effect", "a mapping of the claim's metrics ['eval/nmse', 'eval/skill']",
+     None),
+    (CLAIM_DIR, CLAIM_DIR + "\n    metrics: [eval/nmse, eval/skill]\n    min_effect:\n"
+     "      eval/nmse: 0.01\n      eval/skil: 0.02", "claims[0].min_effect.eval/skil",
+     "['eval/nmse', 'eval/skill']", None),
+    (CLAIM_DIR, CLAIM_DIR + "\n    metrics: [eval/nmse, eval/skill]\n    min_effect:\n"
+     "      eval/nmse: -0.01", "claims[0].min_effect.eval/nmse", "a finite number > 0", None),
+    (CLAIM_DIR, CLAIM_DIR + "\n    min_effect: {eval/nmse: 0.01}", "claims[0].min_effect.eval/nmse",
+     "a plain number: the claim is judged on asha.metric", None),
     (CLAIM_DIR, CLAIM_DIR + "\n    better: 1", "claims[0].better",
-     "allowed: for trend, ['kind', 'text', 'axis', 'direction', 'metric', 'metrics']", None),
+     "allowed: for trend, ['kind', 'text', 'axis', 'direction', 'metric', 'metrics', "
+     "'min_effect']", None),
     (CLAIM_DIR, CLAIM_DIR + "\n    effect_axis: model.patch_size", "claims[0].effect_axis",
      "allowed: for trend", None),
     (CLAIM_DIR, "    direction: down", "claims[0].direction", "'increasing', 'decreasing'",
@@ -442,6 +460,19 @@ def test_claim_metrics(tmp_path):
     assert [c.metrics for c in exp.claims] == [("eval/skill", "eval/nmse"), ("eval/skill",)]
     grok = experiment.load("grokking")
     assert {c.metrics for c in grok.claims} == {("eval/grokking_step",)}
+
+
+def test_claim_min_effect(tmp_path):
+    """A number for a claim on one metric, a mapping for several; none declared: None."""
+    assert experiment.load("exp4").claims[0].min_effect_of("eval/nmse_info") is None
+    text = GOOD.replace(CLAIM_DIR, CLAIM_DIR + "\n    min_effect: 0.02", 1)
+    text = text.replace("    effect_axis: model.patch_size", "    effect_axis: model.patch_size\n"
+                        "    metrics: [eval/nmse, eval/skill]\n"
+                        "    min_effect: {eval/skill: 0.05, eval/nmse: 1.0e-2}")
+    exp = experiment.load(str(write(tmp_path, text)))
+    assert exp.claims[0].min_effect_of("eval/nmse") == 0.02  # the asha metric: its only one
+    assert exp.claims[1].min_effect_of("eval/skill") == 0.05
+    assert exp.claims[1].min_effect_of("eval/nmse") == 0.01
 
 
 def test_compare_claim_value_and_search_seed():

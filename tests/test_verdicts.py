@@ -207,3 +207,230 @@ def test_a_cell_whose_seeds_all_diverged_is_reported_and_the_report_written(tmp_
     assert lines and all("inconclusive" in line for line in lines)
     assert (tmp_path / "report" / "claim1.png").stat().st_size > 0
     json.dumps(rows)  # rows are what finals.json holds
+
+
+# ---- issue 26: effects from every cell, their power, the seeds a claim needs, NaN cells
+
+POWER_GRIDS = 300  # grids per rate below: Monte-Carlo se <= sqrt(.25 / 300) = 2.9 points
+NOISE_GRIDS = 1000
+
+
+def test_exp3_effect_claims_have_the_power_the_issue_asks_for():
+    """The issue's synthetic setup (bench/power_table.py: exp3's real grid, 3 seeds, sd 0.01 on
+    nmse_info, the effect of patching changing by 2 sd per step of the claim's axis, spread
+    over every patch size): each exp3 effect claim is supported in >= 60% of the grids, with
+    two Monte-Carlo standard errors to spare (so 60% is not reached by the seed's luck; the
+    bench measured 76-78% over 1,000 grids, the old two-ends judge 57-58%). Pure noise on the
+    same grid: decisive in no more than 5% of 1,000 grids, up to two Monte-Carlo standard
+    errors (bench/README.md has the rates of every claim)."""
+    from bench.power_table import simulate
+
+    exp = experiment.load("exp3")
+    claims = [dataclasses.replace(c, metrics=("eval/nmse_info",)) for c in exp.claims]
+    assert {c.kind for c in claims} == {"effect_trend", "effect_compare"}
+
+    def judged(claim, finals: pd.DataFrame) -> str:
+        table = verdicts.cell_table(exp.cells(), finals, "eval/nmse_info")
+        return verdicts.judge(claim, {"eval/nmse_info": table}, {"eval/nmse_info": "min"},
+                              {}).verdict
+
+    rng = np.random.default_rng(26)
+    rates = np.array([np.mean([judged(c, simulate(exp, c, 2, rng)) == "supported"
+                               for _ in range(POWER_GRIDS)]) for c in claims])
+    mc_se = np.sqrt(rates * (1 - rates) / POWER_GRIDS)
+    print("exp3 effect claims supported at 2 sd:", rates)
+    assert (rates - 2 * mc_se >= 0.60).all(), rates
+    rng, decisive = np.random.default_rng(27), np.zeros(len(claims))
+    for _ in range(NOISE_GRIDS):  # one pure-noise grid serves both claims
+        finals = simulate(exp, claims[0], 0, rng)
+        decisive += [judged(c, finals) in verdicts.DECISIVE for c in claims]
+    noise = decisive / NOISE_GRIDS
+    print("exp3 noise rates:", noise)
+    # fails when these grids show the rate above 5%: the rate sits near 4.3% (bench), so a
+    # bound at 5% exactly would turn on the last grid's luck (se 0.69 points at 5%)
+    assert (noise <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / NOISE_GRIDS)).all(), noise
+
+
+def test_power_formula_matches_a_monte_carlo_of_the_judge():
+    """The seeds-needed formula (report.power: noncentral t with Welch-Satterthwaite df)
+    against a simulation of the judge's test: exp3's slope-change contrast, cells with unequal
+    seed sd (0.005-0.02), n seeds each. Simulated in numpy (20,000 draws: MC se <= 0.35
+    points), the same t test as verdicts.contrast/counts, checked to agree with them on
+    a few draws. The formula uses the true sd and Welch df where the judge uses estimates
+    (the usual small-sample approximation): at 3 seeds a cell it is optimistic by up to 5
+    points, from 5 seeds within 1.5 (the tolerances below, 8 and 3 MC standard errors)."""
+    from scipy import stats
+
+    from tuner.service.report import power
+
+    exp = experiment.load("exp3")
+    claim = exp.claims[0]
+    rng = np.random.default_rng(3)
+    cells = list(exp.cells())
+    sd = dict(zip(cells, rng.uniform(0.005, 0.02, len(cells)), strict=True))
+    table = verdicts.cell_table(exp.cells(), pd.DataFrame(
+        [{"cell": c, "seed": s, "m": 1.0 + sd[c] * z} for c in cells
+         for s, z in enumerate((-1.0, 0.0, 1.0))]), "m")  # sample sd of (-1, 0, 1) * sd = sd
+    coefs = verdicts.effect_coefs(table, claim.effect_axis, claim.axis)
+    lo, hi = coefs
+    change = verdicts.contrast(table, verdicts._minus(coefs[hi], coefs[lo]))
+    assert change.sd == pytest.approx(sd, rel=1e-9)
+    c = np.array([change.coef[cell] for cell in cells])
+    s = np.array([sd[cell] for cell in cells])
+    for n, effect in ((3, 0.02), (3, 0.03), (5, 0.015), (8, 0.01), (12, 0.008)):
+        draws = rng.standard_normal((20_000, len(cells), n)) * s[:, None]
+        means, var = draws.mean(axis=2), draws.var(axis=2, ddof=1) / n
+        est = effect + means @ c
+        v = c**2 * var
+        se, df = np.sqrt(v.sum(axis=1)), v.sum(axis=1) ** 2 / (v**2 / (n - 1)).sum(axis=1)
+        hits = est > stats.t.ppf(0.975, df) * se
+        shift = effect * c / (c @ c)  # cell means whose contrast is `effect`
+        for i in range(3):  # the same test as the judge's on these draws
+            t = table.assign(mean=shift + means[i], se=np.sqrt(var[i]), df=n - 1)
+            assert verdicts.contrast(t, change.coef).counts() == hits[i]
+        predicted = power.power(change, effect, n)
+        print(f"n={n} effect={effect}: simulated {hits.mean():.3f}, formula {predicted:.3f}")
+        # at 3 seeds the judge's df estimate (2 per cell) scatters below the true one and the
+        # formula is optimistic by 2-4 points (measured: 0.624 vs 0.584); from 5 on within 1
+        assert -0.01 < predicted - hits.mean() < (0.05 if n < 5 else 0.015)
+    needed = power.seeds_needed([change], [0.01])
+    assert needed > 5  # where the formula is close, as above
+    assert power.power(change, 0.01, needed) >= 0.8 > power.power(change, 0.01, needed - 1)
+    assert power.seeds_needed([change], [1e-9]) is None  # lost in the spread: no plan
+
+
+def test_cells_without_finite_values_are_flagged_and_left_out():
+    """Finished, non-diverged seeds whose metric is NaN: the cell is flagged with the metric
+    named and left out of every claim, whether the claim reads that metric, another one or
+    both (before, the learning check skipped such a cell and its value dropped silently out
+    of one metric's series)."""
+    exp = experiment.load(str(FIXTURES / "tiny.yaml"))
+    exp = dataclasses.replace(exp, grid={"model.patch_size": [1, 2, 4]}, claims=tuple(
+        experiment.Claim("trend", f"t{i}", "model.patch_size", direction="increasing",
+                         metrics=m)
+        for i, m in enumerate([("eval/nmse_info",), ("eval/skill",),
+                               ("eval/nmse_info", "eval/skill")])))
+    rows = [{"cell": cell, "seed": s, **over, "step": 60, "diverged": False,
+             "eval/nmse_info": 1.0 + 0.5 * over["model.patch_size"] + 0.01 * s,
+             "eval/skill": 0.9 - 0.1 * over["model.patch_size"] + 0.01 * s,
+             "eval/skill_info": 0.8 + 0.01 * s} for cell, over in exp.cells().items()
+            for s in (0, 1, 2)]
+    for r in rows:
+        if r["model.patch_size"] == 2:
+            r["eval/nmse_info"] = float("nan")
+    results, _, unusable = report.judge_all(exp, pd.DataFrame(rows))
+    assert set(unusable) == {"patch=2"}
+    assert unusable["patch=2"] == "3 of 3 finished seeds without a finite eval/nmse_info"
+    for v in results:
+        assert list(v.dropped) == [2] and "finite eval/nmse_info" in v.evidence()
+        assert v.verdict == "supported"  # from the two values left, 1 and 4
+    # the learning check's metric NaN: flagged as well (it was skipped before)
+    for r in rows:
+        r["eval/nmse_info"] = 1.0
+        r["eval/skill_info"] = float("nan") if r["model.patch_size"] == 4 else 0.8
+    _, _, unusable = report.judge_all(exp, pd.DataFrame(rows))
+    assert unusable == {"patch=4": "3 of 3 finished seeds without a finite eval/skill_info"}
+
+
+def test_every_value_of_the_effect_axis_counts():
+    """The effect is the slope through all values of the effect axis: a middle value moves
+    it (the two-ends effect would not), with the least-squares coefficients on log2 patch."""
+    cells = {f"a={a},p={p}": {"a": a, "p": p} for a in (1, 2) for p in (1, 2, 4, 8)}
+    table = pd.DataFrame([{"cell": c, **o, "mean": 0.0, "sd": 0.1, "n": 3, "se": 0.1,
+                           "df": 2} for c, o in cells.items()])
+    coefs = verdicts.effect_coefs(table, "p", "a")
+    x = np.log2([1, 2, 4, 8])
+    expected = (x - x.mean()) * 3 / ((x - x.mean()) ** 2).sum()  # slope x span (3 steps)
+    assert [coefs[1][f"a=1,p={p}"] for p in (1, 2, 4, 8)] == pytest.approx(expected)
+    linear = table.assign(mean=np.log2(table["p"]) * 0.2 * table["a"])
+    c = verdicts.contrast(linear, coefs[2])
+    assert c.estimate == pytest.approx(0.2 * 2 * 3)  # a straight line: its end-to-end change
+    assert c.se == pytest.approx(0.1 * np.sqrt((expected**2).sum()))
+
+
+def test_an_inconclusive_claim_says_how_many_seeds_would_settle_it(tmp_path):
+    """The report's "Seeds needed" for an inconclusive claim: the seeds for 80% power at the
+    observed effect and at the claim's min_effect (the numbers report.power gives for the
+    judge's own contrast) and their cost from the finals trials' times (written here as Tune
+    writes result.json: 30 s and 50 s for the two seeds of each cell's trial)."""
+    from tuner.service.report import power
+
+    exp = experiment.load(str(FIXTURES / "tiny.yaml"))
+    claim = dataclasses.replace(exp.claims[0], min_effect=(("", 0.05),))
+    exp = dataclasses.replace(exp, claims=(claim,))
+    cells = exp.cells()
+    rows = [{"cell": cell, "seed": s, "lr": 1e-3, **over, "step": 60, "diverged": False,
+             "eval/nmse": 1.1 + 0.01 * over["model.patch_size"] + 0.03 * (s - 0.5),
+             "eval/skill_info": 0.6, "eval/nmse_info": 1.0, "eval/skill": 0.5,
+             "eval/info_cost": 1.0} for cell, over in cells.items() for s in exp.seeds]
+    for i, cell in enumerate(cells):
+        trial = tmp_path / "finals" / f"trial_{i}"
+        trial.mkdir(parents=True)
+        trial.joinpath("result.json").write_text("\n".join(json.dumps(
+            {"time_total_s": t, "config": {"final": {"cell": cell, "seeds": [0, 1]}}})
+            for t in (10.0, 30.0 if i == 0 else 50.0)) + "\n")
+    search = pd.DataFrame([{"cell": c, "number": 0, "state": "COMPLETE", "diverged": False}
+                           for c in cells])
+    summary = report.write(exp, tmp_path, {c: {"lr": 1e-3, "value": 1.1} for c in cells}, rows,
+                           search)
+    text = summary.read_text()
+    [v], _, _ = report.judge_all(exp, pd.DataFrame(rows))
+    assert v.verdict == "inconclusive"
+    [test] = v.per_metric[0].tests
+    n_obs = power.seeds_needed([test], [test.estimate])
+    n_min = power.seeds_needed([test], [0.05])
+    assert 2 < n_min < n_obs < power.MAX_SEEDS  # the observed effect (0.03) is below 0.05
+    section = text.split("## Seeds needed", 1)[1]
+    print(section)
+    assert f"**{n_obs} seeds** for 80% power" in section
+    assert f"for min_effect 0.05: **{n_min} seeds**" in section
+    hours = (n_obs - 2) * (30 + 50) / 2 / 3600  # per seed: 15 s and 25 s; 2 seeds run already
+    assert f"**{n_obs} seeds** = {n_obs - 2} more for each of the 2 cells: 0 GPU-hours" in section
+    assert f"{hours:.3g} h of trial time" in section
+    assert "extend `finals.seeds`" in section
+    # bullets: the verdict lines (what the CLI prints, what the viewer shows) stay the verdicts
+    assert [line[:3] for line in report.verdict_lines(summary)] == ["1. "]
+
+    # a cell that fails the learning check for want of seeds (skill_info 0.15 and 0.45): the
+    # plan names the seeds at which its one-sided test passes with 80% power, here computed
+    # as the textbook one-sample t power (noncentral t), and the claim's plan covers them
+    from scipy import stats
+
+    for r in rows:
+        if r["cell"] == "patch=4":
+            r["eval/skill_info"] = 0.15 + 0.3 * r["seed"]
+    text = report.write(exp, tmp_path, {c: {"lr": 1e-3, "value": 1.1} for c in cells}, rows,
+                        search).read_text()
+    assert "patch=4: not clearly better than the trivial predictor" in text
+    sd = np.std([0.15, 0.45], ddof=1)
+    n_learn = next(n for n in range(2, 100) if stats.nct.sf(
+        stats.t.ppf(0.95, n - 1), n - 1, (0.3 - 0.05) / (sd / np.sqrt(n))) >= 0.8)
+    section = text.split("## Seeds needed", 1)[1]
+    print(section)
+    assert f"would pass it (80% power, its one-sided test) at: patch=4: **{n_learn} seeds**" \
+        in section
+
+
+def test_an_unusable_cell_costs_an_effect_claim_the_fewest_cells():
+    """One unusable cell at the largest patch: an effect claim leaves out that patch size at
+    every value of its axis (the slopes still compare like with like; 6 of 8 cells kept)
+    rather than the whole axis value (4 of 8: fewer than 2 values left); a trend claim on
+    the axis leaves out the axis value, as before."""
+    cells = {f"a={a},p={p}": {"a": a, "p": p} for a in (1, 2) for p in (1, 2, 4, 8)}
+    rng = np.random.default_rng(5)
+    finals = pd.DataFrame([{"cell": c, **o, "seed": s, "diverged": False,
+                            "m": 0.1 * o["a"] * np.log2(o["p"]) + 0.01 * rng.standard_normal()}
+                           for c, o in cells.items() for s in range(3)])
+    table = verdicts.cell_table(cells, finals, "m")
+    unusable = {"a=2,p=8": "not clearly better than the trivial predictor"}
+    C = experiment.Claim  # noqa: N806
+    effect = verdicts.judge(C("effect_trend", "e", "a", direction="increasing", effect_axis="p",
+                              metrics=("m",)), {"m": table}, {"m": "min"}, unusable)
+    assert effect.dropped == {} and list(effect.dropped_effect) == [8]
+    assert "left out: p=8 (a=2,p=8: not clearly better" in effect.evidence()
+    assert effect.verdict == "supported" and "slope over 3 values" in effect.evidence()
+    assert all("a=2,p=8" not in t.coef and "a=1,p=8" not in t.coef
+               for t in effect.per_metric[0].tests)
+    trend = verdicts.judge(C("trend", "t", "a", direction="increasing", metrics=("m",)),
+                           {"m": table}, {"m": "min"}, unusable)
+    assert list(trend.dropped) == [2] and trend.verdict == "inconclusive"

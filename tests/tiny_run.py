@@ -14,15 +14,16 @@ FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # a W&B-shaped API key (4
 
 def cli(out: Path, *flags: str, log: Path | None = None, experiment: Path = TINY,
         **kw) -> subprocess.Popen:
-    """``python -m tuner.run tiny.yaml --out <out>`` on a 2-CPU local cluster, W&B offline with
-    a fake key set (it must appear nowhere). Output to a pipe (read it with :func:`finish`), or
-    to the file ``log`` for a driver that is watched while it runs: nobody reads a pipe then,
-    and a full one (64 KiB: Tune's tables) would stall the driver."""
+    """``python -m tuner.run tiny.yaml --out <out>`` (or ``experiment``, a variant of it) on a
+    2-CPU local cluster, W&B offline with a fake key set (it must appear nowhere). Output to a
+    pipe (read it with :func:`finish`), or to the file ``log`` for a driver that is watched
+    while it runs: nobody reads a pipe then, and a full one (64 KiB: Tune's tables) would
+    stall the driver."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", WANDB_MODE="offline", PYTHONUNBUFFERED="1",
                WANDB_API_KEY=FAKE_KEY)
     stdout = subprocess.PIPE if log is None else log.open("w")
-    return subprocess.Popen([sys.executable, "-m", "tuner.run", str(experiment), "--out", str(out),
-                             "--num-cpus", "2", *flags], stdout=stdout,
+    return subprocess.Popen([sys.executable, "-m", "tuner.run", str(experiment), "--out",
+                             str(out), "--num-cpus", "2", *flags], stdout=stdout,
                             stderr=subprocess.STDOUT, text=True, env=env, **kw)
 
 

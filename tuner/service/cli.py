@@ -24,7 +24,7 @@ from typing import Annotated
 
 import tyro
 
-from tuner.service import experiment, folder_check
+from tuner.service import experiment, folder_check, seed_growth
 from tuner.service.dirs import ExperimentDirs
 from tuner.service.files import DamagedFile, read_json
 from tuner.service.folder_lock import FolderLock, FolderLocked
@@ -73,9 +73,19 @@ def prepare(args: Args):
     dirs = ExperimentDirs(Path(args.out).absolute() / exp.name)
     frozen = dirs.experiment_file
     if frozen.exists() and frozen.read_text() != exp.path.read_text():
-        raise UsageError(
-            f"{exp.path} changed since {dirs.root} was started (its copy is {frozen}); resuming "
-            "would mix two experiments. Restore the file, or use a new --out folder.")
+        grown = seed_growth.accepted(frozen, exp.path, args.smoke)
+        if grown is None:
+            raise UsageError(
+                f"{exp.path} changed since {dirs.root} was started (its copy is {frozen}); "
+                "resuming would mix two experiments. The one change a started experiment "
+                "takes is more finals seeds (finals.seeds grown, the old ones kept); restore "
+                "the file, or use a new --out folder.")
+        tmp = frozen.with_suffix(".tmp")
+        shutil.copyfile(exp.path, tmp)
+        os.replace(tmp, frozen)
+        print(f"{exp.path}: finals.seeds grew by {list(grown)}: only these seeds train (on "
+              f"their own systems), the finals already run are kept and the report is "
+              f"rewritten; {frozen} updated", flush=True)
     dirs.root.mkdir(parents=True, exist_ok=True)
     if not frozen.exists():
         shutil.copyfile(exp.path, frozen)

@@ -72,6 +72,15 @@ class ExperimentDirs:
     def finals_runs(self) -> Path:  # the finals' Tune run
         return self.root / "finals"
 
+    def added_seeds_runs(self, seeds) -> Path:
+        """The Tune run of finals seeds added to a finished experiment, named by them (a rerun
+        resumes it; a run for other seeds never restores it)."""
+        return self.root / ("finals-seeds-" + "-".join(map(str, seeds)))
+
+    def all_finals_runs(self) -> list[Path]:
+        """The finals' Tune run and every added seeds' one."""
+        return [self.finals_runs, *sorted(self.root.glob("finals-seeds-*"))]
+
     def stale_finals(self, n: int) -> Path:
         """Where finals that trained a rate no longer picked are set aside (n = 1, 2, ...)."""
         return self.root / f"finals-stale-{n}"

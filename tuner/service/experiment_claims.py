@@ -6,20 +6,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from tuner.service.experiment_values import _coerce, _Invalid, _what
+from tuner.service.experiment_values import _as_number, _coerce, _Invalid, _what
 from tuner.service.experiment_yaml import SearchSpaceError, _Lines
 
 CLAIM_KINDS = ("trend", "compare", "effect_trend", "effect_compare")
 
+_COMMON_KEYS = {"kind", "text", "axis", "metric", "metrics", "min_effect"}
 _CLAIM_KEYS = {  # kind -> the keys it takes
-    "trend": {"kind", "text", "axis", "direction", "metric", "metrics"},
-    "compare": {"kind", "text", "axis", "better", "metric", "metrics"},
-    "effect_trend": {"kind", "text", "axis", "direction", "effect_axis", "metric", "metrics"},
-    "effect_compare": {"kind", "text", "axis", "better", "effect_axis", "metric", "metrics"},
+    "trend": _COMMON_KEYS | {"direction"},
+    "compare": _COMMON_KEYS | {"better"},
+    "effect_trend": _COMMON_KEYS | {"direction", "effect_axis"},
+    "effect_compare": _COMMON_KEYS | {"better", "effect_axis"},
 }
 
 _ALL_CLAIM_KEYS = ["kind", "text", "axis", "direction", "better", "effect_axis", "metric",
-                   "metrics"]
+                   "metrics", "min_effect"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,12 @@ class Claim:
     ``metrics`` (from ``metric: eval/x`` or ``metrics: [eval/a, eval/b]``; empty: the caller
     uses the experiment's ``asha.metric``) judges the claim on other reported metrics, e.g.
     ``eval/grokking_step`` when the search ranks runs by train accuracy.
+
+    ``min_effect`` (metric -> size, in the metric's units; the key "" stands for the claim's
+    only metric) is the smallest true effect worth finding: the report of an inconclusive
+    claim says how many finals seeds would find it with 80% power. Its size is measured like
+    the claim's statistic: the end-to-end change (trend), the gap to ``better`` (compare),
+    the change of the effect between the claim axis' ends or to ``better`` (effect claims).
     """
 
     kind: str
@@ -44,14 +51,55 @@ class Claim:
     better: Any = None
     effect_axis: str | None = None
     metrics: tuple[str, ...] = ()
+    min_effect: tuple[tuple[str, float], ...] = ()
+
+    def min_effect_of(self, metric: str) -> float | None:
+        """The declared minimal effect on ``metric`` (None: none declared)."""
+        sizes = dict(self.min_effect)
+        return sizes.get(metric, sizes.get("") if len(self.metrics) <= 1 else None)
+
+
+def _min_effect(raw: Any, names: list, err) -> tuple[tuple[str, float], ...]:
+    """``min_effect:`` a number > 0 (a claim on one metric) or metric -> number > 0."""
+    if "min_effect" not in raw:
+        return ()
+    value = raw["min_effect"]
+    number = "a finite number > 0 in the metric's units"
+    allowed = (f"{number}, or a mapping of the claim's metrics {names} to such numbers"
+               if len(names) > 1 else f"{number} (or a mapping {{metric: number}} naming "
+               f"{names[0] if names else 'the claim metric'})")
+
+    def size(v: Any, key: str | None) -> float:
+        try:
+            out = _as_number(v, allowed)
+        except _Invalid as e:
+            raise err("min_effect", str(e), key) from None
+        if not out > 0:
+            raise err("min_effect", f"{v!r} is not allowed; allowed: {allowed}", key)
+        return out
+
+    if isinstance(value, dict):
+        if not value:
+            raise err("min_effect", f"is empty; allowed: {allowed}", None)
+        for key in value:
+            if key not in names:
+                raise err("min_effect", f"{key!r} is not a metric of this claim; allowed: "
+                          f"{names or 'a plain number: the claim is judged on asha.metric'}",
+                          key)
+        return tuple((k, size(v, k)) for k, v in value.items())
+    if len(names) > 1:
+        raise err("min_effect", f"{_what(value)} but the claim names {len(names)} metrics "
+                  f"(their units differ); allowed: {allowed}", None)
+    return (("", size(value, None)),)
 
 
 def _claim(raw: Any, index: int, lines: _Lines, grid: dict, hints: dict, fixed: dict,
            metrics: tuple[str, ...]) -> Claim:
     where = ("claims", index)
 
-    def err(key: str | None, msg: str) -> SearchSpaceError:
-        return lines.error(where if key is None else (*where, key), msg)
+    def err(key: str | None, msg: str, sub: str | None = None) -> SearchSpaceError:
+        keys = where if key is None else (*where, key)
+        return lines.error(keys if sub is None else (*keys, sub), msg)
 
     if not isinstance(raw, dict):
         raise err(None, f"{_what(raw)}; allowed: a mapping with keys {_ALL_CLAIM_KEYS}")
@@ -120,4 +168,5 @@ def _claim(raw: Any, index: int, lines: _Lines, grid: dict, hints: dict, fixed: 
         if m in names[:i]:
             raise err(key, f"{m!r} is given twice; allowed: distinct metrics")
     return Claim(kind=kind, text=text, axis=raw["axis"], direction=direction, better=better,
-                 effect_axis=raw.get("effect_axis"), metrics=tuple(names))
+                 effect_axis=raw.get("effect_axis"), metrics=tuple(names),
+                 min_effect=_min_effect(raw, list(names), err))

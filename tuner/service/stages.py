@@ -245,7 +245,7 @@ def _set_aside_stale_finals(dirs: ExperimentDirs) -> None:
         n += 1
     stale = _stale_finals(dirs, n)
     stale.mkdir()
-    for path in (dirs.finals, dirs.finals_runs):
+    for path in (dirs.finals, *dirs.all_finals_runs()):
         if path.exists():
             path.rename(stale / path.name)
     print(f"the best rates changed: earlier finals moved to {stale}", flush=True)
@@ -299,7 +299,7 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
     if dirs.finals.exists():
         rows = read_json(dirs.finals, REMEDY[dirs.finals.name])
         if all(r["lr"] == best[r["cell"]]["lr"] for r in rows):
-            return rows
+            return _add_seeds(exp, dirs, best, rows, wandb)
         _set_aside_stale_finals(dirs)  # widened or re-searched after these finals ran
     kept = kept_finals(dirs, best)
     skip = sorted({r["cell"] for r in kept})
@@ -331,5 +331,46 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
     missing = set(exp.cells()) - {x["cell"] for x in rows}
     if unfinished or missing:
         raise Interrupted("finals", f"runs not finished: {unfinished + sorted(missing)}")
+    _write_json(dirs.finals, rows)
+    return _add_seeds(exp, dirs, best, rows, wandb)  # kept cells may lack seeds added since
+
+
+def _add_seeds(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any], rows: list[dict],
+               wandb: bool) -> list[dict]:
+    """Finals of seeds the file gained after the finals ran (``tuner.service.seed_growth``):
+    only those train, in their own Tune run; their rows join ``finals.json``, the old rows
+    kept as they were."""
+    done = {(r["cell"], r["seed"]) for r in rows}
+    todo = {c: [s for s in exp.seeds if (c, s) not in done] for c in exp.cells()}
+    todo = {c: seeds for c, seeds in todo.items() if seeds}
+    if not todo:
+        return rows
+    path = dirs.added_seeds_runs(sorted({s for seeds in todo.values() for s in seeds}))
+    name = path.name
+    print(f"finals of the added seeds -> {path}", flush=True)
+    ray_fixes.tolerate_deleted_checkpoints()
+    finals_trainable = trainable(exp, _final_trial)
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(str(path), finals_trainable, resume_errored=True)
+    else:
+        specs = [{**spec, "seeds": todo[spec["cell"]]}
+                 for spec in final_specs(exp, best, dirs) if spec["cell"] in todo]
+        status = StatusFile(dirs.status, "finals", list(todo), 1, exp.metric, exp.mode)
+        tuner = tune.Tuner(
+            finals_trainable, param_space={"final": tune.grid_search(specs)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=exp.max_concurrent,
+                                        reuse_actors=True),
+            run_config=_run_config(exp, dirs, name, status, wandb))
+    results = tuner.fit()
+    if results.num_terminated + results.num_errors < len(results):
+        raise Interrupted(name, f"{len(results) - results.num_terminated - results.num_errors}"
+                          " trial(s) not ended")
+    new = [row for r in results for row in final_rows(r.config["final"], r.metrics or {}, r.error)]
+    unfinished = [(x["cell"], x["seed"]) for x in new
+                  if x["error"] or not (x.get("diverged") or x.get("step") == exp.max_t)]
+    if unfinished or {(c, s) for c, seeds in todo.items() for s in seeds} - {
+            (x["cell"], x["seed"]) for x in new}:
+        raise Interrupted(name, f"runs not finished: {unfinished or 'some seeds have no row'}")
+    rows = rows + new
     _write_json(dirs.finals, rows)
     return rows

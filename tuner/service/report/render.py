@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 
 from data.registry import TASKS, metric_mode  # noqa: E402
 from tuner.service.experiment import Claim, Experiment  # noqa: E402
-from tuner.service.report import verdicts  # noqa: E402
+from tuner.service.report import seeds_needed, verdicts  # noqa: E402
 
 
 def claim_metrics(claim: Claim, exp: Experiment) -> tuple[str, ...]:
@@ -32,21 +32,36 @@ def claim_metrics(claim: Claim, exp: Experiment) -> tuple[str, ...]:
     return tuple(claim.metrics) or (exp.metric,)
 
 
-def judge_all(exp: Experiment, finals: pd.DataFrame
+def judge_all(exp: Experiment, finals: pd.DataFrame, learning_check: bool = True
               ) -> tuple[list[verdicts.ClaimVerdict], dict[str, pd.DataFrame], dict[str, str]]:
-    """Every claim's verdict, the per-metric cell tables they used, and the unusable cells."""
+    """Every claim's verdict, the per-metric cell tables they used, and the unusable cells
+    (``learning_check`` False: as if the task had none, what a plan for more seeds needs)."""
     task = TASKS[exp.base.task]
     cells = exp.cells()
     needed = {m for c in exp.claims for m in claim_metrics(c, exp)}
     tables = {m: verdicts.cell_table(cells, finals, m) for m in sorted(needed)}
-    check = getattr(task, "LEARNING_CHECK", None)
+    check = getattr(task, "LEARNING_CHECK", None) if learning_check else None
     check_table = (verdicts.cell_table(cells, finals, f"eval/{check[0]}") if check else None)
     any_table = verdicts.cell_table(cells, finals, "step")
-    unusable = verdicts.usability(any_table, check_table, check[1] if check else None)
+    read = dict(tables) | ({f"eval/{check[0]}": check_table} if check else {})
+    unusable = verdicts.usability(any_table, check_table, check[1] if check else None, read)
     out = [verdicts.judge(c, {m: tables[m] for m in claim_metrics(c, exp)},
                           {m: metric_mode(exp.base.task, m) for m in claim_metrics(c, exp)},
                           unusable) for c in exp.claims]
     return out, tables, unusable
+
+
+def _learning_gaps(exp: Experiment, finals: pd.DataFrame, cells: set[str]
+                   ) -> dict[str, tuple[verdicts.Contrast, float]]:
+    """Per cell that failed only the learning check: its mean on the check metric as a
+    contrast, and how far that mean lies above the floor (what more seeds must resolve)."""
+    check = getattr(TASKS[exp.base.task], "LEARNING_CHECK", None)
+    if not cells or not check:
+        return {}
+    table = verdicts.cell_table(exp.cells(), finals, f"eval/{check[0]}")
+    rows = table.set_index("cell")
+    return {c: (verdicts.contrast(table, {c: 1.0}, f"`eval/{check[0]}` of {c} above {check[1]:g}"),
+                float(rows.loc[c, "mean"]) - check[1]) for c in sorted(cells)}
 
 
 def _plot_claim(claim: Claim, tables: dict[str, pd.DataFrame], path: Path) -> None:
@@ -238,8 +253,10 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
     lines += ["", "## Verdict", "",
               "Each claim names the metrics that answer it; it is supported (contradicted) only "
               "when every one of them says so, by a difference beyond its 95% t threshold over "
-              "the seeds (tuner/service/report/verdicts.py). Cells that are not clearly better "
-              "than the trivial predictor, or lack replicates, are left out of every claim.", ""]
+              "the seeds (tuner/service/report/verdicts.py); an effect claim reads every value of "
+              "its effect axis. Cells that are not clearly better than the trivial predictor, "
+              "lack replicates or lack finite values of a claim's metric are left out of every "
+              "claim.", ""]
     for i, (claim, v) in enumerate(zip(exp.claims, claim_verdicts, strict=True)):
         png = f"claim{i + 1}.png"
         _plot_claim(claim, {m: tables[m] for m in claim_metrics(claim, exp)}, out / png)
@@ -248,10 +265,14 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
                      f"Plot: `{png}`.")
     if not exp.claims:
         lines.append("The experiment file states no checkable claims.")
+    if any(v.verdict == "inconclusive" for v in claim_verdicts):
+        plan_verdicts, _, structural = judge_all(exp, finals, learning_check=False)
+        lines += seeds_needed.lines(exp, claim_verdicts, plan_verdicts,
+                                    _learning_gaps(exp, finals, set(unusable) - set(structural)),
+                                    root)
     if score_cols:
         _plot_curves(finals, curve, out / f"{curve['title'].lower()}.png")
-    if _plot_diagnostics(task, finals, _diagnostic_histories(root / "finals"),
-                         out / "diagnostics.png"):
+    if _plot_diagnostics(task, finals, _diagnostic_histories(root), out / "diagnostics.png"):
         marks = ", ".join(f"`eval/{m[0]}`" for m in task.MILESTONES)
         lines += ["", "## Diagnostics", "",
                   "The finals' `diag/` metrics (tuner/core/diagnostics.py) against the step, one "
@@ -262,11 +283,13 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
     return summary
 
 
-def _diagnostic_histories(finals_dir: Path) -> dict[tuple[str, int], pd.DataFrame]:
+def _diagnostic_histories(root: Path) -> dict[tuple[str, int], pd.DataFrame]:
     """(cell, seed) -> that seed's ``diag/`` metrics per step, from the finals trials' Tune
-    result files (every evaluation; finals.json keeps only the last)."""
+    result files (every evaluation; finals.json keeps only the last), those of seeds added
+    later (``finals-seeds-*/``) included."""
     out: dict[tuple[str, int], list[dict]] = {}
-    for path in sorted(finals_dir.glob("*/result.json")):
+    for path in sorted([*root.glob("finals/*/result.json"),
+                        *root.glob("finals-seeds-*/*/result.json")]):
         for line in path.read_text().splitlines():
             r = json.loads(line) if line.strip() else {}
             spec = (r.get("config") or {}).get("final") or {}
@@ -334,5 +357,5 @@ def _plot_system(exp: Experiment, finals: pd.DataFrame, cols: list[str], path: P
 
 def verdict_lines(summary: Path) -> list[str]:
     """The numbered verdict lines of a written summary (what the CLI prints)."""
-    text = summary.read_text().split("## Verdict", 1)[-1]
+    text = summary.read_text().split("## Verdict", 1)[-1].split("\n## ", 1)[0]
     return [line for line in text.splitlines() if line[:1].isdigit()]
