@@ -21,7 +21,7 @@ import pandas as pd
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-from tuner.service import ray_fixes
+from tuner.service import ray_fixes, trial_names
 from tuner.service.concurrency import ClusterConcurrency, per_cell_cap
 from tuner.service.dirs import ExperimentDirs
 from tuner.service.experiment import Experiment
@@ -52,8 +52,9 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def trainable(exp: Experiment, fn=train_trial):
-    """``fn`` with the experiment's base config bound and its per-trial resources."""
-    bound = tune.with_parameters(fn, base=exp.base)
+    """``fn`` with the experiment's base config bound, its per-trial resources, and its actor
+    named by what it trains in the Ray dashboard (:mod:`tuner.service.trial_names`)."""
+    bound = trial_names.named(tune.with_parameters(fn, base=exp.base), exp.name)
     return tune.with_resources(bound, {"cpu": exp.cpus_per_trial, "gpu": exp.gpus_per_trial})
 
 

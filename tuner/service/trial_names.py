@@ -1,0 +1,69 @@
+"""Trial actors named in the Ray dashboard by what they train.
+
+Every Tune trial runs in an actor of one class, so the dashboard's Actors page lists identical
+rows. Its "Repr" column is the actor instance's ``repr()``, which Ray 2.60 takes exactly once:
+right after the actor's ``__init__`` (the actor creation task, ``_raylet.pyx``:
+``core_worker.set_actor_repr_name(repr(actor))``), sent to the GCS with that task's reply and
+never updated. Tune builds the trainable in ``__init__`` with the trial's config, so a
+``__repr__`` over ``self.config`` names the trial there. A reused actor (``reuse_actors=True``)
+would keep its first trial's name for every later one; the stages therefore start one actor
+per trial (see ``stages.trainable``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tuner.service.status import trial_spec
+
+
+def _rate(lr: Any) -> str:
+    return f"lr={float(lr):.3g}"
+
+
+def label(config: dict[str, Any], experiment: str = "") -> str:
+    """What one trial trains, in one line: ``<experiment> <stage> <cell> lr=<rate>[ seeds=..]``.
+
+    Args:
+        config: The trial's config as Tune hands it to the trainable (a search trial's flat
+            ``stage``/``cell``/``lr``; a finals trial nests its spec under ``final``).
+        experiment: The experiment's name (not in the config).
+
+    Returns:
+        E.g. ``tiny search patch=4 lr=0.00316`` or ``tiny final patch=4 lr=0.00316 seeds=0,1``.
+        A population trial (several rates, possibly of several cells, in one program; its
+        ``members``: a list of ``{cell, lr}``) names its cells and K:
+        ``tiny search K=8 patch=1:lr=1e-4..0.1 patch=4:...``.
+    """
+    spec = trial_spec(config)
+    head = " ".join(p for p in (experiment, str(spec.get("stage", "trial"))) if p)
+    members = spec.get("members")
+    if members:  # a population trial: K rates over one or more cells
+        by_cell: dict[str, list[float]] = {}
+        for m in members:
+            by_cell.setdefault(str(m["cell"]), []).append(float(m["lr"]))
+        parts = [f"{cell}:lr={min(r):.3g}..{max(r):.3g}" if len(r) > 1 else f"{cell}:{_rate(r[0])}"
+                 for cell, r in by_cell.items()]
+        return f"{head} K={len(members)} {' '.join(parts)}"
+    words = [head, str(spec.get("cell", "?"))]
+    if "lr" in spec:
+        words.append(_rate(spec["lr"]))
+    if spec.get("seeds") is not None:
+        words.append("seeds=" + ",".join(str(s) for s in spec["seeds"]))
+    return " ".join(words)
+
+
+def named(trainable: Callable, experiment: str) -> type:
+    """``trainable`` (a function trainable) as Tune's class for it, its ``repr`` the trial's
+    :func:`label`. Tune's name for it (folders, registry) stays the function's."""
+    from ray.tune.trainable import wrap_function
+
+    base = wrap_function(trainable)
+
+    class NamedTrial(base):
+        def __repr__(self) -> str:
+            return label(getattr(self, "config", None) or {}, experiment)
+
+    NamedTrial.__name__ = NamedTrial.__qualname__ = base._name
+    return NamedTrial
