@@ -1,0 +1,136 @@
+"""A running experiment as a cluster's own tools see it: trial actors named in Ray's state API
+(what the dashboard's Actors page shows as "Repr") and the service's gauges on Ray's Prometheus
+endpoint.
+
+One real local cluster is started here with a known metrics port; the tiny experiment's driver
+(``python -m tuner.run ... --address``) joins it, runs for a while and is stopped with SIGTERM
+(the CLI's clean stop), so the test costs a part of the search, not a whole experiment. Dead
+actors stay in the GCS's table, so every trial that ran is listed after the stop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tuner.service import service_metrics, trial_names
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+
+EXPERIMENT = "tiny"  # tests/fixtures/tiny.yaml's name (its folder's name)
+MAX_CONCURRENT = 1  # tiny.yaml: search.max_concurrent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster of this process (dashboard for the state API, metrics on a known
+    port); (its GCS address, the metrics URL)."""
+    import ray
+
+    port = _free_port()
+    ctx = ray.init(address="local", num_cpus=2, include_dashboard=True,
+                   dashboard_host="127.0.0.1", _metrics_export_port=port)
+    try:
+        yield ctx.address_info["gcs_address"], \
+            f"http://{ctx.address_info['node_ip_address']}:{port}/metrics"
+    finally:
+        ray.shutdown()
+
+
+def _samples(url: str) -> list:
+    """Every sample of the service's gauges on Ray's metrics endpoint (Prometheus text)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+    except OSError:
+        return []
+    names = {f"ray_{service_metrics.TRIALS}", f"ray_{service_metrics.BEST}"}
+    return [s for fam in text_string_to_metric_families(text) if fam.name in names
+            for s in fam.samples if s.labels.get("experiment") == EXPERIMENT]
+
+
+def _trial_actors() -> list:
+    from ray.util.state import list_actors
+
+    return [a for a in list_actors(detail=True, limit=10_000, raise_on_missing_output=False)
+            if a.class_name in ("train_trial", "_final_trial")]
+
+
+def _reported(folder: Path) -> dict[str, list[float]]:
+    """Cell -> every finite ``eval/nmse`` its search trials reported (their result.json)."""
+    out: dict[str, list[float]] = {}
+    for result in (folder / "search").glob("*/result.json"):
+        for line in result.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            v = r.get("eval/nmse")
+            if isinstance(v, float) and math.isfinite(v):
+                out.setdefault(r["config"]["cell"], []).append(v)
+    return out
+
+
+def test_running_trials_are_named_and_measured(cluster, tmp_path):
+    from tiny_run import cli
+
+    address, metrics_url = cluster
+    log = tmp_path / "driver.log"
+    proc = cli(tmp_path, "--address", address, "--no-wandb", log=log)
+    seen: list = []
+    try:
+        deadline = time.monotonic() + 240
+        # the metrics agent exports every few seconds: wait for a best value and for a few
+        # trials, so that several actors have come and gone
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            samples = _samples(metrics_url)
+            best = [s for s in samples if s.name == f"ray_{service_metrics.BEST}"]
+            if best and len(_trial_actors()) >= 4:
+                seen = samples
+                break
+            time.sleep(2)
+        assert seen, f"no gauges of {EXPERIMENT} on {metrics_url}: {log.read_text()[-3000:]}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+
+    folder = tmp_path / EXPERIMENT
+    # the dashboard's Actors table: one actor per trial, named by what the trial trains
+    params = [json.loads(p.read_text()) for p in (folder / "search").glob("*/params.json")]
+    assert len(params) >= 4
+    names = sorted(a.repr_name for a in _trial_actors())
+    want = sorted(trial_names.label(p, EXPERIMENT) for p in params)
+    assert set(want) <= set(names), (want, names)  # every trial found by its name
+    assert len(names) >= len(want)  # no actor was reused for a second trial under a stale name
+    assert all(n.startswith(f"{EXPERIMENT} search patch=") and " lr=" in n for n in names)
+
+    # the gauges: counts bounded by what ran, the best value one that a trial of the cell reported
+    reported = _reported(folder)
+    running = [s.value for s in seen if s.name.endswith("_trials") and s.labels["state"]
+               == "running"]
+    assert running and sum(running) <= MAX_CONCURRENT
+    for s in seen:
+        assert s.labels["stage"] == "search" and s.labels["cell"] in ("patch=1", "patch=4")
+        if s.name.endswith("_trials") and s.labels["state"] == "finished":
+            assert s.value <= sum(p["cell"] == s.labels["cell"] for p in params)
+        if s.name == f"ray_{service_metrics.BEST}":
+            # the gauge is a float64 printed by Prometheus' text format: equal to a reported
+            # value up to that printing (relative 1e-9)
+            assert any(math.isclose(s.value, v, rel_tol=1e-9)
+                       for v in reported[s.labels["cell"]]), (s, reported)
+            assert s.labels["metric"] == "eval/nmse"
