@@ -85,9 +85,12 @@ def _reported(folder: Path) -> dict[str, list[float]]:
     return out
 
 
-def test_running_trials_are_named_and_measured(cluster, tmp_path):
+def test_running_trials_are_named_and_measured(cluster, tmp_path, monkeypatch):
     from tiny_run import cli
 
+    from tuner.service.stages import REUSE_ENV
+
+    monkeypatch.delenv(REUSE_ENV, raising=False)  # the default: one actor per trial
     address, metrics_url = cluster
     log = tmp_path / "driver.log"
     proc = cli(tmp_path, "--address", address, "--no-wandb", log=log)

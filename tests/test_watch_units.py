@@ -23,6 +23,23 @@ def test_label_names_experiment_stage_cell_and_rate():
                                                                               "lr": 1e-1},
                                                  {"cell": "b", "lr": 3e-3}]}
     assert trial_names.label(population, "exp4") == "exp4 search K=3 a:lr=0.0001..0.1 b:lr=0.003"
+    assert trial_names.reused_label(search, "exp4") == \
+        "exp4 search (reused worker: trials of any cell)"
+
+
+def test_named_trainable_reprs_its_trial():
+    """The class Tune instantiates per trial: its repr is taken from the config it was built
+    with (Tune passes it to ``__init__``); Tune's registry name stays the function's."""
+    from ray import tune
+
+    def train_fn(config, base):
+        return None
+
+    cls = trial_names.named(tune.with_parameters(train_fn, base=1), "exp4")
+    assert cls._name == "train_fn" and cls.__name__ == "train_fn"
+    trial = cls.__new__(cls)  # no __init__: that starts Tune's training thread
+    trial.config = {"stage": "search", "cell": "patch=1", "lr": 0.01}
+    assert repr(trial) == "exp4 search patch=1 lr=0.01"
 
 
 def _grid3():

@@ -7,7 +7,8 @@ right after the actor's ``__init__`` (the actor creation task, ``_raylet.pyx``:
 never updated. Tune builds the trainable in ``__init__`` with the trial's config, so a
 ``__repr__`` over ``self.config`` names the trial there. A reused actor (``reuse_actors=True``)
 would keep its first trial's name for every later one; the stages therefore start one actor
-per trial (see ``stages.trainable``).
+per trial unless told to reuse them (``stages.reuse_actors``), and a reused actor is named
+only by what stays true for its life (experiment and stage).
 """
 
 from __future__ import annotations
@@ -54,16 +55,25 @@ def label(config: dict[str, Any], experiment: str = "") -> str:
     return " ".join(words)
 
 
-def named(trainable: Callable, experiment: str) -> type:
+def reused_label(config: dict[str, Any], experiment: str = "") -> str:
+    """The name of an actor that Tune reuses for later trials: only its experiment and stage
+    hold for its whole life (``tiny search (reused worker: trials of any cell)``)."""
+    stage = str(trial_spec(config).get("stage", "trial"))
+    return " ".join(p for p in (experiment, stage) if p) + " (reused worker: trials of any cell)"
+
+
+def named(trainable: Callable, experiment: str, reused: bool = False) -> type:
     """``trainable`` (a function trainable) as Tune's class for it, its ``repr`` the trial's
-    :func:`label`. Tune's name for it (folders, registry) stays the function's."""
+    :func:`label` (:func:`reused_label` when Tune reuses actors). Tune's name for it (folders,
+    registry) stays the function's."""
     from ray.tune.trainable import wrap_function
 
     base = wrap_function(trainable)
+    name_of = reused_label if reused else label
 
     class NamedTrial(base):
         def __repr__(self) -> str:
-            return label(getattr(self, "config", None) or {}, experiment)
+            return name_of(getattr(self, "config", None) or {}, experiment)
 
     NamedTrial.__name__ = NamedTrial.__qualname__ = base._name
     return NamedTrial

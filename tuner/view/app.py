@@ -71,7 +71,7 @@ class Viewer:
         self.lr_cells = pn.widgets.MultiSelect(label="cells (learning rates)", options=cells,
                                                value=cells, size=min(10, len(cells)))
         self.lr_pane = pn.pane.Bokeh(**PLOT)
-        self.map_png = pn.pane.PNG(None, width=900)
+        self.map_png = pn.pane.PNG(None, width=800)
         self.map_table = pn.pane.DataFrame(index=False, sizing_mode="stretch_width",
                                            float_format="{:.3g}".format)
         self.cost_pane = pn.pane.Bokeh(height=260, sizing_mode="stretch_width")
@@ -332,7 +332,7 @@ class Viewer:
                             + ("chosen learning rate per cell" if final
                                else "best learning rate so far per cell (search running)"))
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+        fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
         plt.close(fig)
         self.map_png.object = buf.getvalue()
         self.map_table.object = rows

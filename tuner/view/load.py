@@ -267,7 +267,7 @@ KINDS = ("complete", "pruned", "diverged", "failed", "running")  # how a search 
 
 
 def _kind(state: Any, diverged: Any) -> str:
-    if isinstance(diverged, bool | int) and bool(diverged) or diverged in ("True", "true"):
+    if str(diverged).strip().lower() in ("true", "1", "1.0"):  # bool, numpy bool or CSV text
         return "diverged"
     return {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(str(state),
                                                                             "running")
