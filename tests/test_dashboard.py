@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import socket
 import time
@@ -23,6 +24,7 @@ import pytest
 from tuner.service import service_metrics, trial_names
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 EXPERIMENT = "tiny"  # tests/fixtures/tiny.yaml's name (its folder's name)
 MAX_CONCURRENT = 1  # tiny.yaml: search.max_concurrent
@@ -45,7 +47,8 @@ def cluster():
                    dashboard_host="127.0.0.1", _metrics_export_port=port)
     try:
         yield ctx.address_info["gcs_address"], \
-            f"http://{ctx.address_info['node_ip_address']}:{port}/metrics"
+            f"http://{ctx.address_info['node_ip_address']}:{port}/metrics", \
+            f"http://{ctx.dashboard_url}"
     finally:
         ray.shutdown()
 
@@ -70,6 +73,32 @@ def _trial_actors() -> list:
             if a.class_name in ("train_trial", "_final_trial")]
 
 
+def _actors_page(dashboard: str, tmp_path: Path) -> None:
+    """The dashboard's Actors page in headless Chromium (logged in with the cluster's token,
+    where token authentication is on): a running trial is listed by its name. The screenshot
+    goes to ``test-artifacts/dashboard-actors.png``."""
+    from test_view import ROOT, _chrome, _wait
+
+    token = Path.home() / ".ray" / "auth_token"  # where Ray keeps a local cluster's token
+    driver = _chrome()
+    try:
+        driver.get(dashboard)
+        if token.exists():
+            driver.add_cookie({"name": "ray-authentication-token",
+                               "value": token.read_text().strip()})
+        driver.get(f"{dashboard}/#/actors")
+        text = _wait(lambda: f"{EXPERIMENT} search patch=" in driver.find_element(
+            "tag name", "body").text, timeout=60)
+        shot = driver.get_screenshot_as_png()
+        body = driver.find_element("tag name", "body").text
+    finally:
+        driver.quit()
+    (tmp_path / "dashboard-actors.png").write_bytes(shot)
+    (ROOT / "test-artifacts").mkdir(exist_ok=True)
+    (ROOT / "test-artifacts" / "dashboard-actors.png").write_bytes(shot)
+    assert text, f"no trial named on the dashboard's Actors page: {body[:2000]}"
+
+
 def _reported(folder: Path) -> dict[str, list[float]]:
     """Cell -> every finite ``eval/nmse`` its search trials reported (their result.json)."""
     out: dict[str, list[float]] = {}
@@ -91,7 +120,7 @@ def test_running_trials_are_named_and_measured(cluster, tmp_path, monkeypatch):
     from tuner.service.stages import REUSE_ENV
 
     monkeypatch.delenv(REUSE_ENV, raising=False)  # the default: one actor per trial
-    address, metrics_url = cluster
+    address, metrics_url, dashboard = cluster
     log = tmp_path / "driver.log"
     proc = cli(tmp_path, "--address", address, "--no-wandb", log=log)
     seen: list = []
@@ -108,6 +137,8 @@ def test_running_trials_are_named_and_measured(cluster, tmp_path, monkeypatch):
                 break
             time.sleep(2)
         assert seen, f"no gauges of {EXPERIMENT} on {metrics_url}: {log.read_text()[-3000:]}"
+        if CHROMIUM and CHROMEDRIVER:  # the dashboard's own page, as a user opens it
+            _actors_page(dashboard, tmp_path)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
