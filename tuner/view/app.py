@@ -69,7 +69,7 @@ class Viewer:
         self.compare_pane = pn.pane.Bokeh(**PLOT)
         self.report = pn.pane.Markdown(sizing_mode="stretch_width")
         self.lr_cells = pn.widgets.MultiSelect(label="cells (learning rates)", options=cells,
-                                               value=cells, size=min(10, len(cells)))
+                                               value=cells, size=min(6, len(cells)), width=400)
         self.lr_pane = pn.pane.Bokeh(**PLOT)
         self.map_png = pn.pane.PNG(None, width=800)
         self.map_table = pn.pane.DataFrame(index=False, sizing_mode="stretch_width",
@@ -111,7 +111,7 @@ class Viewer:
                                  "up and those with no value sit on the top line), the chosen "
                                  "rate (★), the finals' mean ± sd at it (♦) and the searched "
                                  "range's edges (dotted).", sizing_mode="stretch_width"),
-                pn.Row(self.lr_pane, self.lr_cells, sizing_mode="stretch_width"),
+                self.lr_cells, self.lr_pane,
                 sizing_mode="stretch_width")),
             ("Rate map", pn.Column(self.map_png, self.map_table, sizing_mode="stretch_width")),
             ("Rollouts", pn.Column(self.rollout_cell, self.rollout_pane)),
