@@ -69,8 +69,10 @@ def _samples(url: str) -> list:
 def _trial_actors() -> list:
     from ray.util.state import list_actors
 
+    # Ray names the class by its qualified name: tune.with_resources' subclass of ours
     return [a for a in list_actors(detail=True, limit=10_000, raise_on_missing_output=False)
-            if a.class_name in ("train_trial", "_final_trial")]
+            if a.class_name.split(".")[-1] in ("ResourceTrainable", "train_trial",
+                                               "_final_trial")]
 
 
 def _actors_page(dashboard: str, tmp_path: Path) -> None:
