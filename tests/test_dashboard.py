@@ -148,8 +148,9 @@ def test_running_trials_are_named_and_measured(cluster, tmp_path, monkeypatch):
     folder = tmp_path / EXPERIMENT
     # the dashboard's Actors table: one actor per trial, named by what the trial trains
     params = [json.loads(p.read_text()) for p in (folder / "search").glob("*/params.json")]
-    assert len(params) >= 4
-    names = sorted(a.repr_name for a in _trial_actors())
+    assert len(params) >= 3  # 4 actors were seen; the last one may not have started its trial
+    # an actor stopped inside its __init__ has no name yet (Ray takes it when __init__ ends)
+    names = sorted(a.repr_name for a in _trial_actors() if a.repr_name)
     want = sorted(trial_names.label(p, EXPERIMENT) for p in params)
     assert set(want) <= set(names), (want, names)  # every trial found by its name
     assert len(names) >= len(want)  # no actor was reused for a second trial under a stale name
