@@ -84,11 +84,11 @@ def _actors_page(dashboard: str, tmp_path: Path) -> None:
     token = Path.home() / ".ray" / "auth_token"  # where Ray keeps a local cluster's token
     driver = _chrome()
     try:
-        driver.get(dashboard)
+        driver.get(f"{dashboard}/api/version")  # on the site (a cookie needs it), not the app
         if token.exists():
             driver.add_cookie({"name": "ray-authentication-token",
                                "value": token.read_text().strip()})
-        driver.get(f"{dashboard}/#/actors")
+        driver.get(f"{dashboard}/#/actors")  # the app loads with the cookie set
         text = _wait(lambda: f"{EXPERIMENT} search patch=" in driver.find_element(
             "tag name", "body").text, timeout=60)
         shot = driver.get_screenshot_as_png()
