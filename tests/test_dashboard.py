@@ -128,13 +128,13 @@ def test_running_trials_are_named_and_measured(cluster, tmp_path, monkeypatch):
     seen: list = []
     try:
         deadline = time.monotonic() + 240
-        # the metrics agent exports every few seconds: wait for a best value and for a few
-        # trials, so that several actors have come and gone
+        # the metrics agent exports every few seconds: wait for a best value and for three
+        # actors, so that trials have come and gone
         while time.monotonic() < deadline:
             assert proc.poll() is None, log.read_text()[-3000:]
             samples = _samples(metrics_url)
             best = [s for s in samples if s.name == f"ray_{service_metrics.BEST}"]
-            if best and len(_trial_actors()) >= 4:
+            if best and len(_trial_actors()) >= 3:
                 seen = samples
                 break
             time.sleep(2)
@@ -148,7 +148,7 @@ def test_running_trials_are_named_and_measured(cluster, tmp_path, monkeypatch):
     folder = tmp_path / EXPERIMENT
     # the dashboard's Actors table: one actor per trial, named by what the trial trains
     params = [json.loads(p.read_text()) for p in (folder / "search").glob("*/params.json")]
-    assert len(params) >= 3  # 4 actors were seen; the last one may not have started its trial
+    assert len(params) >= 2  # 3 actors were seen; the last one may not have started its trial
     # an actor stopped inside its __init__ has no name yet (Ray takes it when __init__ ends)
     names = sorted(a.repr_name for a in _trial_actors() if a.repr_name)
     want = sorted(trial_names.label(p, EXPERIMENT) for p in params)
