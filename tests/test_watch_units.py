@@ -19,10 +19,12 @@ def test_label_names_experiment_stage_cell_and_rate():
     assert trial_names.label(search, "exp4") == "exp4 search lambda=0.9,patch=4 lr=0.00316"
     final = {"final": {"stage": "final", "cell": "patch=1", "lr": 2.5e-4, "seeds": [0, 1, 2]}}
     assert trial_names.label(final, "exp4") == "exp4 final patch=1 lr=0.00025 seeds=0,1,2"
-    population = {"stage": "search", "members": [{"cell": "a", "lr": 1e-4}, {"cell": "a",
-                                                                              "lr": 1e-1},
-                                                 {"cell": "b", "lr": 3e-3}]}
-    assert trial_names.label(population, "exp4") == "exp4 search K=3 a:lr=0.0001..0.1 b:lr=0.003"
+    population = {"stage": "search", "wave": 2,
+                  "members": [{"cell": "a", "number": 0, "lr": 1e-4},
+                              {"cell": "a", "number": 1, "lr": 1e-1},
+                              {"cell": "b", "number": 0, "lr": 3e-3}]}
+    assert trial_names.label(population, "exp4") == \
+        "exp4 search wave 2 K=3 a:lr=0.0001..0.1 b:lr=0.003"
     assert trial_names.reused_label(search, "exp4") == \
         "exp4 search (reused worker: trials of any cell)"
 

@@ -34,8 +34,8 @@ def label(config: dict[str, Any], experiment: str = "") -> str:
     Returns:
         E.g. ``tiny search patch=4 lr=0.00316`` or ``tiny final patch=4 lr=0.00316 seeds=0,1``.
         A population trial (several rates, possibly of several cells, in one program; its
-        ``members``: a list of ``{cell, lr}``) names its cells and K:
-        ``tiny search K=8 patch=1:lr=1e-4..0.1 patch=4:...``.
+        ``members``: a list of ``{cell, number, lr}``, and its ``wave``) names its wave, K and
+        each cell's rates: ``tiny search wave 2 K=8 patch=1:lr=0.0001..0.1 patch=4:...``.
     """
     spec = trial_spec(config)
     head = " ".join(p for p in (experiment, str(spec.get("stage", "trial"))) if p)
@@ -46,7 +46,8 @@ def label(config: dict[str, Any], experiment: str = "") -> str:
             by_cell.setdefault(str(m["cell"]), []).append(float(m["lr"]))
         parts = [f"{cell}:lr={min(r):.3g}..{max(r):.3g}" if len(r) > 1 else f"{cell}:{_rate(r[0])}"
                  for cell, r in by_cell.items()]
-        return f"{head} K={len(members)} {' '.join(parts)}"
+        wave = f" wave {spec['wave']}" if spec.get("wave") is not None else ""
+        return f"{head}{wave} K={len(members)} {' '.join(parts)}"
     words = [head, str(spec.get("cell", "?"))]
     if "lr" in spec:
         words.append(_rate(spec["lr"]))
