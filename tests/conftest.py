@@ -7,6 +7,11 @@ import pytest
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Tune reuses trial actors in the suite's runs: a fresh actor per trial (the default, so that
+# the dashboard names each trial; tuner.service.stages.reuse_actors) costs a worker start per
+# trial, ~11 s on a shared 2-core machine, which CI's many one-rate trials cannot afford.
+# tests/test_dashboard.py runs the default.
+os.environ.setdefault("TUNER_REUSE_ACTORS", "1")
 
 
 # The suite runs in one process: the modules that start a local Ray cluster (service, viewer,

@@ -139,6 +139,63 @@ def test_page_follows_a_running_experiment(running, tmp_path):
     assert lines() == [f"curve final {cell} seed 0", f"curve final {cell} seed 1"]
 
 
+def _kind(row) -> str:
+    """How a search trial ended, from ``report/trials.csv`` alone (the viewer's markers)."""
+    if str(row.diverged) == "True":
+        return "diverged"
+    return {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}[row.state]
+
+
+def test_reads_rates_map_and_cost(folder, running):
+    """The learning-rate, rate-map and cost tables against the files the service wrote, for
+    the finished folder and for the running copy (journals and trial folders only)."""
+    trials = pd.read_csv(folder / "report" / "trials.csv")
+    search = trials[trials.stage == "search"]
+    best = json.loads((folder / "search_best.json").read_text())
+    finals = pd.DataFrame(json.loads((folder / "finals.json").read_text()))
+    done, live = load.open_folder(folder), load.open_folder(running)
+
+    rates = load.landscape(done)
+    assert len(rates) == len(search)
+    merged = rates.merge(search, on=["cell", "number"], suffixes=("", "_csv"))
+    assert len(merged) == len(search)
+    assert (merged.kind == merged.apply(_kind, axis=1)).all()
+    finite = merged[merged.kind.isin(["complete", "pruned"])]  # a value at the rung reached
+    assert finite.value.tolist() == pytest.approx(finite.value_csv.tolist(), rel=1e-9)
+    assert merged[~merged.kind.isin(["complete", "pruned"])].value.isna().all()
+    cols = ["cell", "number", "lr", "kind", "value"]
+    pd.testing.assert_frame_equal(load.landscape(live)[cols], rates[cols], check_dtype=False)
+
+    picks = load.chosen(done).set_index("cell")
+    for cell, b in best.items():
+        assert picks.loc[cell, "lr"] == b["lr"] and picks.loc[cell, "final"]
+        assert picks.loc[cell, "ranges"] == [tuple(b["range"])]
+        of = finals[finals.cell == cell]["eval/nmse"]
+        assert picks.loc[cell, "finals_mean"] == pytest.approx(of.mean(), rel=1e-9)
+        assert picks.loc[cell, "finals_sd"] == pytest.approx(of.std(ddof=1), rel=1e-9)
+    so_far = load.chosen(live).set_index("cell")
+    assert not so_far.final.any() and (so_far.lr == picks.lr).all()  # best complete = chosen
+
+    table = load.rate_map(done).set_index("cell")
+    assert {c: table.loc[c, "lr"] for c in best} == {c: b["lr"] for c, b in best.items()}
+    assert table.loc["patch=4", "model.patch_size"] == 4
+    assert (folder / "report" / "lr_map.png").stat().st_size > 10_000
+    assert "`lr_map.png`" in (folder / "report" / "summary.md").read_text()
+
+    cost = load.cost(done).set_index("stage")
+    times = json.loads((folder / "times.json").read_text())
+    pilot = json.loads((folder / "pilot.json").read_text())["projection"]["current"]
+    for stage in ("search", "finals", "total"):
+        assert cost.loc[stage, "actual_s"] == times[f"{stage}_s"]
+        assert cost.loc[stage, "projected_s"] == pilot[f"{stage}_s"]
+    spans = load.timeline(done)
+    n_final = len(list((folder / "finals").glob("*/result.json")))
+    assert len(spans) == len(search) + n_final
+    assert (spans.start >= 0).all() and (spans.end >= spans.start - 1).all()  # 1 s: Tune's
+    # timestamps are whole seconds, the start is a float (timestamp - time_this_iter_s)
+    assert sorted(spans[spans.state != "final"].state) == sorted(search.apply(_kind, axis=1))
+
+
 def test_log_axis_where_a_positive_metric_spans_a_decade():
     assert load.log_scale_fits(pd.Series([0.02, 0.5, 1.3]))
     assert not load.log_scale_fits(pd.Series([1.05, 1.3, 2.0]))  # less than a decade
@@ -310,3 +367,84 @@ def test_browser_draws_the_picked_cell(viewer, folder, tmp_path):
         (tmp_path / name).write_bytes(png)
         (artifacts / name).write_bytes(png)
     print(f"screenshots: {tmp_path / 'viewer.png'}, {artifacts / 'viewer.png'}")
+
+
+# (renderer name, glyph type, its data source's columns) of the figure named arguments[0]
+DATA = """
+if (typeof Bokeh === 'undefined' || !Bokeh.index.all_views) return null;
+const figs = [...Bokeh.index.all_views()].map(v => v.model)
+    .filter(m => m.type === 'Figure' && m.name === arguments[0]);
+if (figs.length !== 1) return null;
+return figs[0].renderers.filter(r => r.data_source).map(r => {
+    const d = r.data_source.data, out = {};
+    for (const k of (d instanceof Map ? [...d.keys()] : Object.keys(d)))
+        out[k] = Array.from(d instanceof Map ? d.get(k) : d[k]);
+    return [r.name, r.glyph.type, out];
+});
+"""
+
+
+def _tab(driver, title: str) -> None:
+    (tab,) = [e for e in driver.execute_script(DEEP, ".bk-tab") if e.text == title]
+    tab.click()
+    time.sleep(1.0)  # the canvas repaints after the tab shows
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium and chromium-driver not "
+                    "installed (apt-get install chromium chromium-driver; .ci/run does)")
+def test_browser_draws_rates_map_and_cost(viewer, folder, tmp_path):
+    """The new tabs as a user opens them: every search trial of ``report/trials.csv`` is a
+    point of the learning-rate landscape at its rate (marker by how it ended), the star sits at
+    the chosen rate, the finals' mean at it; the rate map's table holds the chosen rates; the
+    cost tab shows the pilot's projection and this run's times and one bar per trial."""
+    trials = pd.read_csv(folder / "report" / "trials.csv")
+    search = trials[trials.stage == "search"].assign(kind=lambda t: t.apply(_kind, axis=1))
+    best = json.loads((folder / "search_best.json").read_text())
+    finals = pd.DataFrame(json.loads((folder / "finals.json").read_text()))
+    times = json.loads((folder / "times.json").read_text())
+    driver = _chrome()
+    shots = {}
+    try:
+        driver.get(viewer)
+        assert _wait(lambda: driver.execute_script(LINES, "curves")), "no page"
+        _tab(driver, "Learning rates")
+        drawn = _wait(lambda: driver.execute_script(DATA, "landscape"))
+        points = {name: data for name, glyph, data in drawn if glyph == "Scatter"}
+        want = {f"landscape {c} {k}": sorted(g.lr) for (c, k), g in search.groupby(["cell",
+                                                                                    "kind"])}
+        got = {n: sorted(d["x"]) for n, d in points.items() if n.startswith("landscape ")}
+        assert got.keys() == want.keys()
+        for name, lrs in want.items():  # the rates drawn are the CSV's (JSON floats: exact
+            assert got[name] == pytest.approx(lrs, rel=1e-12)  # up to the decimal round trip)
+        for cell, b in best.items():
+            assert points[f"chosen {cell}"]["x"] == pytest.approx([b["lr"]], rel=1e-12)
+            nmse = finals[finals.cell == cell]["eval/nmse"]
+            assert points[f"finals {cell}"]["y"] == pytest.approx([nmse.mean()], rel=1e-9)
+        shots["viewer-rates.png"] = driver.get_screenshot_as_png()
+
+        _tab(driver, "Rate map")
+        texts = " ".join(e.text for e in driver.execute_script(DEEP, "table"))
+        for b in best.values():
+            assert f"{b['lr']:.3g}" in texts
+        imgs = [e for e in driver.execute_script(DEEP, "img")
+                if driver.execute_script("return arguments[0].naturalWidth", e) > 300]
+        assert imgs, "no rate map image"
+        shots["viewer-rate-map.png"] = driver.get_screenshot_as_png()
+
+        _tab(driver, "Cost")
+        bars = _wait(lambda: driver.execute_script(DATA, "cost"))
+        actual = next(d for n, _, d in bars if n == "cost actual_s")
+        assert actual["stage"] == ["search", "finals", "total"]
+        assert actual["s"] == pytest.approx([times["search_s"], times["finals_s"],
+                                             times["total_s"]], rel=1e-9)
+        spans = _wait(lambda: driver.execute_script(DATA, "timeline"))
+        n_final = len(list((folder / "finals").glob("*/result.json")))
+        assert sum(len(d["start"]) for _, _, d in spans) == len(search) + n_final
+        shots["viewer-cost.png"] = driver.get_screenshot_as_png()
+    finally:
+        driver.quit()
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    for name, png in shots.items():
+        (tmp_path / name).write_bytes(png)
+        (artifacts / name).write_bytes(png)

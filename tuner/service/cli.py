@@ -191,6 +191,7 @@ def _drive(args: Args, exp, dirs: ExperimentDirs, research, started: float) -> i
                           research=research)
         times["finals_s"] = time.perf_counter()
         times["search_s"] = times["finals_s"] - times["search_s"]
+        _write_times(dirs, times)
         finals = run_finals(exp, dirs, best, wandb=args.wandb)
         times["finals_s"] = time.perf_counter() - times["finals_s"]
         import pandas as pd
@@ -210,6 +211,7 @@ def _drive(args: Args, exp, dirs: ExperimentDirs, research, started: float) -> i
     for line in report.verdict_lines(summary):
         print(line)
     times["total_s"] = time.perf_counter() - started
+    _write_times(dirs, times)
     print(f"wall time: {times['total_s']:.0f} s")
     for line in _against_pilot(dirs, times):
         print(line)
@@ -228,6 +230,18 @@ def _pilot(exp, dirs: ExperimentDirs, startup_s: float) -> int:
         print(line)
     print(f"pilot: {dirs.pilot}")
     return 0
+
+
+def _write_times(dirs: ExperimentDirs, times: dict[str, float]) -> None:
+    """The stage times measured so far (this run's: a resumed stage counts from its resume),
+    as ``times.json``; a stage still running has its start on the clock, not a duration."""
+    import json
+
+    done = {k: v for k, v in times.items()
+            if k == "search_s" or (k == "finals_s" and "total_s" in times) or k == "total_s"}
+    tmp = dirs.times.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**done, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+    os.replace(tmp, dirs.times)
 
 
 def _against_pilot(dirs: ExperimentDirs, times: dict[str, float]) -> list[str]:

@@ -37,6 +37,10 @@ class ExperimentDirs:
         return self.root / "status.json"
 
     @property
+    def times(self) -> Path:  # the stages' wall times of the last run (the viewer's cost view)
+        return self.root / "times.json"
+
+    @property
     def wandb(self) -> Path:
         return self.root / "wandb"
 

@@ -11,6 +11,7 @@ is done and is never rerun.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pandas as pd
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-from tuner.service import ray_fixes
+from tuner.service import ray_fixes, trial_names
 from tuner.service.concurrency import ClusterConcurrency, per_cell_cap
 from tuner.service.dirs import ExperimentDirs
 from tuner.service.experiment import Experiment
@@ -36,6 +37,16 @@ from tuner.service.trials import seed_key, train_cell_finals, train_population_t
 from tuner.service.wandb_logging import make_callback
 
 TIME_ATTR = "step"
+REUSE_ENV = "TUNER_REUSE_ACTORS"
+
+
+def reuse_actors() -> bool:
+    """One actor per trial unless ``TUNER_REUSE_ACTORS=1``. Ray takes an actor's dashboard name
+    (its repr, :mod:`tuner.service.trial_names`) once, when it starts, so a reused actor would
+    show its first trial's cell and rate for every later one; a fresh actor costs a worker
+    start per trial (imports, the step read from the persistent compile cache; bench/README.md,
+    "One actor per trial"). Reused actors are named by experiment and stage only."""
+    return os.environ.get(REUSE_ENV, "0") == "1"
 
 
 class Interrupted(Exception):
@@ -51,8 +62,10 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def trainable(exp: Experiment, fn=train_trial):
-    """``fn`` with the experiment's base config bound and its per-trial resources."""
-    bound = tune.with_parameters(fn, base=exp.base)
+    """``fn`` with the experiment's base config bound, its per-trial resources, and its actor
+    named by what it trains in the Ray dashboard (:mod:`tuner.service.trial_names`)."""
+    bound = trial_names.named(tune.with_parameters(fn, base=exp.base), exp.name,
+                              reused=reuse_actors())
     return tune.with_resources(bound, {"cpu": exp.cpus_per_trial, "gpu": exp.gpus_per_trial})
 
 
@@ -150,7 +163,7 @@ def _run_round(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound, wandb: b
             search_trainable(exp),
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                         num_samples=-1, max_concurrent_trials=exp.max_concurrent,
-                                        reuse_actors=True),
+                                        reuse_actors=reuse_actors()),
             run_config=_run_config(exp, dirs, rnd.name, status, wandb))
     results = tuner.fit()
     searcher, _ = build_search(exp, dirs, rnd)
@@ -318,7 +331,7 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
             finals_trainable,
             param_space={"final": tune.grid_search(final_specs(exp, best, dirs, skip))},
             tune_config=tune.TuneConfig(max_concurrent_trials=exp.max_concurrent,
-                                        reuse_actors=True),
+                                        reuse_actors=reuse_actors()),
             run_config=_run_config(exp, dirs, "finals", status, wandb))
     results = tuner.fit()
     if results.num_terminated + results.num_errors < len(results):

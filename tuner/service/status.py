@@ -2,7 +2,8 @@
 
 ``status.json`` in the experiment folder says, per cell, how many trials are running and done
 and the best value so far; it is rewritten (atomically) at most every ``every_s`` seconds from
-the trial list Tune hands to ``on_step_end``, so it is also right after a restore.
+the trial list Tune hands to ``on_step_end``, so it is also right after a restore. The same
+counts are set as Ray metrics (:mod:`tuner.service.service_metrics`) for a cluster's Prometheus.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 from ray.tune import Callback
 
 from tuner.service.files import write_json
 from tuner.service.objective import Objective
+from tuner.service.service_metrics import ServiceMetrics
 from tuner.service.trial_spec import TrialSpec
 from tuner.service.trials import member_key
 
@@ -28,6 +31,10 @@ class StatusFile(Callback):
         self.stage, self.cells, self.per_cell = stage, list(cells), per_cell
         self.metric, self.mode, self.every_s = metric, mode, every_s
         self._last = 0.0
+        self._metrics: ServiceMetrics | None = None  # made in the driver at the first write
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the run
+        return {**self.__dict__, "_metrics": None}
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         if time.monotonic() - self._last >= self.every_s:
@@ -65,3 +72,6 @@ class StatusFile(Callback):
                   "trials_finished": sum(e["finished"] for e in per_cell.values()),
                   "cells": per_cell}
         write_json(self.path, status)
+        if self._metrics is None:  # the experiment folder is named after the experiment
+            self._metrics = ServiceMetrics(self.path.parent.name, self.stage, self.metric)
+        self._metrics.update(per_cell)

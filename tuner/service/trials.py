@@ -80,6 +80,12 @@ def member_key(index: int, key: str) -> str:
     return f"member_{index}/{key}"
 
 
+def part(result: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries of ``result`` under ``prefix`` (:func:`member_key` or :func:`seed_key` with
+    an empty key), the prefix stripped: what one member or one seed reported."""
+    return {k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)}
+
+
 def population_configs(base: RunConfig, config: dict[str, Any]) -> list[RunConfig]:
     """Each member's search run: its cell's settings at its rate, diagnostics off (as
     :func:`train_trial`)."""

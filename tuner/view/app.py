@@ -19,10 +19,15 @@ import panel as pn
 from bokeh.models import ColumnDataSource, HoverTool, Span, Whisker
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
+from bokeh.transform import dodge
 
 from tuner.view import load
 
 PLOT = {"height": 420, "sizing_mode": "stretch_width"}
+MARKERS = {"complete": "circle", "pruned": "square", "diverged": "x", "failed": "triangle",
+           "running": "diamond"}  # load.KINDS: how a search trial ended
+STATE_COLORS = {"complete": "#2ca02c", "pruned": "#ff7f0e", "diverged": "#d62728",
+                "failed": "#9467bd", "running": "#1f77b4", "final": "#000000"}
 
 
 def _palette(keys: list[str]) -> dict[str, str]:
@@ -63,12 +68,22 @@ class Viewer:
                                                float_format="{:.4g}".format)
         self.compare_pane = pn.pane.Bokeh(**PLOT)
         self.report = pn.pane.Markdown(sizing_mode="stretch_width")
+        self.lr_cells = pn.widgets.MultiSelect(label="cells (learning rates)", options=cells,
+                                               value=cells, size=min(6, len(cells)), width=400)
+        self.lr_pane = pn.pane.Bokeh(**PLOT)
+        self.map_png = pn.pane.PNG(None, width=800)
+        self.map_table = pn.pane.DataFrame(index=False, sizing_mode="stretch_width",
+                                           float_format="{:.3g}".format)
+        self.cost_pane = pn.pane.Bokeh(height=260, sizing_mode="stretch_width")
+        self.cost_table = pn.pane.DataFrame(index=False, float_format="{:.1f}".format)
+        self.timeline_pane = pn.pane.Bokeh(**PLOT)
         self._seen: tuple[int, ...] | None = None
         self._set_options()
         self.redraw()
         for w in (self.cells, self.metric, self.stages, self.yscale):
             w.param.watch(lambda e: self.draw_curves(), "value")
         self.rollout_cell.param.watch(lambda e: self.draw_rollouts(), "value")
+        self.lr_cells.param.watch(lambda e: self.draw_landscape(), "value")
         for w in (self.compare_metric, self.compare_axis):
             w.param.watch(lambda e: self.draw_compare(), "value")
         self.experiment.param.watch(lambda e: (self._set_options(), self.redraw()), "value")
@@ -90,10 +105,22 @@ class Viewer:
         tabs = pn.Tabs(
             ("Grid and learning curves", pn.Column(self.grid, self.curve_pane,
                                                    sizing_mode="stretch_width")),
+            ("Learning rates", pn.Column(
+                pn.pane.Markdown("Every search trial at the last rung it reached (● complete, "
+                                 "□ pruned, ✕ diverged, ▲ failed, ◆ running; runs that blew "
+                                 "up and those with no value sit on the top line), the chosen "
+                                 "rate (★), the finals' mean ± sd at it (♦) and the searched "
+                                 "range's edges (dotted).", sizing_mode="stretch_width"),
+                self.lr_cells, self.lr_pane,
+                sizing_mode="stretch_width")),
+            ("Rate map", pn.Column(self.map_png, self.map_table, sizing_mode="stretch_width")),
             ("Rollouts", pn.Column(self.rollout_cell, self.rollout_pane)),
             ("Claims", self.claims),
             ("Compare", pn.Column(pn.Row(self.compare_metric, self.compare_axis),
                                   self.compare_pane, self.compare_table)),
+            ("Cost", pn.Column(pn.Row(self.cost_pane, self.cost_table,
+                                      sizing_mode="stretch_width"),
+                               self.timeline_pane, sizing_mode="stretch_width")),
             ("Report", self.report),
             dynamic=False, sizing_mode="stretch_width")
         return pn.Column(self.header, pn.Row(side, tabs, sizing_mode="stretch_width"),
@@ -108,6 +135,8 @@ class Viewer:
             self.cells.options = cells
             self.cells.value = [c for c in self.cells.value if c in cells] or cells[:1]
             self.rollout_cell.options = cells
+            self.lr_cells.options = cells
+            self.lr_cells.value = [c for c in self.lr_cells.value if c in cells] or cells
         metrics = load.curve_metrics(folder, load.curves(folder))
         if metrics != self.metric.options:
             value = self.metric.value if self.metric.value in metrics else folder.exp.metric
@@ -140,6 +169,9 @@ class Viewer:
         self.draw_grid()
         self.draw_curves()
         self.draw_rollouts()
+        self.draw_landscape()
+        self.draw_rate_map()
+        self.draw_cost()
         self.draw_claims()
         self.draw_compare()
 
@@ -222,6 +254,126 @@ class Viewer:
                                 renderers=[fig.select_one({"name": "rollout_mean"})]))
         self.rollout_pane.object = fig
 
+    def draw_landscape(self) -> None:
+        """The searched metric against the rate, every search trial at the last rung it
+        reached (marker: how it ended), the chosen rate (star), the finals' mean ± sd at it and
+        the searched range's edges; the picked cells overlaid, one colour each."""
+        folder, metric = self.folder, self.folder.exp.metric
+        table = load.landscape(folder)
+        table = table[table.cell.isin(self.lr_cells.value)]
+        picks = load.chosen(folder).set_index("cell")
+        if not len(table):
+            self.lr_pane.object = _empty("no search trials yet for these cells")
+            return
+        finite = table.value[table.value.map(math.isfinite)]
+        log = load.log_scale_fits(finite)
+        top = _top(finite, table.value[table.kind == "complete"], log)
+        fig = figure(title=f"{metric} at the last rung each trial reached ({folder.label})",
+                     x_axis_label="learning rate", y_axis_label=metric, x_axis_type="log",
+                     y_axis_type="log" if log else "linear", name="landscape", **PLOT)
+        colors = _palette(list(folder.exp.cells()))
+        for (cell, kind), group in table.groupby(["cell", "kind"], sort=False):
+            # off the scale (a run blown up) or no value (diverged, failed): on the top line
+            y = group.value.where(group.value.map(math.isfinite) & (group.value <= top), top)
+            src = ColumnDataSource({"x": group.lr.astype(float), "y": y.astype(float),
+                                    "value": group.value.astype(float),
+                                    "number": group.number, "step": group.step,
+                                    "round": group["round"], "cell": [cell] * len(group),
+                                    "kind": [kind] * len(group)})
+            fig.scatter("x", "y", source=src, marker=MARKERS[kind], size=9 if kind != "diverged"
+                        else 11, color=colors.get(cell, "gray"),
+                        fill_alpha=0.0 if kind == "pruned" else 0.8, line_width=1.5,
+                        legend_label=f"{cell} {kind}", name=f"landscape {cell} {kind}")
+        for cell in self.lr_cells.value:
+            if cell not in picks.index:
+                continue
+            p = picks.loc[cell]
+            for low, high in p.ranges:
+                for edge in (low, high):
+                    fig.add_layout(Span(location=edge, dimension="height", line_dash="dotted",
+                                        line_color="gray"))
+            if p.lr is None or not load._finite(p.lr):
+                continue
+            what = "chosen" if p.final else "best so far"
+            fig.scatter([float(p.lr)], [float(p.value)], marker="star", size=20,
+                        color=colors.get(cell, "gray"), line_color="black",
+                        legend_label=f"{cell} {what}", name=f"chosen {cell}")
+            if p.finals_n:
+                sd = 0.0 if not math.isfinite(p.finals_sd) else float(p.finals_sd)
+                src = ColumnDataSource({"x": [float(p.lr)], "y": [float(p.finals_mean)],
+                                        "lower": [float(p.finals_mean) - sd],
+                                        "upper": [float(p.finals_mean) + sd]})
+                fig.scatter("x", "y", source=src, marker="diamond", size=14,
+                            color=colors.get(cell, "gray"), line_color="black",
+                            legend_label=f"{cell} finals mean ± sd (n={p.finals_n})",
+                            name=f"finals {cell}")
+                fig.add_layout(Whisker(source=src, base="x", lower="lower", upper="upper",
+                                       line_color=colors.get(cell, "gray")))
+        fig.add_tools(HoverTool(tooltips=[("cell", "@cell"), ("trial", "#@number (@round)"),
+                                          ("lr", "@x{0.000e}"), ("how", "@kind"),
+                                          ("step", "@step"), (metric, "@value")]))
+        fig.legend.click_policy = "hide"
+        fig.legend.label_text_font_size = "8pt"
+        fig.add_layout(fig.legend[0], "right")
+        self.lr_pane.object = fig
+
+    def draw_rate_map(self) -> None:
+        """The report's rate map (same figure) over the choices so far, with its table."""
+        import io
+
+        import matplotlib.pyplot as plt
+
+        from tuner.service.report import lr_map
+
+        folder = self.folder
+        rows = load.rate_map(folder)
+        final = folder.dirs.best.exists()
+        fig = lr_map.figure(folder.exp.grid, rows, f"{folder.label}: "
+                            + ("chosen learning rate per cell" if final
+                               else "best learning rate so far per cell (search running)"))
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+        plt.close(fig)
+        self.map_png.object = buf.getvalue()
+        self.map_table.object = rows
+
+    def draw_cost(self) -> None:
+        """The pilot's projection against the stage times, and every trial's span in time."""
+        folder = self.folder
+        cost = load.cost(folder)
+        self.cost_table.object = cost
+        stages = list(cost.stage)
+        fig = figure(title="wall time per stage: the pilot's projection against this run",
+                     x_range=stages, y_axis_label="seconds", name="cost", height=260,
+                     sizing_mode="stretch_width", toolbar_location=None)
+        for column, offset, color in (("projected_s", -0.17, "#aaaaaa"),
+                                      ("actual_s", 0.17, "#1f77b4")):
+            src = ColumnDataSource({"stage": stages, "s": cost[column].fillna(0.0)})
+            fig.vbar(x=dodge("stage", offset, range=fig.x_range), top="s", source=src,
+                     width=0.3, color=color, legend_label=column[:-2], name=f"cost {column}")
+        fig.legend.location = "top_left"
+        self.cost_pane.object = fig
+        spans = load.timeline(folder)
+        if not len(spans):
+            self.timeline_pane.object = _empty("no trial has reported yet")
+            return
+        spans = spans.assign(row=range(len(spans)))
+        tl = figure(title=f"trials over time ({folder.label}): one bar per Tune trial, from its "
+                          "start to its last report", x_axis_label="seconds since the first "
+                    "trial started", y_axis_label="trial (in order of start)",
+                    name="timeline", **PLOT)
+        for state, group in spans.groupby("state", sort=False):
+            src = ColumnDataSource(group[["row", "start", "end", "cell", "lr", "round", "trial"]])
+            tl.hbar(y="row", left="start", right="end", height=0.7, source=src,
+                    color=STATE_COLORS.get(state, "gray"), legend_label=state,
+                    name=f"timeline {state}")
+        tl.add_tools(HoverTool(tooltips=[("cell", "@cell"), ("lr", "@lr{0.000e}"),
+                                         ("round", "@round"), ("trial", "@trial"),
+                                         ("from", "@start{0} s"), ("to", "@end{0} s")]))
+        tl.legend.click_policy = "hide"
+        tl.add_layout(tl.legend[0], "right")
+        self.timeline_pane.object = tl
+
     def draw_claims(self) -> None:
         items = []
         for i, c in enumerate(load.claims(self.folder), start=1):
@@ -233,6 +385,10 @@ class Viewer:
                 sizing_mode="stretch_width"))
             if c["plot"] is not None:
                 items.append(pn.pane.PNG(str(c["plot"]), width=900))
+        lr_png = self.folder.root / "report" / "lr_map.png"
+        if lr_png.exists():  # the report's rate map, beside the claims' plots
+            items.append(pn.pane.Markdown("### Chosen learning rates over the grid"))
+            items.append(pn.pane.PNG(str(lr_png), width=900))
         self.claims.objects = items or [pn.pane.Markdown("The experiment states no claims.")]
         self.report.object = load.summary(self.folder) or "_`report/summary.md` is written " \
                                                             "once the experiment has finished._"
@@ -267,6 +423,20 @@ class Viewer:
                                    line_color=colors[exp_name]))
         fig.add_tools(HoverTool(tooltips=[("cell", "@cell"), (metric, "@mean")]))
         self.compare_pane.object = fig
+
+
+def _top(finite: pd.Series, complete: pd.Series, log: bool) -> float:
+    """The landscape's top line: a little above the worst full-budget value (at most ten times
+    it on a log axis), so runs that blew up do not squash the range that matters; points above
+    it, and trials with no value, are drawn on it."""
+    ref = complete[complete.map(math.isfinite)]
+    ref = ref if len(ref) else finite
+    if not len(ref):
+        return 1.0
+    high, low = float(ref.max()), float(finite.min())
+    if log:
+        return min(float(finite.max()), high * 10) * 1.5 if high > 0 else 1.0
+    return min(float(finite.max()), high + (high - low)) + 0.05 * (high - low) + 1e-12
 
 
 def _is_curve(folder: load.Folder, column: str) -> bool:

@@ -25,12 +25,13 @@ from tuner.service import experiment
 from tuner.service.dirs import ExperimentDirs
 from tuner.service.report.verdicts import finished
 from tuner.service.search.study import DIVERGED_ATTR, TUNE_ID_ATTR
+from tuner.service.trial_spec import TrialSpec
+from tuner.service.trials import member_key, part, seed_key
 
 SEARCH_ROUNDS = ("search", "search_wider_low", "search_wider_high")  # tuner.service.stages
 TRIAL_COLUMNS = ["cell", "round", "number", "lr", "state", "value", "last_step", "diverged",
                  "tune_trial_id"]
 _CURVE_EXTRA = ("train_loss", "grad_norm", "lr_now")  # non-eval keys worth a curve
-_SEED_KEY = re.compile(r"^seed_(\d+)/(.+)$")  # tuner.service.trials.seed_key
 
 
 class NotAnExperiment(ValueError):
@@ -261,6 +262,149 @@ def cells(folder: Folder) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# ------------------------------------------------------------------------------ rates
+LANDSCAPE_COLUMNS = ["cell", "round", "number", "lr", "kind", "value", "step", "tune_trial_id"]
+KINDS = ("complete", "pruned", "diverged", "failed", "running")  # how a search trial ended
+
+
+def _kind(state: Any, diverged: Any) -> str:
+    if str(diverged).strip().lower() in ("true", "1", "1.0"):  # bool, numpy bool or CSV text
+        return "diverged"
+    return {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(str(state),
+                                                                            "running")
+
+
+def _last_reports(folder: Folder) -> dict[tuple, dict[str, Any]]:
+    """(Tune trial id, cell, Optuna trial number; or the id alone) -> its latest evaluation (``step`` and the
+    metrics), from the trial folders: the value a running trial has reached, which no journal
+    holds yet. A population's members each get their own entry (by number)."""
+    out = {}
+    for _, trial in _trial_folders(folder, SEARCH_ROUNDS):
+        params = folder.cache.get(trial / "params.json", _json)
+        results = folder.cache.get(trial / "result.json", _json_lines) or []
+        if not params or not results:
+            continue
+        tid, spec = str(results[-1].get("trial_id", "")), TrialSpec.of(params)
+        if not spec.is_population:
+            out[tid,] = results[-1]
+            continue
+        for j, m in enumerate(spec.members):
+            own = next((part(r, member_key(j, "")) for r in reversed(results)
+                        if member_key(j, "step") in r), {})
+            out[tid, m.cell, m.number] = own
+    return out
+
+
+def landscape(folder: Folder) -> pd.DataFrame:
+    """The searched metric against the rate: one row per search trial at the last rung it
+    reached (``LANDSCAPE_COLUMNS``; ``kind`` one of ``KINDS``).
+
+    ``value`` is the trial's value in the study (a complete trial's full-budget value, a pruned
+    one's at the rung where it stopped); a running trial, or one whose study value is missing,
+    takes its latest report from its Tune folder. A diverged or failed trial has none (NaN).
+    """
+    trials = search_trials(folder)
+    reports = _last_reports(folder)
+    metric = folder.exp.metric
+    rows = []
+    for t in trials.itertuples(index=False):
+        kind = _kind(t.state, t.diverged)
+        latest = reports.get((str(t.tune_trial_id), t.cell, t.number),
+                             reports.get((str(t.tune_trial_id),), {}))
+        value, step = t.value, t.last_step
+        if kind in ("diverged", "failed"):
+            value = math.nan
+        elif not _finite(value):
+            value, step = latest.get(metric, math.nan), latest.get("step", step)
+        rows.append({"cell": t.cell, "round": t.round, "number": t.number, "lr": t.lr,
+                     "kind": kind, "value": float(value) if _finite(value) else math.nan,
+                     "step": step, "tune_trial_id": t.tune_trial_id})
+    return pd.DataFrame(rows, columns=LANDSCAPE_COLUMNS)
+
+
+def chosen(folder: Folder) -> pd.DataFrame:
+    """Per cell: the chosen (or best so far) ``lr`` and its search ``value``, the ranges its
+    rounds searched (``ranges``: list of (low, high)), its edge, and the finals' searched metric
+    at that rate over finished seeds (``finals_mean``, ``finals_sd``, ``finals_n``)."""
+    best = best_lr(folder).set_index("cell")
+    saved = folder.cache.get(folder.dirs.best, _json) or {}
+    fin = finals(folder)
+    ok = finished(fin) if len(fin) else fin
+    metric, exp = folder.exp.metric, folder.exp
+    rows = []
+    for cell in exp.cells():
+        b = best.loc[cell] if cell in best.index else None
+        ranges = [(exp.lr_low, exp.lr_high)]
+        extra = (saved.get(cell) or {}).get("range")
+        if extra and tuple(extra) not in ranges:
+            ranges.append(tuple(extra))
+        vals = (ok.loc[ok.cell == cell, metric].astype(float)
+                if len(ok) and metric in ok else pd.Series(dtype=float))
+        vals = vals[vals.map(_finite)]
+        rows.append({"cell": cell, "lr": None if b is None else b["best lr"],
+                     "value": None if b is None else b["value"],
+                     "final": False if b is None else bool(b["final"]),
+                     "edge": None if b is None else b["at_edge"], "ranges": ranges,
+                     "finals_mean": vals.mean() if len(vals) else math.nan,
+                     "finals_sd": vals.std(ddof=1) if len(vals) > 1 else math.nan,
+                     "finals_n": len(vals)})
+    return pd.DataFrame(rows)
+
+
+def rate_map(folder: Folder) -> pd.DataFrame:
+    """The rate map's table (:func:`tuner.service.report.lr_map.table`): the service's choice
+    once ``search_best.json`` exists, the best complete trial so far until then."""
+    from tuner.service.report import lr_map
+
+    saved = folder.cache.get(folder.dirs.best, _json)
+    if saved is None:
+        saved = {r.cell: {"lr": r.lr, "at_edge": None} for r in chosen(folder).itertuples()
+                 if r.lr is not None and _finite(r.lr)}
+    return lr_map.table(folder.exp.grid, folder.exp.cells(), saved)
+
+
+# ------------------------------------------------------------------------------ cost
+def cost(folder: Folder) -> pd.DataFrame:
+    """Per stage (search, finals, total): the pilot's projection (``pilot.json``) and the
+    last run's wall time (``times.json``, written by the CLI as each stage ends); NaN where
+    either is missing (no pilot ran, the stage has not ended)."""
+    pilot = folder.cache.get(folder.root / "pilot.json", _json) or {}
+    projected = pilot.get("projection", {}).get("current", {})
+    actual = folder.cache.get(folder.dirs.times, _json) or {}
+    return pd.DataFrame([{"stage": key[:-2], "projected_s": projected.get(key, math.nan),
+                          "actual_s": actual.get(key, math.nan)}
+                         for key in ("search_s", "finals_s", "total_s")])
+
+
+def timeline(folder: Folder) -> pd.DataFrame:
+    """One row per Tune trial (search rounds and finals): its ``start`` and ``end`` in seconds
+    since the experiment's first trial started, from Tune's ``result.json`` (``timestamp`` of
+    each report; the first report's ``time_this_iter_s`` back to the trial's start), and its
+    ``state`` (the search trial's study state; ``final`` for finals)."""
+    states = search_trials(folder).dropna(subset=["tune_trial_id"])
+    kind_of = {str(t.tune_trial_id): _kind(t.state, t.diverged)
+               for t in states.itertuples(index=False)}
+    rows = []
+    for rnd, trial in _trial_folders(folder, (*SEARCH_ROUNDS, "finals")):
+        params = folder.cache.get(trial / "params.json", _json) or {}
+        results = folder.cache.get(trial / "result.json", _json_lines) or []
+        if not results or "timestamp" not in results[0]:
+            continue
+        spec = TrialSpec.of(params)
+        tid = str(results[0].get("trial_id", ""))
+        start = results[0]["timestamp"] - float(results[0].get("time_this_iter_s") or 0)
+        lrs = [m.lr for m in spec.members]
+        rows.append({"round": rnd, "cell": ",".join(spec.cells),
+                     "lr": lrs[0] if len(lrs) == 1 else math.nan,
+                     "trial": tid, "start": start, "end": float(results[-1]["timestamp"]),
+                     "state": "final" if rnd == "finals" else kind_of.get(tid, "running")})
+    out = pd.DataFrame(rows, columns=["round", "cell", "lr", "trial", "start", "end", "state"])
+    if len(out):
+        t0 = out.start.min()
+        out["start"], out["end"] = out.start - t0, out.end - t0
+    return out.sort_values("start", ignore_index=True)
+
+
 # ------------------------------------------------------------------------------ curves
 def curves(folder: Folder) -> pd.DataFrame:
     """Every evaluation of every trial, one row per (trial, seed, step).
@@ -271,28 +415,35 @@ def curves(folder: Folder) -> pd.DataFrame:
     metrics as ``seed_<s>/<metric>``; it is split into one curve per seed.
     """
     states = search_trials(folder).dropna(subset=["tune_trial_id"])
-    state_of = dict(zip(states.tune_trial_id.astype(str), states.state, strict=True))
-    number_of = dict(zip(states.tune_trial_id.astype(str), states.number, strict=True))
+    state_of = {(str(t.tune_trial_id), t.cell, t.number): t.state
+                for t in states.itertuples(index=False)}
+    number_of = dict(zip(states.tune_trial_id.astype(str), states.number, strict=False))
     frames = []
     for rnd, trial in _trial_folders(folder, SEARCH_ROUNDS):
         params = folder.cache.get(trial / "params.json", _json)
         results = folder.cache.get(trial / "result.json", _json_lines) or []
         if not params or not results:
             continue
-        tid = str(results[0].get("trial_id", ""))
-        number = number_of.get(tid)
-        label = f"#{number if number is not None else tid} lr={params['lr']:.3g}"
-        rows = [_metrics(r) for r in results]
-        frames.append(pd.DataFrame(rows).assign(
-            stage="search", round=rnd, cell=params["cell"], lr=params["lr"], trial=label,
-            seed=math.nan, state=state_of.get(tid, "RUNNING")))
+        tid, spec = str(results[0].get("trial_id", "")), TrialSpec.of(params)
+        for j, m in enumerate(spec.members):  # a population: one curve per member
+            own = ([part(r, member_key(j, "")) for r in results if member_key(j, "step") in r]
+                   if spec.is_population else results)
+            number = m.number if spec.is_population else number_of.get(tid)
+            if not own:
+                continue
+            frames.append(pd.DataFrame([_metrics(r) for r in own]).assign(
+                stage="search", round=rnd, cell=m.cell, lr=m.lr,
+                trial=f"#{number if number is not None else tid} lr={m.lr:.3g}",
+                seed=math.nan,
+                state=state_of.get((tid, m.cell, number), "RUNNING")))
     for _, trial in _trial_folders(folder, ("finals",)):
         spec = (folder.cache.get(trial / "params.json", _json) or {}).get("final")
         results = folder.cache.get(trial / "result.json", _json_lines) or []
         if not spec or not results:
             continue
         for seed in spec["seeds"]:
-            rows = [{"step": r["step"], **_metrics(_seed_part(r, seed))} for r in results]
+            rows = [{"step": r["step"], **_metrics(part(r, seed_key(seed, "")))}
+                    for r in results]
             frames.append(pd.DataFrame(rows).assign(
                 stage="final", round="finals", cell=spec["cell"], lr=spec["lr"],
                 trial=f"seed {seed}", seed=seed, state="final"))
@@ -324,15 +475,6 @@ def _metrics(result: dict[str, Any]) -> dict[str, Any]:
             and isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def _seed_part(result: dict[str, Any], seed: int) -> dict[str, Any]:
-    out = {}
-    for key, value in result.items():
-        m = _SEED_KEY.match(key)
-        if m and int(m.group(1)) == seed:
-            out[m.group(2)] = value
-    return out
-
-
 # ------------------------------------------------------------------------------ finals
 def finals(folder: Folder) -> pd.DataFrame:
     """One row per final seed: ``finals.json`` once written, until then each finals trial's
@@ -347,7 +489,7 @@ def finals(folder: Folder) -> pd.DataFrame:
         if not spec or not results:
             continue
         for seed in spec["seeds"]:
-            own = _seed_part(results[-1], seed)
+            own = part(results[-1], seed_key(seed, ""))
             rows.append({"cell": spec["cell"], "seed": seed, "lr": spec["lr"],
                          **spec["overrides"], "step": own.get("step", results[-1]["step"]),
                          **{k: v for k, v in own.items()

@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 
 from data.registry import TASKS, metric_mode  # noqa: E402
 from tuner.service.experiment import Claim, Experiment  # noqa: E402
-from tuner.service.report import seeds_needed, verdicts  # noqa: E402
+from tuner.service.report import lr_map, seeds_needed, verdicts  # noqa: E402
 
 
 def claim_metrics(claim: Claim, exp: Experiment) -> tuple[str, ...]:
@@ -197,6 +197,10 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
         lines.append(f"| {cell} | {b['lr']:.3g} | {b['value']:.4g} | {st.get('COMPLETE', 0)}/"
                      f"{st.get('PRUNED', 0) - n_diverged}/{n_diverged}/{st.get('FAIL', 0)} | "
                      f"{note} |")
+    lines += ["", "Rate map, the chosen lr over the grid's axes (marked where it is at an edge "
+              "of its range): `" + lr_map.write(exp.grid, exp.cells(), best, out / "lr_map.png",
+                                                f"{exp.name}: chosen learning rate per cell"
+                                                ).name + "`."]
     system_cols = [f"eval/{m}" for m in getattr(task, "SYSTEM_METRICS", ()) if f"eval/{m}"
                    in finals]
     columns = [f"eval/{m}" for m in task.REPORTED if f"eval/{m}" in finals]
