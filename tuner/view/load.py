@@ -275,9 +275,9 @@ def _kind(state: Any, diverged: Any) -> str:
 
 
 def _last_reports(folder: Folder) -> dict[tuple, dict[str, Any]]:
-    """(Tune trial id, cell, Optuna trial number; or the id alone) -> its latest evaluation (``step`` and the
-    metrics), from the trial folders: the value a running trial has reached, which no journal
-    holds yet. A population's members each get their own entry (by number)."""
+    """(Tune trial id,) or, for a population's member, (id, cell, Optuna trial number) -> its
+    latest evaluation (``step`` and the metrics), from the trial folders: the value a running
+    trial has reached, which no journal holds yet."""
     out = {}
     for _, trial in _trial_folders(folder, SEARCH_ROUNDS):
         params = folder.cache.get(trial / "params.json", _json)
