@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from tiny_run import cli, finish
 
+from tuner.service.search.halving import keep_count
 from tuner.service.search.study import TUNE_ID_ATTR
 
 TINY_POP = Path(__file__).parent / "fixtures" / "tinypop.yaml"
@@ -63,8 +64,10 @@ def test_population_search_end_to_end(population_reference):
             finite = [t for t in members if t.intermediate_values.get(20, float("nan")) ==
                       t.intermediate_values.get(20, float("nan"))]
             complete = [t for t in members if t.state.name == "COMPLETE"]
-            # the ones kept were the best at step 20; a kept one may still diverge later
-            kept = sorted(finite, key=lambda t: (t.intermediate_values[20], t.number))[:2]
+            # the ones kept were the best at step 20 (ceil(n / 3) of the n not diverged by
+            # then, as ASHA's rung ignores NaN); a kept one may still diverge later
+            kept = sorted(finite, key=lambda t: (t.intermediate_values[20], t.number))[
+                :keep_count(len(finite), 3)]
             assert {t.number for t in complete} <= {t.number for t in kept}, (cell, wave)
             for t in kept:
                 assert t.state.name == "COMPLETE" or t.user_attrs.get("diverged"), (cell, t)
