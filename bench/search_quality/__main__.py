@@ -37,11 +37,17 @@ from tuner.service.search.scheduler import CellRungs
 GRID = Path(__file__).with_name("grid.yaml")
 # search-section overrides per policy; "today" is the service before populations
 POLICIES = {
+    # the service before populations: one trial per rate, TPE + ASHA, workers reused
     "today": {"search": {"trials_per_cell": 8, "max_concurrent": 2, "population": 1},
-              "asha": {"grace_period": 100, "reduction_factor": 3}},
-    # one wave of 8 rates per cell, rungs at 5%, 15% and 45% of the budget
+              "asha": {"grace_period": 100, "reduction_factor": 3},
+              "env": {"TUNER_REUSE_ACTORS": "1"}},
+    # the default: one wave of 8 rates per cell, rungs at 5%, 15% and 45% of the budget, one
+    # actor per trial (named in the dashboard)
     "pop8": {"search": {"trials_per_cell": 8, "max_concurrent": 2, "population": 8},
              "asha": {"grace_period": 50, "reduction_factor": 3}},
+    "pop8-reuse": {"search": {"trials_per_cell": 8, "max_concurrent": 2, "population": 8},
+                   "asha": {"grace_period": 50, "reduction_factor": 3},
+                   "env": {"TUNER_REUSE_ACTORS": "1"}},
     # two waves of 4: the second takes a neighbour's best and TPE's proposals
     "pop4x2": {"search": {"trials_per_cell": 8, "max_concurrent": 2, "population": 4},
                "asha": {"grace_period": 50, "reduction_factor": 4}},
@@ -114,13 +120,14 @@ def simulated(truth: dict, exp, draws: int = 200) -> pd.DataFrame:
 def run_policy(name: str, out: Path, truth: dict, exp) -> tuple[pd.DataFrame, float]:
     raw = yaml.safe_load(GRID.read_text())
     for section, over in POLICIES[name].items():
-        raw[section] = {**raw[section], **over}
+        if section != "env":
+            raw[section] = {**raw[section], **over}
     raw["name"] = f"sq-{name}"
     path = out / f"sq-{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     folder = out / f"sq-{name}"
     started = time.perf_counter()
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **POLICIES[name].get("env", {}))
     res = subprocess.run([sys.executable, "-m", "tuner.run", str(path), "--out", str(out),
                           "--no-wandb", "--num-cpus", "2"], env=env, capture_output=True,
                          text=True)
