@@ -30,7 +30,9 @@ from tuner.core.loop import Run
 from tuner.service.pilot.project import asha_expected_steps
 from tuner.service.search.halving import keep_count, rungs
 
-BUDGET, GRACE, RF, TRIALS_PER_CELL = 30_000, 3_000, 3.0, 12  # search_spaces/exp3.yaml
+BUDGET, RF = 30_000, 3.0  # search_spaces/exp3.yaml
+GRACE_TODAY, TRIALS_TODAY = 3_000, 12  # exp3 before populations: ASHA over 12 trials a cell
+GRACE = 2_000  # exp3 now: populations halved at 2,000, 6,000 and 18,000 steps
 
 
 def population_rate(runs: list[Run], n_steps: int, calls: int) -> tuple[float, float]:
@@ -59,12 +61,12 @@ def schedule(k: int) -> list[tuple[int, int]]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--patches", type=int, nargs="+", default=[1, 8, 32])
-    p.add_argument("--k", type=int, nargs="+", default=[8, 12])
+    p.add_argument("--k", type=int, nargs="+", default=[8])
     p.add_argument("--share", type=int, default=4, help="cells sharing one program (exp3: 4)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--calls", type=int, default=3)
     a = p.parse_args()
-    asha_steps = asha_expected_steps(TRIALS_PER_CELL, GRACE, BUDGET, RF)
+    asha_steps = asha_expected_steps(TRIALS_TODAY, GRACE_TODAY, BUDGET, RF)
     for patch in a.patches:
         base = default_run(**{"model.patch_size": patch, "train.batch_size": 64,
                               "model.compute_dtype": "bfloat16",
