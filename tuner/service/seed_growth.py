@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.service import experiment
-from tuner.service.experiment_yaml import _Lines
+from tuner.service.experiment.lines import Lines
 
 
 def _seeds_path(data: dict, smoke: bool) -> tuple[str, ...]:
@@ -39,7 +39,7 @@ def accepted(frozen: Path, new: Path, smoke: bool) -> tuple[int, ...] | None:
     try:
         old_exp = experiment.load(str(frozen), smoke=smoke)
         new_exp = experiment.load(str(new), smoke=smoke)
-        old_data, new_data = (_Lines(p.read_text(), p).data for p in (frozen, new))
+        old_data, new_data = (Lines(p.read_text(), p).data for p in (frozen, new))
     except experiment.SearchSpaceError:
         return None
     if not isinstance(old_data, dict) or not isinstance(new_data, dict):

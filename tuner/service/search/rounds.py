@@ -50,7 +50,7 @@ class Research:
 def parse_research(text: str, cells: Sequence[str]) -> Research:
     """``CELL:LOW:HIGH`` -> :class:`Research`; ValueError naming the part and what is allowed.
 
-    Cell ids never hold ``:`` (``tuner.service.experiment_grid.cell_id``), so the last two
+    Cell ids never hold ``:`` (``tuner.service.experiment.cell_id``), so the last two
     colons split the text.
     """
     parts = text.rsplit(":", 2)

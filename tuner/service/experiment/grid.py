@@ -11,8 +11,8 @@ from typing import Any
 
 from tuner.core.config import RunConfig, replace
 from tuner.core.seeds import SEARCH_SEED
-from tuner.service.experiment_values import _coerce, _describe, _hints, _Invalid, _what
-from tuner.service.experiment_yaml import _Lines
+from tuner.service.experiment.lines import Lines
+from tuner.service.experiment.values import Invalid, coerce, describe, type_hints, what
 
 MAX_CELLS = 10_000  # more grid cells than this is a typo (every cell gets trials_per_cell runs)
 
@@ -20,7 +20,7 @@ _CONFIG_ERRORS = (ValueError, TypeError, ArithmeticError)  # what a config's che
 
 _TOP_FIELDS = ("task",)  # undotted RunConfig fields a file may set in fixed
 
-_RESERVED = {
+RESERVED = {
     "train.lr": "set by the learning-rate search; allowed: search.lr_low / search.lr_high",
     "train.seed": "set by the service (finals: finals.seeds; search: SEARCH_SEED="
                   f"{SEARCH_SEED}); allowed: finals.seeds",
@@ -32,11 +32,11 @@ _NOT_AXES = {  # fields that may be fixed but not a grid axis
 }
 
 
-def _cell_text(over: dict) -> str:
+def cell_text(over: dict) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in over.items())
 
 
-def _grid(cfg: dict, base: RunConfig, fixed: dict, lines: _Lines, source
+def grid_cells(cfg: dict, base: RunConfig, fixed: dict, lines: Lines, source
           ) -> tuple[dict[str, list], dict[str, Any], list[tuple[dict, RunConfig]]]:
     """The checked grid (values typed), each axis' type, and every cell's overrides with its
     full RunConfig (the product of all axes: a combination can be impossible)."""
@@ -48,8 +48,8 @@ def _grid(cfg: dict, base: RunConfig, fixed: dict, lines: _Lines, source
     hints: dict[str, Any] = {}
     for axis, values in raw.items():
         where = source("grid", axis)
-        if axis in _RESERVED:
-            raise lines.error(where, _RESERVED[axis])
+        if axis in RESERVED:
+            raise lines.error(where, RESERVED[axis])
         if axis in _NOT_AXES:
             raise lines.error(where, _NOT_AXES[axis])
         if axis in fixed:
@@ -58,14 +58,14 @@ def _grid(cfg: dict, base: RunConfig, fixed: dict, lines: _Lines, source
                               "allowed: a field in fixed or in grid, not both")
         hint = hints[axis] = _hint(base, axis, lines, where)
         if not isinstance(values, list) or not values:
-            raise lines.error(where, f"{'is an empty list' if values == [] else _what(values)}"
+            raise lines.error(where, f"{'is an empty list' if values == [] else what(values)}"
                               f"; allowed: a non-empty list of distinct values, each "
-                              f"{_describe(hint)}")
+                              f"{describe(hint)}")
         typed = []
         for i, v in enumerate(values):
             try:
-                v = _coerce(hint, v)
-            except _Invalid as e:
+                v = coerce(hint, v)
+            except Invalid as e:
                 raise lines.error(where, f"item {i}: {e}", at=(*where, i)) from None
             if v in typed:
                 raise lines.error(where, f"item {i}: {v!r} is given twice (its cells would "
@@ -83,8 +83,8 @@ def _grid(cfg: dict, base: RunConfig, fixed: dict, lines: _Lines, source
         over = dict(zip(grid, values, strict=True))
         cid = cell_id(over)
         if cid in ids:
-            raise lines.error(source("grid"), f"cells {_cell_text(ids[cid])} and "
-                              f"{_cell_text(over)} get the same cell id {cid!r}; allowed: "
+            raise lines.error(source("grid"), f"cells {cell_text(ids[cid])} and "
+                              f"{cell_text(over)} get the same cell id {cid!r}; allowed: "
                               "values that differ in letters, digits or '.', '_', '-'")
         ids[cid] = over
         try:
@@ -93,7 +93,7 @@ def _grid(cfg: dict, base: RunConfig, fixed: dict, lines: _Lines, source
             culprit = _culprit(base, over, str(e))
             if culprit is not None:
                 raise lines.error(source("grid", culprit), _config_message(e)) from None
-            raise lines.error(source("grid"), f"cell {_cell_text(over)} is impossible: "
+            raise lines.error(source("grid"), f"cell {cell_text(over)} is impossible: "
                               f"{_config_message(e)}") from None
     return grid, hints, cells
 
@@ -123,11 +123,11 @@ def _culprit(base: RunConfig, overrides: dict, message: str) -> str | None:
     return None
 
 
-def _hint(base: RunConfig, key: Any, lines: _Lines, where: tuple) -> Any:
+def _hint(base: RunConfig, key: Any, lines: Lines, where: tuple) -> Any:
     """The type annotation of a dotted RunConfig field; unknown fields fail naming the allowed."""
     head, _, rest = str(key).partition(".")
     if not rest and head in _TOP_FIELDS:
-        return _hints(RunConfig)[head]
+        return type_hints(RunConfig)[head]
     sub = getattr(base, head, None)
     if not rest or not dataclasses.is_dataclass(sub):
         groups = [f.name for f in dataclasses.fields(base)
@@ -139,10 +139,10 @@ def _hint(base: RunConfig, key: Any, lines: _Lines, where: tuple) -> Any:
     if rest not in fields:
         raise lines.error(where, f"unknown field; allowed: {head}.<field> with field in "
                           f"{sorted(fields)}")
-    return _hints(type(sub))[rest]
+    return type_hints(type(sub))[rest]
 
 
-def _apply(base: RunConfig, overrides: dict, lines: _Lines, section: str, source
+def apply_fields(base: RunConfig, overrides: dict, lines: Lines, section: str, source
            ) -> RunConfig:
     """Applies dotted overrides (each type-checked), turning any config error into a
     file/line/field error. All are applied at once, so their order in the file does not
@@ -152,8 +152,8 @@ def _apply(base: RunConfig, overrides: dict, lines: _Lines, section: str, source
         where = source(section, key)
         hint = _hint(base, key, lines, where)
         try:
-            typed[key] = _coerce(hint, value)
-        except _Invalid as e:
+            typed[key] = coerce(hint, value)
+        except Invalid as e:
             raise lines.error(where, str(e)) from None
     try:
         return replace(base, **typed)

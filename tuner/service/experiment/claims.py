@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from tuner.service.experiment_values import _as_number, _coerce, _Invalid, _what
-from tuner.service.experiment_yaml import SearchSpaceError, _Lines
+from tuner.service.experiment.lines import Lines, SearchSpaceError
+from tuner.service.experiment.values import Invalid, as_number, coerce, what
 
 CLAIM_KINDS = ("trend", "compare", "effect_trend", "effect_compare")
 
@@ -19,7 +19,7 @@ _CLAIM_KEYS = {  # kind -> the keys it takes
     "effect_compare": _COMMON_KEYS | {"better", "effect_axis"},
 }
 
-_ALL_CLAIM_KEYS = ["kind", "text", "axis", "direction", "better", "effect_axis", "metric",
+ALL_CLAIM_KEYS = ["kind", "text", "axis", "direction", "better", "effect_axis", "metric",
                    "metrics", "min_effect"]
 
 
@@ -71,8 +71,8 @@ def _min_effect(raw: Any, names: list, err) -> tuple[tuple[str, float], ...]:
 
     def size(v: Any, key: str | None) -> float:
         try:
-            out = _as_number(v, allowed)
-        except _Invalid as e:
+            out = as_number(v, allowed)
+        except Invalid as e:
             raise err("min_effect", str(e), key) from None
         if not out > 0:
             raise err("min_effect", f"{v!r} is not allowed; allowed: {allowed}", key)
@@ -88,12 +88,12 @@ def _min_effect(raw: Any, names: list, err) -> tuple[tuple[str, float], ...]:
                           key)
         return tuple((k, size(v, k)) for k, v in value.items())
     if len(names) > 1:
-        raise err("min_effect", f"{_what(value)} but the claim names {len(names)} metrics "
+        raise err("min_effect", f"{what(value)} but the claim names {len(names)} metrics "
                   f"(their units differ); allowed: {allowed}", None)
     return (("", size(value, None)),)
 
 
-def _claim(raw: Any, index: int, lines: _Lines, grid: dict, hints: dict, fixed: dict,
+def parse_claim(raw: Any, index: int, lines: Lines, grid: dict, hints: dict, fixed: dict,
            metrics: tuple[str, ...]) -> Claim:
     where = ("claims", index)
 
@@ -102,10 +102,10 @@ def _claim(raw: Any, index: int, lines: _Lines, grid: dict, hints: dict, fixed: 
         return lines.error(keys if sub is None else (*keys, sub), msg)
 
     if not isinstance(raw, dict):
-        raise err(None, f"{_what(raw)}; allowed: a mapping with keys {_ALL_CLAIM_KEYS}")
+        raise err(None, f"{what(raw)}; allowed: a mapping with keys {ALL_CLAIM_KEYS}")
     for key in raw:
-        if key not in _ALL_CLAIM_KEYS:
-            raise err(key, f"unknown key; allowed: {_ALL_CLAIM_KEYS}")
+        if key not in ALL_CLAIM_KEYS:
+            raise err(key, f"unknown key; allowed: {ALL_CLAIM_KEYS}")
     kind = raw.get("kind")
     if kind not in CLAIM_KINDS:
         raise err("kind", f"{kind!r} is not a claim kind; allowed: {list(CLAIM_KINDS)}")
@@ -113,10 +113,10 @@ def _claim(raw: Any, index: int, lines: _Lines, grid: dict, hints: dict, fixed: 
     for key in raw:
         if key not in takes:
             raise err(key, f"does not apply to kind {kind!r}; allowed: for {kind}, "
-                      f"{[k for k in _ALL_CLAIM_KEYS if k in takes]}")
+                      f"{[k for k in ALL_CLAIM_KEYS if k in takes]}")
     text = raw.get("text", kind)
     if not isinstance(text, str) or not text.strip():
-        raise err("text", f"{_what(text) if not isinstance(text, str) else 'is empty'}; "
+        raise err("text", f"{what(text) if not isinstance(text, str) else 'is empty'}; "
                   "allowed: a non-empty sentence")
     axes = [a for a, v in grid.items() if len(v) >= 2]
     for axis_key in ("axis", "effect_axis"):
@@ -143,8 +143,8 @@ def _claim(raw: Any, index: int, lines: _Lines, grid: dict, hints: dict, fixed: 
     if "better" in takes:
         values = grid[raw["axis"]]
         try:
-            typed = _coerce(hints[raw["axis"]], better)
-        except _Invalid:
+            typed = coerce(hints[raw["axis"]], better)
+        except Invalid:
             typed = ...
         if typed is ... or typed not in values:
             raise err("better", f"{better!r} is not a value of {raw['axis']}; allowed: {values}")
@@ -157,7 +157,7 @@ def _claim(raw: Any, index: int, lines: _Lines, grid: dict, hints: dict, fixed: 
     elif "metrics" in raw:
         names = raw["metrics"]
         if not isinstance(names, list) or not names:
-            raise err("metrics", f"{_what(names) if names else 'is empty'}; allowed: a "
+            raise err("metrics", f"{what(names) if names else 'is empty'}; allowed: a "
                       f"non-empty list of metrics of the task: {list(metrics)}")
     else:
         names = []

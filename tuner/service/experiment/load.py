@@ -1,4 +1,4 @@
-"""Experiment definitions: one YAML file per experiment in ``search_spaces/``, loaded and checked.
+"""Loading an experiment file into an :class:`Experiment`: every section checked, every cell built.
 
 A file is the only place an experiment is defined (grid axes, fixed settings, LR range, trials
 per cell, ASHA, finals, hypothesis). Everything is validated here, before Ray starts: a bad file
@@ -11,9 +11,8 @@ are never numbers. A float field takes an integer, a float, or a string written 
 decimal number: YAML 1.1 (PyYAML) reads ``1e-3`` (no dot) or ``-.5`` as a *string*, and such a
 string is accepted and converted. ``nan`` and ``inf`` are never accepted.
 
-The checks live beside this module: ``experiment_yaml`` (lines, duplicate keys),
-``experiment_values`` (types), ``experiment_grid`` (fixed and grid onto RunConfig, every cell),
-``experiment_claims`` (the claims).
+The checks live beside this module: ``lines`` (file positions, duplicate keys), ``values``
+(types), ``grid`` (fixed and grid onto RunConfig, every cell), ``claims`` (the claims).
 """
 
 from __future__ import annotations
@@ -28,15 +27,18 @@ from data.registry import metric_mode, metric_names
 from tuner.core import routing
 from tuner.core.config import RunConfig
 from tuner.core.seeds import SEARCH_SEED
-from tuner.service.experiment_claims import _ALL_CLAIM_KEYS, CLAIM_KINDS, Claim, _claim
-from tuner.service.experiment_grid import _RESERVED, MAX_CELLS, _apply, _cell_text, _grid, cell_id
-from tuner.service.experiment_values import _as_bool, _as_int, _as_number, _as_str, _Invalid, _what
-from tuner.service.experiment_yaml import SearchSpaceError, _Lines
+from tuner.service.experiment.claims import ALL_CLAIM_KEYS, Claim, parse_claim
+from tuner.service.experiment.grid import (
+    RESERVED,
+    apply_fields,
+    cell_id,
+    cell_text,
+    grid_cells,
+)
+from tuner.service.experiment.lines import Lines, SearchSpaceError
+from tuner.service.experiment.values import Invalid, as_bool, as_int, as_number, as_str, what
 
-__all__ = ["CLAIM_KINDS", "MAX_CELLS", "SEARCH_SEED", "SEARCH_SPACES", "Claim", "Experiment",
-           "SearchSpaceError", "cell_id", "known", "load", "resolve"]
-
-SEARCH_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
+SEARCH_SPACES = Path(__file__).resolve().parents[3] / "search_spaces"
 # Training seeds from SEARCH_SEED up are reserved for the learning-rate search (tuner.core.seeds),
 # so finals.seeds must lie in [0, SEARCH_SEED).
 
@@ -113,7 +115,7 @@ def resolve(name_or_path: str) -> Path:
                            f"{', '.join(known())} (files in {SEARCH_SPACES})")
 
 
-# ---- value checks: each returns the checked value or raises _Invalid("<problem>; allowed: ...")
+# ---- value checks: each returns the checked value or raises Invalid("<problem>; allowed: ...")
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -136,13 +138,13 @@ def load(name_or_path: str, smoke: bool = False) -> Experiment:
                                "allowed: a UTF-8 YAML file") from None
     except OSError as e:
         raise SearchSpaceError(f"{path}: cannot be read: {e.strerror}") from None
-    lines = _Lines(text, path)
+    lines = Lines(text, path)
     raw = lines.data
     sections = f"a mapping of sections (required: {list(_REQUIRED)}; all: {sorted(_TOP)})"
     if raw is None:
         raise lines.error(("<file>",), f"is empty; allowed: {sections}")
     if not isinstance(raw, dict):
-        raise lines.error(("<file>",), f"{_what(raw)}; allowed: {sections}")
+        raise lines.error(("<file>",), f"{what(raw)}; allowed: {sections}")
     for key in raw:
         if key not in _TOP:
             raise lines.error((key,), f"unknown section; allowed: {sorted(_TOP)}")
@@ -155,10 +157,10 @@ def load(name_or_path: str, smoke: bool = False) -> Experiment:
             if body is None:
                 continue
             if not isinstance(body, dict):
-                what = ("dotted config fields (e.g. data.lambda_val) to values" if section in
+                expected = ("dotted config fields (e.g. data.lambda_val) to values" if section in
                         ("fixed", "grid") else f"its fields {sorted(allowed)}")
-                raise lines.error(where, f"{_what(body)}, not a mapping; allowed: a mapping of "
-                                  f"{what}")
+                raise lines.error(where, f"{what(body)}, not a mapping; allowed: a mapping of "
+                                  f"{expected}")
             if section in ("fixed", "grid"):
                 continue
             for key in body:
@@ -168,9 +170,9 @@ def load(name_or_path: str, smoke: bool = False) -> Experiment:
         if key not in raw:
             raise lines.error((key,), f"required section is missing; allowed: {sections}")
         if raw[key] is None:
-            what = {"name": "a plain file name", "hypothesis": "a sentence",
+            expected = {"name": "a plain file name", "hypothesis": "a sentence",
                     "grid": "a mapping of dotted config fields to lists of values"}
-            raise lines.error((key,), "required section is empty; allowed: " + what.get(
+            raise lines.error((key,), "required section is empty; allowed: " + expected.get(
                 key, f"a mapping of its fields {sorted(_SECTIONS.get(key, ()))}"))
     cfg = _merge(raw, smoke_raw or {}) if smoke else raw
 
@@ -185,11 +187,11 @@ def load(name_or_path: str, smoke: bool = False) -> Experiment:
     return _build(cfg, lines, path, source, smoke)
 
 
-def _build(cfg: dict, lines: _Lines, path: Path, source, smoke: bool) -> Experiment:
+def _build(cfg: dict, lines: Lines, path: Path, source, smoke: bool) -> Experiment:
     def check(keys: tuple, fn, *args):
         try:
             return fn(*args)
-        except _Invalid as e:
+        except Invalid as e:
             raise lines.error(source(*keys), str(e)) from None
 
     def get(section: str, key: str, fn, allowed: str, default: Any = ...):
@@ -202,37 +204,37 @@ def _build(cfg: dict, lines: _Lines, path: Path, source, smoke: bool) -> Experim
 
     def at_least(lo: float, value: float, allowed: str) -> float:
         if not value >= lo:
-            raise _Invalid(f"{value!r} is not allowed; allowed: {allowed}")
+            raise Invalid(f"{value!r} is not allowed; allowed: {allowed}")
         return value
 
     def positive(value: Any, allowed: str) -> float:
-        number = _as_number(value, allowed)
+        number = as_number(value, allowed)
         if not number > 0:
-            raise _Invalid(f"{value!r} is not allowed; allowed: {allowed}")
+            raise Invalid(f"{value!r} is not allowed; allowed: {allowed}")
         return number
 
-    name = check(("name",), _as_str, cfg["name"], "a plain file name")
+    name = check(("name",), as_str, cfg["name"], "a plain file name")
     if not _NAME.fullmatch(name):
         raise lines.error(("name",), f"{name!r} is not a plain file name; allowed: 1-100 of "
                           "letters, digits, '.', '_', '-', not starting with '.' (the "
                           "experiment's folder is <out>/<name>; no '/')")
-    hypothesis = check(("hypothesis",), _as_str, cfg["hypothesis"], "a sentence").strip()
+    hypothesis = check(("hypothesis",), as_str, cfg["hypothesis"], "a sentence").strip()
     if not hypothesis:
         raise lines.error(("hypothesis",), "is empty; allowed: a non-empty sentence")
 
     fixed = cfg.get("fixed") or {}
     for key in fixed:
-        if key in _RESERVED:
-            raise lines.error(source("fixed", key), _RESERVED[key])
-    base = _apply(RunConfig(), fixed, lines, "fixed", source)
-    grid, hints, base_cells = _grid(cfg, base, fixed, lines, source)
+        if key in RESERVED:
+            raise lines.error(source("fixed", key), RESERVED[key])
+    base = apply_fields(RunConfig(), fixed, lines, "fixed", source)
+    grid, hints, base_cells = grid_cells(cfg, base, fixed, lines, source)
 
     lr_low = get("search", "lr_low", positive, "a finite number > 0 (e.g. 1.0e-4)")
-    lr_high = get("search", "lr_high", _as_number, f"a finite number > lr_low={lr_low:g}")
+    lr_high = get("search", "lr_high", as_number, f"a finite number > lr_low={lr_low:g}")
     if not lr_high > lr_low:
         raise lines.error(source("search", "lr_high"), f"{lr_high:g} is not allowed; allowed: "
                           f"a finite number > lr_low={lr_low:g}")
-    count = lambda v, a: at_least(1, _as_int(v, a), a)  # noqa: E731
+    count = lambda v, a: at_least(1, as_int(v, a), a)  # noqa: E731
     trials_per_cell = get("search", "trials_per_cell", count, "an integer >= 1")
     # "auto": as many trials as the cluster's resources hold (tuner.service.concurrency)
     max_concurrent = get("search", "max_concurrent",
@@ -244,7 +246,7 @@ def _build(cfg: dict, lines: _Lines, path: Path, source, smoke: bool) -> Experim
     if population > trials_per_cell:
         raise lines.error(source("search", "population"), f"{population} is not allowed; "
                           f"allowed: an integer in 1..trials_per_cell={trials_per_cell}")
-    share_program = get("search", "share_program", _as_bool, "true or false", default=False)
+    share_program = get("search", "share_program", as_bool, "true or false", default=False)
     if share_program and population == 1:
         raise lines.error(source("search", "share_program"), "true needs a population; "
                           "allowed: false, or true with search.population >= 2")
@@ -261,15 +263,15 @@ def _build(cfg: dict, lines: _Lines, path: Path, source, smoke: bool) -> Experim
         if run.train.steps % run.train.eval_every:
             raise lines.error(source("grid", "train.eval_every"), f"train.eval_every="
                               f"{run.train.eval_every} does not divide train.steps={steps} "
-                              f"(cell {_cell_text(over)}); allowed: divisors of {steps}")
+                              f"(cell {cell_text(over)}); allowed: divisors of {steps}")
     # what this experiment's task reports, and what every cell's model adds (routing metrics)
     metrics = metric_names(base.task) + tuple(sorted(set.intersection(
         *(set(routing.metric_names(run.model)) for _, run in base_cells))))
-    metric = get("asha", "metric", _as_str, list(metrics))
+    metric = get("asha", "metric", as_str, list(metrics))
     if metric not in metrics:
         raise lines.error(source("asha", "metric"), f"{metric!r} is not a metric of task "
                           f"{base.task!r}; allowed: {list(metrics)}")
-    mode = get("asha", "mode", _as_str, ["min", "max"])
+    mode = get("asha", "mode", as_str, ["min", "max"])
     if mode not in ("min", "max"):
         raise lines.error(source("asha", "mode"), f"{mode!r} is not allowed; allowed: "
                           "['min', 'max']")
@@ -277,11 +279,11 @@ def _build(cfg: dict, lines: _Lines, path: Path, source, smoke: bool) -> Experim
         raise lines.error(source("asha", "mode"), f"{mode!r} with metric {metric} (where "
                           f"{'higher' if metric_mode(base.task, metric) == 'max' else 'lower'}"
                           f" is better); allowed: {metric_mode(base.task, metric)!r}")
-    grace_period = get("asha", "grace_period", _as_int, f"an integer in 1..train.steps={steps}")
+    grace_period = get("asha", "grace_period", as_int, f"an integer in 1..train.steps={steps}")
     if not 1 <= grace_period <= steps:
         raise lines.error(source("asha", "grace_period"), f"{grace_period} is not allowed; "
                           f"allowed: an integer in 1..train.steps={steps}")
-    reduction_factor = get("asha", "reduction_factor", _as_number, "a finite number > 1")
+    reduction_factor = get("asha", "reduction_factor", as_number, "a finite number > 1")
     if not reduction_factor > 1:
         raise lines.error(source("asha", "reduction_factor"), f"{reduction_factor:g} is not "
                           "allowed; allowed: a finite number > 1")
@@ -290,26 +292,26 @@ def _build(cfg: dict, lines: _Lines, path: Path, source, smoke: bool) -> Experim
                "trial, e.g. 1 or 0.5)", default=1.0)
     gpus_allowed = ("a number >= 0: a fraction <= 1 (trials share a GPU) or a whole number "
                     "of GPUs")
-    gpus = get("resources", "gpus_per_trial", lambda v, a: at_least(0, _as_number(v, a), a),
+    gpus = get("resources", "gpus_per_trial", lambda v, a: at_least(0, as_number(v, a), a),
                gpus_allowed, default=0.0)
     if gpus > 1 and not gpus.is_integer():
         raise lines.error(source("resources", "gpus_per_trial"), f"{gpus:g} is not allowed; "
                           f"allowed: {gpus_allowed}")
 
-    project = get("wandb", "project", _as_str, "a W&B project name", default="lds-tuner")
+    project = get("wandb", "project", as_str, "a W&B project name", default="lds-tuner")
     if not project.strip() or len(project) > 128 or _WANDB_BAD & set(project):
         raise lines.error(source("wandb", "project"), f"{project!r} is not a W&B project name; "
                           "allowed: 1-128 characters, none of / \\ # ? % :")
 
     claims = cfg.get("claims")
     if claims is not None and not isinstance(claims, list):
-        raise lines.error(("claims",), f"{_what(claims)}; allowed: a list of claims (mappings "
-                          f"with keys {_ALL_CLAIM_KEYS})")
+        raise lines.error(("claims",), f"{what(claims)}; allowed: a list of claims (mappings "
+                          f"with keys {ALL_CLAIM_KEYS})")
     return Experiment(
         name=name + ("-smoke" if smoke else ""),
         path=path,
         hypothesis=hypothesis,
-        claims=tuple(_claim(c, i, lines, grid, hints, fixed, metrics)
+        claims=tuple(parse_claim(c, i, lines, grid, hints, fixed, metrics)
                      for i, c in enumerate(claims or [])),
         base=base,
         grid=grid,
@@ -330,7 +332,7 @@ def _build(cfg: dict, lines: _Lines, path: Path, source, smoke: bool) -> Experim
     )
 
 
-def _seeds(cfg: dict, lines: _Lines, source) -> tuple[int, ...]:
+def _seeds(cfg: dict, lines: Lines, source) -> tuple[int, ...]:
     allowed = (f"a list of at least 2 distinct integers in [0, {SEARCH_SEED - 1}] (seeds >= "
                f"{SEARCH_SEED} are reserved for the learning-rate search, which must not train "
                "with a seed of the finals)")
@@ -342,8 +344,8 @@ def _seeds(cfg: dict, lines: _Lines, source) -> tuple[int, ...]:
         raise lines.error(where, f"{seeds!r} is not allowed; allowed: {allowed}")
     for i, s in enumerate(seeds):
         try:
-            _as_int(s, allowed)
-        except _Invalid as e:
+            as_int(s, allowed)
+        except Invalid as e:
             raise lines.error(where, f"item {i}: {e}", at=(*where, i)) from None
         if not 0 <= s < SEARCH_SEED:
             raise lines.error(where, f"item {i}: {s} is out of range; allowed: {allowed}",

@@ -23,7 +23,7 @@ def _field(keys: tuple) -> str:
 _STR_TAG = "tag:yaml.org,2002:str"
 
 
-class _Lines:
+class Lines:
     """Parses a YAML document (``data``) and keeps the line of every key path (and list item),
     for error messages. Rejects what PyYAML would silently accept: a key given twice (PyYAML
     keeps the last), a key that is not a plain name (``1:``, ``yes:``, ``<<:``)."""
