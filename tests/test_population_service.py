@@ -119,3 +119,22 @@ def test_killed_then_resumed_equals_uninterrupted(population_reference, tmp_path
         for wave in (0, 1):
             ids = {t.user_attrs[TUNE_ID_ATTR] for t in trials if t.user_attrs["wave"] == wave}
             assert len(ids) == 1
+
+
+def test_viewer_reads_every_member(population_reference):
+    """The viewer splits a population trial into its members: one landscape point and one
+    search curve per Optuna trial, with that trial's state and rate."""
+    from tuner.view import load
+
+    folder = load.open_folder(population_reference)
+    search = pd.read_csv(population_reference / "search_trials.csv")
+    points = load.landscape(folder)
+    assert sorted(zip(points.cell, points.number, points.lr)) == \
+        sorted(zip(search.cell, search.number, search.lr))
+    complete = points[points.kind == "complete"].merge(search, on=["cell", "number"])
+    assert (complete.value_x == complete.value_y).all() and (complete.step == 60).all()
+    curves = load.curves(folder)
+    per_member = curves[curves.stage == "search"].groupby(["cell", "trial"])
+    assert per_member.ngroups == len(search)
+    last = per_member.step.max().reset_index()
+    assert sorted(last.step) == sorted(search.last_step)
