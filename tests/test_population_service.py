@@ -129,8 +129,8 @@ def test_viewer_reads_every_member(population_reference):
     folder = load.open_folder(population_reference)
     search = pd.read_csv(population_reference / "search_trials.csv")
     points = load.landscape(folder)
-    assert sorted(zip(points.cell, points.number, points.lr)) == \
-        sorted(zip(search.cell, search.number, search.lr))
+    assert sorted(zip(points.cell, points.number, points.lr, strict=False)) == \
+        sorted(zip(search.cell, search.number, search.lr, strict=False))
     complete = points[points.kind == "complete"].merge(search, on=["cell", "number"])
     assert (complete.value_x == complete.value_y).all() and (complete.step == 60).all()
     curves = load.curves(folder)
