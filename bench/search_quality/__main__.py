@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -126,6 +127,7 @@ def run_policy(name: str, out: Path, truth: dict, exp) -> tuple[pd.DataFrame, fl
     path = out / f"sq-{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     folder = out / f"sq-{name}"
+    shutil.rmtree(folder, ignore_errors=True)  # a finished folder would only be read back
     started = time.perf_counter()
     env = dict(os.environ, JAX_PLATFORMS="cpu", **POLICIES[name].get("env", {}))
     res = subprocess.run([sys.executable, "-m", "tuner.run", str(path), "--out", str(out),
@@ -168,7 +170,7 @@ def main() -> None:
     pd.set_option("display.width", 200)
     print("\nSpearman(value at step, final value), mean over cells [min, max]:")
     for s, g in ranks.groupby("step"):
-        if s % 100 == 0:
+        if s % 100 == 0 or s < 200:
             print(f"  step {s:5d}: all {g.rho_all.mean():5.2f} [{g.rho_all.min():5.2f}, "
                   f"{g.rho_all.max():5.2f}]  better half {g.rho_better_half.mean():5.2f} "
                   f"[{g.rho_better_half.min():5.2f}, {g.rho_better_half.max():5.2f}]")
