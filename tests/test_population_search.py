@@ -98,3 +98,18 @@ def test_members_asked_before_a_kill_are_handed_out_together(tmp_path):
     config = again.suggest("t9")
     assert config["members"] == first["members"]  # the same population, no new asks
     assert len(again._studies["x=0"].trials()) == 3
+
+
+def test_cells_that_share_a_program_share_a_trial(tmp_path):
+    s = _searcher(tmp_path, groups=[["x=0", "x=1"]])
+    config = s.suggest("t0")
+    assert [m["cell"] for m in config["members"]] == ["x=0"] * 3 + ["x=1"] * 3
+    assert set(config["cells"]) == {"x=0", "x=1"}
+    assert config["halving"]["cells"] == ["x=0"] * 3 + ["x=1"] * 3  # halved per cell
+    assert s.suggest("t1") is None  # the wave's one trial is out
+    n = len(config["members"])
+    s.on_trial_complete("t0", {"step": 60, **{member_key(j, "step"): 60 for j in range(n)},
+                               **{member_key(j, "eval/nmse"): 1.0 + j for j in range(n)}})
+    for study in s._studies.values():
+        assert [t.state for t in study.study.trials] == [TrialState.COMPLETE] * 3
+    assert s.suggest("t1")["wave"] == 1
