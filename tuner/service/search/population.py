@@ -36,10 +36,9 @@ import numpy as np
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from tuner.service.objective import Objective
 from tuner.service.search import results
 from tuner.service.search.halving import SuccessiveHalving
-from tuner.service.search.study import CellStudy, open_studies
+from tuner.service.search.study import JournalStudies
 from tuner.service.trials import member_key
 
 if TYPE_CHECKING:
@@ -72,7 +71,7 @@ def neighbours(coords: dict[str, tuple[int, ...]]) -> dict[str, list[str]]:
     return out
 
 
-class PopulationSearcher(Searcher):
+class PopulationSearcher(JournalStudies, Searcher):
     """Tune ``Searcher`` handing out population trials (see the module docstring).
 
     Args:
@@ -116,21 +115,6 @@ class PopulationSearcher(Searcher):
         self._assigned: dict[str, tuple[int, int, list[tuple[str, int]]]] = {}
         self._done: set[str] = set()
         self._studies = self._open_studies()
-
-    # ----------------------------------------------------------------- pickling
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_studies"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._studies = self._open_studies()
-
-    def _open_studies(self) -> dict[str, CellStudy]:
-        return open_studies(self._study_dir, self._cells,
-                            Objective(self._metric, self._mode).direction, self._seed,
-                            self._n_startup)
 
     # ----------------------------------------------------------------- Tune hooks
     def set_search_properties(self, metric, mode, config, **spec) -> bool:

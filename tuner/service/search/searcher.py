@@ -30,9 +30,8 @@ from typing import TYPE_CHECKING, Any
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
-from tuner.service.objective import Objective
 from tuner.service.search import results
-from tuner.service.search.study import TUNE_ID_ATTR, CellStudy, open_studies
+from tuner.service.search.study import TUNE_ID_ATTR, JournalStudies
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,7 +44,7 @@ _STATE_VERSION = 1
 _WAIT = "<wait>"  # _next_cell: budget left, but the concurrency caps hold every cell back
 
 
-class PerCellSearcher(Searcher):
+class PerCellSearcher(JournalStudies, Searcher):
     """Tune ``Searcher`` handing out one ``lr`` per trial from the study of its cell.
 
     Cells are served round-robin by need: ``suggest`` picks the cell with the fewest Optuna
@@ -129,22 +128,6 @@ class PerCellSearcher(Searcher):
         self._done: set[str] = set()
         self._last_step: dict[str, float] = {}
         self._studies = self._open_studies()
-
-    # ----------------------------------------------------------------- pickling
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled (into Tune's ``tuner.pkl``) without the open journal storages."""
-        state = self.__dict__.copy()
-        del state["_studies"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._studies = self._open_studies()
-
-    def _open_studies(self) -> dict[str, CellStudy]:
-        return open_studies(self._study_dir, self._cells,
-                            Objective(self._metric, self._mode).direction, self._seed,
-                            self._n_startup)
 
     # ----------------------------------------------------------------- Tune hooks
     def set_search_properties(

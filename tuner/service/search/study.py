@@ -19,6 +19,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.service.objective import Objective
 from tuner.service.search.journal_repair import repair_torn_tail
 
 TUNE_ID_ATTR = "tune_trial_id"  # Optuna user attribute: the Tune trial that now holds it
@@ -136,3 +137,31 @@ def open_studies(study_dir: Path, cells: Iterable[str], direction: str, seed: in
     return {cell: CellStudy(study_dir / f"{cell}.journal", cell, direction,
                             functools.partial(tpe_sampler, seed, i, n_startup))
             for i, cell in enumerate(cells)}
+
+
+class JournalStudies:
+    """A searcher's per-cell studies, reopened after unpickling: Tune pickles its searcher
+    (``tuner.pkl``) without the open journal storages. Subclasses set ``_study_dir``,
+    ``_cells``, ``_metric``, ``_mode``, ``_seed`` and ``_n_startup``, then call
+    :meth:`_open_studies`."""
+
+    _study_dir: Path
+    _cells: dict
+    _metric: str
+    _mode: str
+    _seed: int
+    _n_startup: int
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_studies"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._studies = self._open_studies()
+
+    def _open_studies(self) -> dict[str, CellStudy]:
+        return open_studies(self._study_dir, self._cells,
+                            Objective(self._metric, self._mode).direction, self._seed,
+                            self._n_startup)
