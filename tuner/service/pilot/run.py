@@ -108,7 +108,8 @@ def run_pilot(exp: Experiment, dirs: ExperimentDirs, startup_s: float = 0.0) -> 
 
 
 def _median_cost(rows: list[dict[str, float]]) -> project.ShapeCost:
-    fields = project.ShapeCost.__dataclass_fields__
+    fields = [f for f in project.ShapeCost.__dataclass_fields__ if f in rows[0]]  # a one-rate
+    # search measures no population
     return project.ShapeCost.from_dict(
         {f: sorted(r[f] for r in rows)[len(rows) // 2] for f in fields})
 
