@@ -376,6 +376,7 @@ def _wait(proc: subprocess.Popen, timeout: float) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # end to end: the SIGKILL rows of test_service and test_population_service
 def test_kill_and_resume(ray_cluster, tmp_path):
     reference = driver.run(
         str(tmp_path / "ray"), "full", str(tmp_path / "full-studies"), KILL_CELLS,
