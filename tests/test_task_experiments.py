@@ -40,7 +40,9 @@ def smaller_grid(name: str, tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("name", [
-    "bigram", "toy_lm",
+    "bigram",
+    # the text task (test_text_models trains its model; the service path is bigram's)
+    pytest.param("toy_lm", marks=pytest.mark.extended),
     "grokking_routed",  # modular arithmetic with the routed model, its regularizer as a grid
     # axis, diagnostics, the grokking-step claim; the plain grokking file runs the same path
     pytest.param("grokking", marks=pytest.mark.extended),
