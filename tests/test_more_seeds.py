@@ -61,7 +61,6 @@ def rows_of(root: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
 def test_added_seeds_train_alone_and_join_the_report(tiny_reference, tmp_path):
     """A copy of the finished tiny experiment, its file's seeds grown from [0, 1] to [0, 1, 2]:
     the rerun trains one Tune trial per cell with seed 2 only (its own system), in its own

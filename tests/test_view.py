@@ -36,7 +36,7 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 STAGE_FILES = ("search_trials.csv", "search_best.json", "finals.json", "report")
 
 # the fixture runs the service (a local Ray cluster)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
