@@ -28,7 +28,7 @@ from tuner.service.files import read_json, write_json
 from tuner.service.folder_check import REMEDY
 from tuner.service.objective import Objective
 from tuner.service.search import rounds
-from tuner.service.search.population import PopulationSearcher
+from tuner.service.search.population import PopulationSearcher, wave_sizes
 from tuner.service.search.rounds import SearchRound
 from tuner.service.search.scheduler import PerCellScheduler
 from tuner.service.search.searcher import PerCellSearcher
@@ -157,8 +157,11 @@ def _run_round(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound, wandb: b
                                    restart_errored=False)
     else:
         searcher, scheduler = build_search(exp, dirs, rnd)
-        status = StatusFile(dirs.status, rnd.name, list(rnd.cells), exp.trials_per_cell,
-                            exp.metric, exp.mode)
+        # a population trial holds a whole wave of a cell: a cell is done after its waves
+        per_cell = (len(wave_sizes(exp.trials_per_cell, exp.population)) if exp.population > 1
+                    else exp.trials_per_cell)
+        status = StatusFile(dirs.status, rnd.name, list(rnd.cells), per_cell, exp.metric,
+                            exp.mode)
         tuner = tune.Tuner(
             search_trainable(exp),
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
