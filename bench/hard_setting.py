@@ -112,7 +112,7 @@ def config_for(name: str, steps: int, extra: dict | None = None) -> RunConfig:
 
 def _chunk(spec, task, hp, state, n_steps):
     def body(s, _):
-        s, m = steps._one_step(spec, task, hp, s)
+        s, m = steps.one_step(spec, task, hp, s)
         return s, m
 
     state, m = jax.lax.scan(body, state, None, length=n_steps)

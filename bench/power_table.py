@@ -88,9 +88,9 @@ def ideal_z(exp, claim, k: float, module) -> float:
              if claim.kind.startswith("effect") else verdicts.level_coefs(table, claim.axis))
     values = list(coefs)
     if claim.kind.endswith("trend"):
-        tests = [verdicts._minus(coefs[values[-1]], coefs[values[0]])]
+        tests = [verdicts.coef_difference(coefs[values[-1]], coefs[values[0]])]
     else:
-        tests = [verdicts._minus(c, coefs[claim.better]) for v, c in coefs.items()
+        tests = [verdicts.coef_difference(c, coefs[claim.better]) for v, c in coefs.items()
                  if v != claim.better]
     power = 1.0
     for coef in tests:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tuner.service import experiment
+from tuner.service.experiment.sections import Resources
 
 SHIPPED = (experiment.SEARCH_SPACES / "exp4.yaml").read_text()
 # the cases below add claim metrics of their own: start from claims without them
@@ -77,8 +78,8 @@ def test_every_shipped_experiment_loads_and_smoke_is_small():
     for name in experiment.known():
         full, smoke = experiment.load(name), experiment.load(name, smoke=True)
         assert full.cells().keys() == smoke.cells().keys()  # smoke searches every cell
-        assert smoke.base.train.steps <= 100 and len(smoke.seeds) >= 2
-        assert smoke.gpus_per_trial == 0
+        assert smoke.base.train.steps <= 100 and len(smoke.finals.seeds) >= 2
+        assert smoke.resources.gpus_per_trial == 0
 
 
 def swap_section(text: str, key: str, new: str, indent: int = 0) -> str:
@@ -430,14 +431,14 @@ def test_friendly_inputs_that_are_accepted(tmp_path):
     # YAML 1.1 reads 1e-5 (no dot) and -.5 as strings: a float field converts them
     exp = experiment.load(str(write(tmp_path, GOOD.replace("  lr_low: 3.0e-5",
                                                               "  lr_low: 1e-5"))))
-    assert exp.lr_low == 1e-5 and isinstance(exp.lr_low, float)
+    assert exp.search.lr_low == 1e-5 and isinstance(exp.search.lr_low, float)
     for gpus in ("0.25", "2", "1", "0"):
         text = GOOD.replace("  gpus_per_trial: 0.25", f"  gpus_per_trial: {gpus}")
-        assert experiment.load(str(write(tmp_path, text))).gpus_per_trial == float(gpus)
+        assert experiment.load(str(write(tmp_path, text))).resources.gpus_per_trial == float(gpus)
     exp = experiment.load(str(write(tmp_path, swap_section(GOOD, "resources", ""))))
-    assert (exp.cpus_per_trial, exp.gpus_per_trial) == (1.0, 0.0)  # the defaults
+    assert exp.resources == Resources(1.0, 0.0)  # the defaults
     text = GOOD.replace("  cpus_per_trial: 1", "  cpus_per_trial: 0.5")
-    assert experiment.load(str(write(tmp_path, text))).cpus_per_trial == 0.5
+    assert experiment.load(str(write(tmp_path, text))).resources.cpus_per_trial == 0.5
     # fixed settings apply together: tie_embeddings may come before input_layer and head
     gpt = (experiment.SEARCH_SPACES / "gpt.yaml").read_text()
     text = gpt.replace("  model.tie_embeddings: true\n", "").replace(
@@ -480,7 +481,7 @@ def test_compare_claim_value_and_search_seed():
     assert experiment.load("exp2").claims[0].better == "diagonal"
     assert not hasattr(experiment.Experiment, "cell_config")
     for name in experiment.known():
-        assert max(experiment.load(name).seeds) < experiment.SEARCH_SEED
+        assert max(experiment.load(name).finals.seeds) < experiment.SEARCH_SEED
 
 
 def fixture_experiments() -> list[Path]:
@@ -500,7 +501,7 @@ def test_shipped_and_fixture_experiments_load_with_and_without_smoke(path):
     assert full.name == path.stem and smoke.name == f"{path.stem}-smoke"
     assert len(full.cells()) == len(list(itertools.product(*full.grid.values())))
     for exp in (full, smoke):
-        assert all(0 <= s < experiment.SEARCH_SEED for s in exp.seeds)
+        assert all(0 <= s < experiment.SEARCH_SEED for s in exp.finals.seeds)
 
 @pytest.mark.parametrize("args,message", [
     (["exp9"], "unknown experiment 'exp9'"),

@@ -52,7 +52,7 @@ def test_grown_seeds_are_accepted_and_frozen(tmp_path, capsys):
     shutil.copyfile(TINY, frozen)
     text = TINY.read_text().replace(SEEDS, "  seeds: [0, 1, 5, 3]  # two more")
     exp, _, _ = _prepare(tmp_path, text)
-    assert exp.seeds == (0, 1, 5, 3) and frozen.read_text() == text
+    assert exp.finals.seeds == (0, 1, 5, 3) and frozen.read_text() == text
     assert "finals.seeds grew by [5, 3]" in capsys.readouterr().out
 
 

@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from tuner.core.loop import Progress
 from tuner.service.search.halving import SuccessiveHalving, keep_count, member_steps, rungs
 from tuner.service.search.population import PopulationSearcher, neighbours, wave_sizes
-from tuner.service.trials import member_key
+from tuner.service.trial_spec import Worker, member_key
 
 
 def test_rungs_and_counts():
@@ -52,7 +52,7 @@ def _searcher(tmp_path, **kw):
     args = dict(coords={"x=0": (0,), "x=1": (1,)}, groups=[["x=0"], ["x=1"]],
                 trials_per_cell=6, population=3, lr_low=1e-4, lr_high=1e-1,
                 metric="eval/nmse", mode="min", max_t=60, grace_period=20,
-                reduction_factor=3, study_dir=tmp_path, worker={"stage": "search"}) | kw
+                reduction_factor=3, study_dir=tmp_path, worker=Worker()) | kw
     return PopulationSearcher(cells, **args)
 
 

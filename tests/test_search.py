@@ -101,7 +101,7 @@ def test_experiment_files_may_fill_the_cluster(tmp_path):
         "  max_concurrent: 4 ", "  max_concurrent: auto ", 1)
     path = tmp_path / "auto.yaml"
     path.write_text(text)
-    assert experiment.load(str(path)).max_concurrent is None
+    assert experiment.load(str(path)).search.max_concurrent is None
 
 
 def test_outcomes_and_best_only_from_complete(tmp_path):

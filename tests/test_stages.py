@@ -8,7 +8,7 @@ import pytest
 
 from tuner.service.dirs import ExperimentDirs
 from tuner.service.search.rounds import Research, parse_research, record
-from tuner.service.stages import _set_aside_stale_finals, kept_finals
+from tuner.service.stages import kept_finals, set_aside_stale_finals
 
 CELLS = ["patch=1", "patch=4"]
 
@@ -80,11 +80,11 @@ def test_finals_of_cells_whose_rate_did_not_change_are_kept(tmp_path):
     assert kept_finals(dirs, {"patch=1": {"lr": 1.0}}) == []
     rows = [{"cell": "patch=1", "seed": 0, "lr": 1.0}, {"cell": "patch=4", "seed": 0, "lr": 2.0}]
     dirs.finals.write_text(json.dumps(rows))
-    _set_aside_stale_finals(dirs)
+    set_aside_stale_finals(dirs)
     assert kept_finals(dirs, {"patch=1": {"lr": 1.0}, "patch=4": {"lr": 3.0}}) == rows[:1]
     # a later set-aside is the one read (it holds the kept rows again)
     dirs.finals.write_text(json.dumps([rows[0], {**rows[1], "lr": 3.0}]))
-    _set_aside_stale_finals(dirs)
+    set_aside_stale_finals(dirs)
     assert kept_finals(dirs, {"patch=1": {"lr": 5.0}, "patch=4": {"lr": 3.0}}) == [
         {**rows[1], "lr": 3.0}]
 
@@ -94,7 +94,7 @@ def test_stale_finals_are_set_aside_not_lost(tmp_path):
     dirs.finals.write_text("[]")
     (tmp_path / "finals").mkdir()
     for _ in range(2):
-        _set_aside_stale_finals(dirs)
+        set_aside_stale_finals(dirs)
         dirs.finals.write_text("[]")
     assert (tmp_path / "finals-stale-1" / "finals.json").exists()
     assert (tmp_path / "finals-stale-1" / "finals").is_dir()

@@ -60,10 +60,10 @@ def test_task_experiment_smoke_runs_end_to_end(tmp_path, name):
     trials = pd.read_csv(root / "report" / "trials.csv")
     search = trials[trials.stage == "search"]
     assert set(search.cell) == set(exp.cells())
-    assert search.groupby("cell").size().eq(exp.trials_per_cell).all()
+    assert search.groupby("cell").size().eq(exp.search.trials_per_cell).all()
     finals = json.loads((root / "finals.json").read_text())
     assert sorted((r["cell"], r["seed"]) for r in finals) == sorted(
-        (c, s) for c in exp.cells() for s in exp.seeds)
+        (c, s) for c in exp.cells() for s in exp.finals.seeds)
     assert all(r["step"] == exp.max_t and not r["diverged"] for r in finals)
     task = TASKS[exp.base.task]
     assert all(f"eval/{m}" in r for r in finals for m in task.METRICS)

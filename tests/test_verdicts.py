@@ -55,7 +55,7 @@ def oracle_finals(name: str, predictor: str) -> pd.DataFrame:
     exp = experiment.load(name)
     rows = []
     for cell, over in exp.cells().items():
-        for seed in exp.seeds:
+        for seed in exp.finals.seeds:
             cfg = seed_config(replace(exp.base, **over), seed)
             kf, info, zero = _baselines(cfg.data, cfg.model.patch_size)
             err = info if predictor == "info" else zero
@@ -194,9 +194,9 @@ def test_a_cell_whose_seeds_all_diverged_is_reported_and_the_report_written(tmp_
     rows = [{"cell": cells[0], "seed": s, "lr": 1e-3, **exp.cells()[cells[0]], "step": 60,
              "diverged": False, "eval/nmse": 1.1 + 0.01 * s, "eval/nmse_info": 1.05 + 0.01 * s,
              "eval/skill_info": 0.6 + 0.01 * s, "eval/skill": 0.5, "eval/info_cost": 1.0,
-             "eval/score_t+1": 1.2, "eval/score_se_t+1": 0.01} for s in exp.seeds]
+             "eval/score_t+1": 1.2, "eval/score_se_t+1": 0.01} for s in exp.finals.seeds]
     rows += [{"cell": cells[1], "seed": s, "lr": 1e-3, **exp.cells()[cells[1]], "step": 40,
-              "diverged": True} for s in exp.seeds]
+              "diverged": True} for s in exp.finals.seeds]
     search = pd.DataFrame([{"cell": c, "number": 0, "state": "COMPLETE", "diverged": False}
                            for c in cells])
     best = {c: {"lr": 1e-3, "value": 1.1} for c in cells}
@@ -273,7 +273,7 @@ def test_power_formula_matches_a_monte_carlo_of_the_judge():
          for s, z in enumerate((-1.0, 0.0, 1.0))]), "m")  # sample sd of (-1, 0, 1) * sd = sd
     coefs = verdicts.effect_coefs(table, claim.effect_axis, claim.axis)
     lo, hi = coefs
-    change = verdicts.contrast(table, verdicts._minus(coefs[hi], coefs[lo]))
+    change = verdicts.contrast(table, verdicts.coef_difference(coefs[hi], coefs[lo]))
     assert change.sd == pytest.approx(sd, rel=1e-9)
     c = np.array([change.coef[cell] for cell in cells])
     s = np.array([sd[cell] for cell in cells])
@@ -362,7 +362,7 @@ def test_an_inconclusive_claim_says_how_many_seeds_would_settle_it(tmp_path):
     rows = [{"cell": cell, "seed": s, "lr": 1e-3, **over, "step": 60, "diverged": False,
              "eval/nmse": 1.1 + 0.01 * over["model.patch_size"] + 0.03 * (s - 0.5),
              "eval/skill_info": 0.6, "eval/nmse_info": 1.0, "eval/skill": 0.5,
-             "eval/info_cost": 1.0} for cell, over in cells.items() for s in exp.seeds]
+             "eval/info_cost": 1.0} for cell, over in cells.items() for s in exp.finals.seeds]
     for i, cell in enumerate(cells):
         trial = tmp_path / "finals" / f"trial_{i}"
         trial.mkdir(parents=True)

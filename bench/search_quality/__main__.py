@@ -91,9 +91,9 @@ def simulated(truth: dict, exp, draws: int = 200) -> pd.DataFrame:
         means = [np.mean(f) for f in d["finals"]]
         regrets, computes = [], []
         for _ in range(draws):
-            rungs = CellRungs(exp.grace_period, exp.max_t, exp.reduction_factor)
+            rungs = CellRungs(exp.asha.grace_period, exp.max_t, exp.asha.reduction_factor)
             picks, spent = [], 0
-            for i in rng.integers(0, n, exp.trials_per_cell):
+            for i in rng.integers(0, n, exp.search.trials_per_cell):
                 curve = {int(s): v for s, v in d["search"][i].items()}
                 last = 0
                 for s in sorted(curve):
@@ -142,7 +142,7 @@ def run_policy(name: str, out: Path, truth: dict, exp) -> tuple[pd.DataFrame, fl
     rows = []
     n = len(truth["rates"]) - 1
     for cell in truth["cells"]:
-        mine = finals[finals.cell == cell][exp.metric].mean()
+        mine = finals[finals.cell == cell][exp.asha.metric].mean()
         spent = trials[trials.cell == cell].last_step.fillna(0).sum()
         rows.append({"policy": name, "cell": cell, "regret": mine / _best_mean(truth, cell) - 1,
                      "compute": spent / (n * exp.max_t)})

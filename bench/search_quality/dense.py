@@ -19,8 +19,8 @@ from tuner.service.trials import trial_config
 
 def grid_rates(exp: Experiment, n: int) -> list[float]:
     """``n`` log-spaced rates over the range, and its geometric middle (the fixed-rate policy)."""
-    rates = list(np.geomspace(exp.lr_low, exp.lr_high, n))
-    return [float(r) for r in rates] + [math.sqrt(exp.lr_low * exp.lr_high)]
+    rates = list(np.geomspace(exp.search.lr_low, exp.search.lr_high, n))
+    return [float(r) for r in rates] + [math.sqrt(exp.search.lr_low * exp.search.lr_high)]
 
 
 def _run(configs, metric: str) -> list[dict[int, float]]:
@@ -39,14 +39,14 @@ def _run(configs, metric: str) -> list[dict[int, float]]:
 def dense(exp: Experiment, n_rates: int) -> dict[str, Any]:
     """Per cell: the rates, the search run's curve per rate, the finals' final value per rate
     and seed."""
-    out: dict[str, Any] = {"rates": grid_rates(exp, n_rates), "metric": exp.metric,
-                           "seeds": list(exp.seeds), "cells": {}}
+    out: dict[str, Any] = {"rates": grid_rates(exp, n_rates), "metric": exp.asha.metric,
+                           "seeds": list(exp.finals.seeds), "cells": {}}
     for cell, over in exp.cells().items():
         base = [trial_config(exp.base, {"overrides": over, "lr": lr}) for lr in out["rates"]]
         search = _run([replace(search_config(c), **{"train.diagnostics_every": 0}) for c in base],
-                      exp.metric)
-        finals = _run([seed_config(c, s) for c in base for s in exp.seeds], exp.metric)
-        k = len(exp.seeds)
+                      exp.asha.metric)
+        finals = _run([seed_config(c, s) for c in base for s in exp.finals.seeds], exp.asha.metric)
+        k = len(exp.finals.seeds)
         out["cells"][cell] = {
             "search": [{str(s): v for s, v in c.items()} for c in search],
             "finals": [[finals[i * k + j].get(exp.max_t, math.nan) for j in range(k)]

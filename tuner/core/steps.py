@@ -103,8 +103,10 @@ def lr_multiplier(step: jax.Array, hp: HParams) -> jax.Array:
     return jnp.where(s < hp.warmup_steps, warm, 1.0 - hp.cosine * (1.0 - cosine))
 
 
-def _one_step(spec: StepSpec, task, hp: HParams, state: TrainState
+def one_step(spec: StepSpec, task, hp: HParams, state: TrainState
               ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step on a fresh batch (a pure function of the state's data key and step):
+    the body every scanned training loop repeats."""
     step_key = jax.random.fold_in(state.data_key, state.step)
     batch = task.sample(step_key, spec.batch_size)
     # dropout (where a model has it) draws from (data_key, step) too, so a resume is exact
@@ -147,7 +149,7 @@ def _accumulated(loss_fn, params, batch, rngs, n_micro: int):
 
 def _train_steps(state: TrainState, task, hp: HParams, spec: StepSpec, n_steps: int
                  ) -> tuple[TrainState, dict[str, jax.Array]]:
-    state, metrics = jax.lax.scan(lambda s, _: _one_step(spec, task, hp, s), state, None,
+    state, metrics = jax.lax.scan(lambda s, _: one_step(spec, task, hp, s), state, None,
                                   length=n_steps)
     return state, {k: v.mean() for k, v in metrics.items()} | {"last_loss": metrics["loss"][-1]}
 

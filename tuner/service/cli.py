@@ -112,7 +112,7 @@ def _check_local_resources(exp) -> None:
     import ray
 
     have = ray.cluster_resources()
-    for key, need in (("CPU", exp.cpus_per_trial), ("GPU", exp.gpus_per_trial)):
+    for key, need in (("CPU", exp.resources.cpus_per_trial), ("GPU", exp.resources.gpus_per_trial)):
         if need > have.get(key, 0):
             ray.shutdown()
             raise UsageError(f"{exp.path}: resources.{key.lower()}s_per_trial={need:g} but this "

@@ -7,6 +7,8 @@ min/max convention lives in one place (as Ray Tune's ``_metric_op`` does for its
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Any
 
 MODES = ("min", "max")
 
@@ -32,3 +34,12 @@ class Objective:
     def direction(self) -> str:
         """Optuna's name for the mode."""
         return "maximize" if self.mode == "max" else "minimize"
+
+
+def is_finite(value: Any) -> bool:
+    """Whether a reported value counts: a finite number (not None, NaN, inf or text). Diverged
+    and failed trials report none of these, and no comparison may take them for a result."""
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False

@@ -49,7 +49,7 @@ def accepted(frozen: Path, new: Path, smoke: bool) -> tuple[int, ...] | None:
         return None
     if _without(old_data, path) != _without(new_data, path):
         return None
-    old, grown = old_exp.seeds, new_exp.seeds
+    old, grown = old_exp.finals.seeds, new_exp.finals.seeds
     if not set(old) < set(grown):
         return None
     return tuple(s for s in grown if s not in old)

@@ -16,7 +16,7 @@ from tuner.service.trials import trial_config
 
 def shapes(exp: Experiment) -> dict[str, list[str]]:
     """Shape name (its first cell) -> the cells that compile to the same programs."""
-    lr = math.sqrt(exp.lr_low * exp.lr_high)
+    lr = math.sqrt(exp.search.lr_low * exp.search.lr_high)
     groups: dict[Any, list[str]] = {}
     for cell, over in exp.cells().items():
         run = Run(search_config(trial_config(exp.base, {"overrides": over, "lr": lr})))

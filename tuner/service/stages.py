@@ -26,14 +26,14 @@ from tuner.service.dirs import ExperimentDirs
 from tuner.service.experiment import Experiment
 from tuner.service.files import read_json, write_json
 from tuner.service.folder_check import REMEDY
-from tuner.service.objective import Objective
 from tuner.service.search import rounds
 from tuner.service.search.population import PopulationSearcher, wave_sizes
 from tuner.service.search.rounds import SearchRound
 from tuner.service.search.scheduler import PerCellScheduler
 from tuner.service.search.searcher import PerCellSearcher
 from tuner.service.status import StatusFile
-from tuner.service.trials import seed_key, train_cell_finals, train_population_trial, train_trial
+from tuner.service.trial_spec import Worker, final_spec, search_template, seed_key
+from tuner.service.trials import train_cell_finals, train_population_trial, train_trial
 from tuner.service.wandb_logging import make_callback
 
 TIME_ATTR = "step"
@@ -66,7 +66,7 @@ def trainable(exp: Experiment, fn=train_trial):
     named by what it trains in the Ray dashboard (:mod:`tuner.service.trial_names`)."""
     bound = trial_names.named(tune.with_parameters(fn, base=exp.base), exp.name,
                               reused=reuse_actors())
-    return tune.with_resources(bound, {"cpu": exp.cpus_per_trial, "gpu": exp.gpus_per_trial})
+    return tune.with_resources(bound, exp.resources.ray)
 
 
 def _run_config(exp: Experiment, dirs: ExperimentDirs, name: str, status: StatusFile,
@@ -76,7 +76,7 @@ def _run_config(exp: Experiment, dirs: ExperimentDirs, name: str, status: Status
     # (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, set by tuner.service.cli, keeps Tune from adding it)
     callbacks = [status, CSVLoggerCallback(), JsonLoggerCallback()]
     if wandb:
-        callbacks.append(make_callback(exp.wandb_project, exp.name, dirs.wandb))
+        callbacks.append(make_callback(exp.wandb.project, exp.name, dirs.wandb))
     return tune.RunConfig(
         storage_path=str(dirs.root), name=name, callbacks=callbacks, verbose=1,
         # two: the checkpoint that Tune's last snapshot names survives until the next snapshot
@@ -88,18 +88,26 @@ def _run_config(exp: Experiment, dirs: ExperimentDirs, name: str, status: Status
     )
 
 
-def worker_settings(exp: Experiment, dirs: ExperimentDirs) -> dict[str, Any]:
+def worker(exp: Experiment, dirs: ExperimentDirs) -> Worker:
     """What a trial's process must set up before JAX starts (see tuner.service.trials)."""
-    return {"jax_cache_dir": str(dirs.jax_cache), "gpu_fraction": exp.gpus_per_trial}
+    return Worker(str(dirs.jax_cache), exp.resources.gpus_per_trial)
+
+
+def _cluster_cap(exp: Experiment) -> ClusterConcurrency | None:
+    """With ``max_concurrent: auto``, the cap on running trials the cluster's resources set."""
+    r = exp.resources
+    return ClusterConcurrency(r.cpus_per_trial, r.gpus_per_trial) \
+        if exp.search.auto_concurrency else None
 
 
 def first_round(exp: Experiment, dirs: ExperimentDirs) -> SearchRound:
-    return SearchRound("search", exp.cells(), exp.lr_low, exp.lr_high, dirs.studies)
+    return SearchRound("search", exp.cells(), exp.search.lr_low, exp.search.lr_high,
+                       dirs.studies)
 
 
 def search_trainable(exp: Experiment):
     """The search's trainable: population trials where ``search.population`` > 1."""
-    return trainable(exp, train_population_trial if exp.population > 1 else train_trial)
+    return trainable(exp, train_population_trial if exp.search.population > 1 else train_trial)
 
 
 def build_population_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound
@@ -108,19 +116,18 @@ def build_population_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRo
     where ``search.share_program`` says so."""
     coords = {cell: tuple(exp.grid[axis].index(v) for axis, v in over.items())
               for cell, over in exp.cells().items() if cell in rnd.cells}
-    if exp.share_program:
+    if exp.search.share_program:
         from tuner.service.shapes import shapes
 
         groups = [[c for c in cells if c in rnd.cells] for cells in shapes(exp).values()]
         groups = [g for g in groups if g]
     else:
         groups = [[c] for c in rnd.cells]
-    auto = exp.max_concurrent is None
+    s, a = exp.search, exp.asha
     return PopulationSearcher(
-        rnd.cells, coords, groups, exp.trials_per_cell, exp.population, rnd.lr_low, rnd.lr_high,
-        exp.metric, exp.mode, exp.max_t, exp.grace_period, exp.reduction_factor, rnd.study_dir,
-        {"stage": "search", **worker_settings(exp, dirs)}, seed=0,
-        max_running=ClusterConcurrency(exp.cpus_per_trial, exp.gpus_per_trial) if auto else None)
+        rnd.cells, coords, groups, s.trials_per_cell, s.population, rnd.lr_low, rnd.lr_high,
+        a.metric, a.mode, a.max_t, a.grace_period, a.reduction_factor, rnd.study_dir,
+        worker(exp, dirs), seed=0, max_running=_cluster_cap(exp))
 
 
 def build_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound | None = None
@@ -128,21 +135,19 @@ def build_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound | None 
     """The searcher/scheduler pair; the searcher saves the scheduler's rungs in its snapshots.
     A population search has no Tune scheduler: its trials halve their members themselves."""
     rnd = rnd or first_round(exp, dirs)
-    if exp.population > 1:
+    if exp.search.population > 1:
         return build_population_search(exp, dirs, rnd), None
-    scheduler = PerCellScheduler(metric=exp.metric, mode=exp.mode, time_attr=TIME_ATTR,
-                                 max_t=exp.max_t, grace_period=exp.grace_period,
-                                 reduction_factor=exp.reduction_factor)
-    cells = {cell: {"stage": "search", "overrides": over, **worker_settings(exp, dirs)}
-             for cell, over in rnd.cells.items()}
-    auto = exp.max_concurrent is None
-    searcher = PerCellSearcher(cells, exp.trials_per_cell, rnd.lr_low, rnd.lr_high,
-                               metric=exp.metric, mode=exp.mode, time_attr=TIME_ATTR,
-                               max_t=exp.max_t, study_dir=rnd.study_dir, seed=0,
-                               scheduler=scheduler,
-                               max_running=ClusterConcurrency(exp.cpus_per_trial,
-                                                              exp.gpus_per_trial) if auto else None,
-                               per_cell_running=per_cell_cap(exp.trials_per_cell) if auto else None)
+    s, a = exp.search, exp.asha
+    scheduler = PerCellScheduler(metric=a.metric, mode=a.mode, time_attr=TIME_ATTR,
+                                 max_t=a.max_t, grace_period=a.grace_period,
+                                 reduction_factor=a.reduction_factor)
+    cells = {cell: search_template(over, worker(exp, dirs)) for cell, over in rnd.cells.items()}
+    searcher = PerCellSearcher(cells, s.trials_per_cell, rnd.lr_low, rnd.lr_high,
+                               metric=a.metric, mode=a.mode, time_attr=TIME_ATTR,
+                               max_t=a.max_t, study_dir=rnd.study_dir, seed=0,
+                               scheduler=scheduler, max_running=_cluster_cap(exp),
+                               per_cell_running=per_cell_cap(s.trials_per_cell)
+                               if s.auto_concurrency else None)
     return searcher, scheduler
 
 
@@ -158,20 +163,20 @@ def _run_round(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound, wandb: b
     else:
         searcher, scheduler = build_search(exp, dirs, rnd)
         # a population trial holds a whole wave of a cell: a cell is done after its waves
-        per_cell = (len(wave_sizes(exp.trials_per_cell, exp.population)) if exp.population > 1
-                    else exp.trials_per_cell)
-        status = StatusFile(dirs.status, rnd.name, list(rnd.cells), per_cell, exp.metric,
-                            exp.mode)
+        s = exp.search
+        per_cell = (len(wave_sizes(s.trials_per_cell, s.population)) if s.population > 1
+                    else s.trials_per_cell)
+        status = StatusFile(dirs.status, rnd.name, list(rnd.cells), per_cell, exp.objective)
         tuner = tune.Tuner(
             search_trainable(exp),
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                        num_samples=-1, max_concurrent_trials=exp.max_concurrent,
+                                        num_samples=-1, max_concurrent_trials=s.max_concurrent,
                                         reuse_actors=reuse_actors()),
             run_config=_run_config(exp, dirs, rnd.name, status, wandb))
     results = tuner.fit()
     searcher, _ = build_search(exp, dirs, rnd)
     searcher.restore_from_dir(str(path))
-    _check_search_finished(rnd, results, searcher, exp.trials_per_cell)
+    _check_search_finished(rnd, results, searcher, exp.search.trials_per_cell)
     return searcher
 
 
@@ -191,7 +196,7 @@ def _check_search_finished(rnd: SearchRound, results, searcher: PerCellSearcher,
 
 
 def _better(exp: Experiment, a: dict, b: dict | None) -> bool:
-    return Objective(exp.metric, exp.mode).better(a["value"], None if b is None else b["value"])
+    return exp.objective.better(a["value"], None if b is None else b["value"])
 
 
 class SearchFailed(Exception):
@@ -212,7 +217,7 @@ def run_search(exp: Experiment, dirs: ExperimentDirs, wandb: bool = True,
         return read_json(dirs.best, REMEDY[dirs.best.name])
     first = first_round(exp, dirs)
     searcher = _run_round(exp, dirs, first, wandb)
-    best = {c: b and {**b, "range": [exp.lr_low, exp.lr_high], "round": first.name}
+    best = {c: b and {**b, "range": [exp.search.lr_low, exp.search.lr_high], "round": first.name}
             for c, b in searcher.best_per_cell().items()}
     frames = [searcher.trials_dataframe().assign(round=first.name)]
 
@@ -224,8 +229,8 @@ def run_search(exp: Experiment, dirs: ExperimentDirs, wandb: bool = True,
         frames.append(found.trials_dataframe().assign(round=rnd.name))
 
     if options.widen_edges:
-        half_span = math.sqrt(exp.lr_high / exp.lr_low)
-        for edge, center in (("low", exp.lr_low), ("high", exp.lr_high)):
+        half_span = math.sqrt(exp.search.lr_high / exp.search.lr_low)
+        for edge, center in (("low", exp.search.lr_low), ("high", exp.search.lr_high)):
             cells = {c: over for c, over in exp.cells().items()
                      if (best[c] and best[c]["at_edge"] == edge)
                      or (best[c] is None and edge == "low")}  # all diverged: try lower
@@ -253,7 +258,7 @@ def _stale_finals(dirs: ExperimentDirs, n: int) -> Path:
     return dirs.stale_finals(n)
 
 
-def _set_aside_stale_finals(dirs: ExperimentDirs) -> None:
+def set_aside_stale_finals(dirs: ExperimentDirs) -> None:
     """Moves finals that trained rates the search no longer picks (it was widened or a cell
     re-searched) to ``finals-stale-<n>/``, so the finals run again at the current best rates."""
     n = 1
@@ -286,8 +291,7 @@ def final_specs(exp: Experiment, best: dict[str, Any], dirs: ExperimentDirs,
                 skip: Sequence[str] = ()) -> list[dict]:
     """One trial spec per cell (but ``skip``): all of the experiment's seeds at the cell's best
     learning rate, trained as one vmapped program (``tuner.service.trials.train_cell_finals``)."""
-    return [{"stage": "final", "cell": cell, "lr": best[cell]["lr"], "seeds": list(exp.seeds),
-             "overrides": over, **worker_settings(exp, dirs)}
+    return [final_spec(cell, best[cell]["lr"], exp.finals.seeds, over, worker(exp, dirs))
             for cell, over in exp.cells().items() if cell not in skip]
 
 
@@ -316,7 +320,7 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
         rows = read_json(dirs.finals, REMEDY[dirs.finals.name])
         if all(r["lr"] == best[r["cell"]]["lr"] for r in rows):
             return _add_seeds(exp, dirs, best, rows, wandb)
-        _set_aside_stale_finals(dirs)  # widened or re-searched after these finals ran
+        set_aside_stale_finals(dirs)  # widened or re-searched after these finals ran
     kept = kept_finals(dirs, best)
     skip = sorted({r["cell"] for r in kept})
     if skip:
@@ -329,11 +333,11 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
         tuner = tune.Tuner.restore(str(path), finals_trainable, resume_errored=True)
     else:
         status = StatusFile(dirs.status, "finals", [c for c in exp.cells() if c not in skip], 1,
-                            exp.metric, exp.mode)
+                            exp.objective)
         tuner = tune.Tuner(
             finals_trainable,
             param_space={"final": tune.grid_search(final_specs(exp, best, dirs, skip))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=exp.max_concurrent,
+            tune_config=tune.TuneConfig(max_concurrent_trials=exp.search.max_concurrent,
                                         reuse_actors=reuse_actors()),
             run_config=_run_config(exp, dirs, "finals", status, wandb))
     results = tuner.fit()
@@ -357,7 +361,7 @@ def _add_seeds(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any], rows
     only those train, in their own Tune run; their rows join ``finals.json``, the old rows
     kept as they were."""
     done = {(r["cell"], r["seed"]) for r in rows}
-    todo = {c: [s for s in exp.seeds if (c, s) not in done] for c in exp.cells()}
+    todo = {c: [s for s in exp.finals.seeds if (c, s) not in done] for c in exp.cells()}
     todo = {c: seeds for c, seeds in todo.items() if seeds}
     if not todo:
         return rows
@@ -371,10 +375,10 @@ def _add_seeds(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any], rows
     else:
         specs = [{**spec, "seeds": todo[spec["cell"]]}
                  for spec in final_specs(exp, best, dirs) if spec["cell"] in todo]
-        status = StatusFile(dirs.status, "finals", list(todo), 1, exp.metric, exp.mode)
+        status = StatusFile(dirs.status, "finals", list(todo), 1, exp.objective)
         tuner = tune.Tuner(
             finals_trainable, param_space={"final": tune.grid_search(specs)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=exp.max_concurrent,
+            tune_config=tune.TuneConfig(max_concurrent_trials=exp.search.max_concurrent,
                                         reuse_actors=True),
             run_config=_run_config(exp, dirs, name, status, wandb))
     results = tuner.fit()

@@ -18,23 +18,27 @@ from ray.tune import Callback
 from tuner.service.files import write_json
 from tuner.service.objective import Objective
 from tuner.service.service_metrics import ServiceMetrics
-from tuner.service.trial_spec import TrialSpec
-from tuner.service.trials import member_key
+from tuner.service.trial_spec import TrialSpec, member_key
 
 
 class StatusFile(Callback):
     """Tune callback; ``on_step_end`` (driver loop) and ``on_experiment_end`` write the file."""
 
     def __init__(self, path: str | Path, stage: str, cells: list[str], per_cell: int,
-                 metric: str, mode: str, every_s: float = 2.0):
+                 objective: Objective, every_s: float = 2.0):
         self.path = Path(path)
         self.stage, self.cells, self.per_cell = stage, list(cells), per_cell
-        self.metric, self.mode, self.every_s = metric, mode, every_s
+        self.objective, self.every_s = objective, every_s
         self._last = 0.0
         self._metrics: ServiceMetrics | None = None  # made in the driver at the first write
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the run
         return {**self.__dict__, "_metrics": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "objective" not in state:  # pickled by a version that kept metric and mode apart
+            state["objective"] = Objective(state.pop("metric"), state.pop("mode"))
+        self.__dict__.update(state)
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         if time.monotonic() - self._last >= self.every_s:
@@ -47,7 +51,7 @@ class StatusFile(Callback):
         self._last = time.monotonic()
         per_cell = {c: {"running": 0, "finished": 0, "errored": 0, "best_so_far": None}
                     for c in self.cells}
-        objective = Objective(self.metric, self.mode)
+        objective = self.objective
         for t in trials:
             spec = TrialSpec.of(t.config)
             key = {"RUNNING": "running", "TERMINATED": "finished", "ERROR": "errored"}.get(
@@ -58,8 +62,8 @@ class StatusFile(Callback):
                                                           "errored": 0, "best_so_far": None})
                 if key:  # a population counts once in each of its cells
                     entry[key] += member.cell not in [m.cell for m in spec.members[:j]]
-                value = result.get(member_key(j, self.metric) if spec.is_population
-                                   else self.metric)
+                value = result.get(member_key(j, self.objective.metric) if spec.is_population
+                                   else self.objective.metric)
                 best = entry["best_so_far"]
                 if isinstance(value, int | float) and math.isfinite(value) and objective.better(
                         value, None if best is None else best["value"]):
@@ -67,11 +71,11 @@ class StatusFile(Callback):
                                             "step": result.get("step")}
         done = sum(e["finished"] + e["errored"] >= self.per_cell for e in per_cell.values())
         status = {"stage": self.stage, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                  "metric": self.metric, "cells_total": len(per_cell), "cells_done": done,
+                  "metric": self.objective.metric, "cells_total": len(per_cell), "cells_done": done,
                   "trials_running": sum(e["running"] for e in per_cell.values()),
                   "trials_finished": sum(e["finished"] for e in per_cell.values()),
                   "cells": per_cell}
         write_json(self.path, status)
         if self._metrics is None:  # the experiment folder is named after the experiment
-            self._metrics = ServiceMetrics(self.path.parent.name, self.stage, self.metric)
+            self._metrics = ServiceMetrics(self.path.parent.name, self.stage, self.objective.metric)
         self._metrics.update(per_cell)

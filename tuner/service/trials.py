@@ -27,6 +27,7 @@ from tuner.core.config import RunConfig, replace
 from tuner.core.loop import DivergedError, Progress, Run, SeedRuns, seed_state, train_seeds
 from tuner.core.seeds import get_field, search_config, system_seed_field
 from tuner.service.objective import Objective
+from tuner.service.trial_spec import TrialSpec, Worker, member_key, overrides, seed_key
 
 
 def trial_config(base: RunConfig, config: dict[str, Any]) -> RunConfig:
@@ -35,16 +36,17 @@ def trial_config(base: RunConfig, config: dict[str, Any]) -> RunConfig:
     Search trials then take :func:`tuner.core.seeds.search_config` and finals
     :func:`tuner.core.seeds.seed_config` per seed (seeds and systems disjoint between the two).
     """
-    return replace(base, **config["overrides"], **{"train.lr": float(config["lr"])})
+    return replace(base, **overrides(config), **{"train.lr": float(config["lr"])})
 
 
 def prepare_worker(config: dict[str, Any]) -> None:
     """Per-process JAX settings, before the first JAX computation of the worker: the GPU
     memory share of a fractional-GPU trial and the experiment's compilation cache."""
-    if config.get("gpu_fraction"):
-        gpu_share.configure(float(config["gpu_fraction"]))
-    if config.get("jax_cache_dir"):
-        compile_cache.enable(config["jax_cache_dir"])
+    worker = Worker.of(config)
+    if worker.gpu_fraction:
+        gpu_share.configure(worker.gpu_fraction)
+    if worker.jax_cache_dir:
+        compile_cache.enable(worker.jax_cache_dir)
 
 
 def train_trial(config: dict[str, Any], base: RunConfig) -> None:
@@ -75,23 +77,12 @@ def train_trial(config: dict[str, Any], base: RunConfig) -> None:
                      **dict.fromkeys(metric_names(cfg.task), math.nan)})
 
 
-def member_key(index: int, key: str) -> str:
-    """Result key of member ``index``'s value in a population trial (``member_3/eval/nmse``)."""
-    return f"member_{index}/{key}"
-
-
-def part(result: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """The entries of ``result`` under ``prefix`` (:func:`member_key` or :func:`seed_key` with
-    an empty key), the prefix stripped: what one member or one seed reported."""
-    return {k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)}
-
-
 def population_configs(base: RunConfig, config: dict[str, Any]) -> list[RunConfig]:
     """Each member's search run: its cell's settings at its rate, diagnostics off (as
     :func:`train_trial`)."""
-    return [replace(search_config(trial_config(base, {"overrides": config["cells"][m["cell"]],
-                                                      "lr": m["lr"]})),
-                    **{"train.diagnostics_every": 0}) for m in config["members"]]
+    return [replace(search_config(replace(base, **overrides(config, m.cell),
+                                          **{"train.lr": m.lr})),
+                    **{"train.diagnostics_every": 0}) for m in TrialSpec.of(config).members]
 
 
 def train_population_trial(config: dict[str, Any], base: RunConfig) -> None:
@@ -142,11 +133,6 @@ def train_population_trial(config: dict[str, Any], base: RunConfig) -> None:
         _report(tune, result, sts, prog)
 
     train_population(pop, on_eval, halve, states=states, progress=progress, compact=compact)
-
-
-def seed_key(seed: int, metric: str) -> str:
-    """Result key of one seed's metric in a finals trial (``seed_1/eval/nmse``)."""
-    return f"seed_{seed}/{metric}"
 
 
 def train_cell_finals(config: dict[str, Any], base: RunConfig) -> None:

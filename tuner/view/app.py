@@ -21,6 +21,7 @@ from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 from bokeh.transform import dodge
 
+from tuner.service.objective import is_finite
 from tuner.view import load
 
 PLOT = {"height": 420, "sizing_mode": "stretch_width"}
@@ -139,7 +140,7 @@ class Viewer:
             self.lr_cells.value = [c for c in self.lr_cells.value if c in cells] or cells
         metrics = load.curve_metrics(folder, load.curves(folder))
         if metrics != self.metric.options:
-            value = self.metric.value if self.metric.value in metrics else folder.exp.metric
+            value = self.metric.value if self.metric.value in metrics else folder.exp.asha.metric
             self.metric.options = metrics
             self.metric.value = value if value in metrics else (metrics[:1] or [None])[0]
         final_metrics = sorted({c for f in self.folders.values() for c in load.finals(f).columns
@@ -148,7 +149,7 @@ class Viewer:
             keep = self.compare_metric.value
             self.compare_metric.options = final_metrics
             self.compare_metric.value = keep if keep in final_metrics else (
-                folder.exp.metric if folder.exp.metric in final_metrics
+                folder.exp.asha.metric if folder.exp.asha.metric in final_metrics
                 else (final_metrics[:1] or [None])[0])
         axes = list(dict.fromkeys(a for f in self.folders.values() for a in f.exp.grid))
         if axes != self.compare_axis.options:
@@ -258,7 +259,7 @@ class Viewer:
         """The searched metric against the rate, every search trial at the last rung it
         reached (marker: how it ended), the chosen rate (star), the finals' mean ± sd at it and
         the searched range's edges; the picked cells overlaid, one colour each."""
-        folder, metric = self.folder, self.folder.exp.metric
+        folder, metric = self.folder, self.folder.exp.asha.metric
         table = load.landscape(folder)
         table = table[table.cell.isin(self.lr_cells.value)]
         picks = load.chosen(folder).set_index("cell")
@@ -292,7 +293,7 @@ class Viewer:
                 for edge in (low, high):
                     fig.add_layout(Span(location=edge, dimension="height", line_dash="dotted",
                                         line_color="gray"))
-            if p.lr is None or not load._finite(p.lr):
+            if p.lr is None or not is_finite(p.lr):
                 continue
             what = "chosen" if p.final else "best so far"
             fig.scatter([float(p.lr)], [float(p.value)], marker="star", size=20,

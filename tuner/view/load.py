@@ -23,10 +23,10 @@ import pandas as pd
 from data.registry import TASKS, metric_mode
 from tuner.service import experiment
 from tuner.service.dirs import ExperimentDirs
+from tuner.service.objective import is_finite
 from tuner.service.report.verdicts import finished
 from tuner.service.search.study import DIVERGED_ATTR, TUNE_ID_ATTR
-from tuner.service.trial_spec import TrialSpec
-from tuner.service.trials import member_key, part, seed_key
+from tuner.service.trial_spec import TrialSpec, member_key, part, seed_key
 
 SEARCH_ROUNDS = ("search", "search_wider_low", "search_wider_high")  # tuner.service.stages
 TRIAL_COLUMNS = ["cell", "round", "number", "lr", "state", "value", "last_step", "diverged",
@@ -224,8 +224,8 @@ def best_lr(folder: Folder) -> pd.DataFrame:
                          "at_edge": b and b.get("at_edge"), "final": True})
         return pd.DataFrame(rows)
     trials = search_trials(folder)
-    done = trials[(trials.state == "COMPLETE") & trials.value.map(_finite)]
-    sign = 1 if folder.exp.mode == "min" else -1
+    done = trials[(trials.state == "COMPLETE") & trials.value.map(is_finite)]
+    sign = 1 if folder.exp.asha.mode == "min" else -1
     for cell, group in done.groupby("cell", sort=False):
         b = group.loc[(sign * group.value.astype(float)).idxmin()]
         rows.append({"cell": cell, "best lr": b.lr, "value": b.value, "at_edge": None,
@@ -249,15 +249,15 @@ def cells(folder: Folder) -> pd.DataFrame:
         b = best.loc[cell] if cell in best.index else None
         row = {"cell": cell, **over,
                "best lr": None if b is None else b["best lr"],
-               f"search {exp.metric}": None if b is None else b["value"],
+               f"search {exp.asha.metric}": None if b is None else b["value"],
                "chosen": "" if b is None else ("yes" if b["final"] else "so far"),
                "edge": "" if b is None or not b["at_edge"] else b["at_edge"],
                "trials (done/pruned/diverged/failed/running)":
                    f"{st.get('COMPLETE', 0)}/{st.get('PRUNED', 0) - div}/{div}/"
                    f"{st.get('FAIL', 0)}/{live.get(cell, {}).get('running', 0)}"}
         of_final = ok[ok.cell == cell] if len(ok) else ok
-        if exp.metric in of_final:
-            row[f"finals {exp.metric}"] = _mean_sd(of_final[exp.metric])
+        if exp.asha.metric in of_final:
+            row[f"finals {exp.asha.metric}"] = _mean_sd(of_final[exp.asha.metric])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -305,7 +305,7 @@ def landscape(folder: Folder) -> pd.DataFrame:
     """
     trials = search_trials(folder)
     reports = _last_reports(folder)
-    metric = folder.exp.metric
+    metric = folder.exp.asha.metric
     rows = []
     for t in trials.itertuples(index=False):
         kind = _kind(t.state, t.diverged)
@@ -314,10 +314,10 @@ def landscape(folder: Folder) -> pd.DataFrame:
         value, step = t.value, t.last_step
         if kind in ("diverged", "failed"):
             value = math.nan
-        elif not _finite(value):
+        elif not is_finite(value):
             value, step = latest.get(metric, math.nan), latest.get("step", step)
         rows.append({"cell": t.cell, "round": t.round, "number": t.number, "lr": t.lr,
-                     "kind": kind, "value": float(value) if _finite(value) else math.nan,
+                     "kind": kind, "value": float(value) if is_finite(value) else math.nan,
                      "step": step, "tune_trial_id": t.tune_trial_id})
     return pd.DataFrame(rows, columns=LANDSCAPE_COLUMNS)
 
@@ -330,17 +330,17 @@ def chosen(folder: Folder) -> pd.DataFrame:
     saved = folder.cache.get(folder.dirs.best, _json) or {}
     fin = finals(folder)
     ok = finished(fin) if len(fin) else fin
-    metric, exp = folder.exp.metric, folder.exp
+    metric, exp = folder.exp.asha.metric, folder.exp
     rows = []
     for cell in exp.cells():
         b = best.loc[cell] if cell in best.index else None
-        ranges = [(exp.lr_low, exp.lr_high)]
+        ranges = [(exp.search.lr_low, exp.search.lr_high)]
         extra = (saved.get(cell) or {}).get("range")
         if extra and tuple(extra) not in ranges:
             ranges.append(tuple(extra))
         vals = (ok.loc[ok.cell == cell, metric].astype(float)
                 if len(ok) and metric in ok else pd.Series(dtype=float))
-        vals = vals[vals.map(_finite)]
+        vals = vals[vals.map(is_finite)]
         rows.append({"cell": cell, "lr": None if b is None else b["best lr"],
                      "value": None if b is None else b["value"],
                      "final": False if b is None else bool(b["final"]),
@@ -359,7 +359,7 @@ def rate_map(folder: Folder) -> pd.DataFrame:
     saved = folder.cache.get(folder.dirs.best, _json)
     if saved is None:
         saved = {r.cell: {"lr": r.lr, "at_edge": None} for r in chosen(folder).itertuples()
-                 if r.lr is not None and _finite(r.lr)}
+                 if r.lr is not None and is_finite(r.lr)}
     return lr_map.table(folder.exp.grid, folder.exp.cells(), saved)
 
 
@@ -459,13 +459,13 @@ def curve_metrics(folder: Folder, table: pd.DataFrame) -> list[str]:
     prefixes = [] if folder.curve is None else [folder.curve["prefix"], folder.curve["se_prefix"]]
     names = [c for c in table.columns if (c.startswith("eval/") or c in _CURVE_EXTRA)
              and not any(c.startswith(p) for p in prefixes) and table[c].notna().any()]
-    return sorted(names, key=lambda c: (c != folder.exp.metric, not c.startswith("eval/"), c))
+    return sorted(names, key=lambda c: (c != folder.exp.asha.metric, not c.startswith("eval/"), c))
 
 
 def log_scale_fits(values: pd.Series) -> bool:
     """A log axis where a metric is positive and spans a decade or more (losses, nmse)."""
     v = pd.to_numeric(values, errors="coerce")
-    v = v[v.map(_finite)]
+    v = v[v.map(is_finite)]
     return bool(len(v)) and bool((v > 0).all()) and v.max() / v.min() >= 10
 
 
@@ -510,7 +510,7 @@ def rollouts(folder: Folder, cell: str) -> pd.DataFrame:
         x = int(col[len(curve["prefix"]):])
         se_col = curve["se_prefix"] + col[len(curve["prefix"]):]
         for _, r in ok.iterrows():
-            if _finite(r[col]):
+            if is_finite(r[col]):
                 rows.append({"seed": int(r["seed"]), "x": x, "value": float(r[col]),
                              "se": float(r[se_col]) if se_col in r else math.nan})
     return pd.DataFrame(rows, columns=["seed", "x", "value", "se"]).sort_values(["seed", "x"])
@@ -528,7 +528,7 @@ def claims(folder: Folder) -> list[dict[str, Any]]:
     for i, claim in enumerate(folder.exp.claims, start=1):
         png = folder.root / "report" / f"claim{i}.png"
         out.append({"text": claim.text, "kind": claim.kind,
-                    "metrics": list(claim.metrics) or [folder.exp.metric],
+                    "metrics": list(claim.metrics) or [folder.exp.asha.metric],
                     "verdict": lines.get(i), "plot": png if png.exists() else None})
     return out
 
@@ -550,7 +550,7 @@ def compare(folders: list[Folder], metric: str) -> pd.DataFrame:
         for cell, over in folder.exp.cells().items():
             vals = (ok.loc[ok.cell == cell, metric].astype(float)
                     if metric in ok else pd.Series(dtype=float))
-            vals = vals[vals.map(_finite)]
+            vals = vals[vals.map(is_finite)]
             rows.append({"experiment": folder.label, "cell": cell, **over,
                          "best lr": best["best lr"].get(cell) if len(best) else None,
                          "mean": vals.mean() if len(vals) else math.nan,
@@ -559,16 +559,10 @@ def compare(folders: list[Folder], metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _finite(value: Any) -> bool:
-    try:
-        return value is not None and math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-
 
 def _mean_sd(vals: pd.Series) -> str:
     vals = vals.astype(float)
-    vals = vals[vals.map(_finite)]
+    vals = vals[vals.map(is_finite)]
     if not len(vals):
         return "n/a"
     return f"{vals.mean():.4g} ± " + (f"{vals.std(ddof=1):.2g}" if len(vals) > 1 else "n/a")

@@ -114,7 +114,7 @@ def asha_expected_steps(n_trials: int, grace_period: float, max_t: float,
             stop = milestones[-1]
             for k, milestone in enumerate(milestones[:-1]):
                 recorded = rungs[k]
-                cutoff = _percentile(recorded, 1 - 1 / reduction_factor) if recorded else None
+                cutoff = percentile(recorded, 1 - 1 / reduction_factor) if recorded else None
                 bisect.insort(recorded, q)
                 if cutoff is not None and q < cutoff:
                     stop = milestone
@@ -123,7 +123,7 @@ def asha_expected_steps(n_trials: int, grace_period: float, max_t: float,
     return total / (simulations * n_trials)
 
 
-def _percentile(sorted_values: list[float], fraction: float) -> float:
+def percentile(sorted_values: list[float], fraction: float) -> float:
     """``np.percentile``'s default (linear) rule on an already sorted list, in O(1)."""
     at = fraction * (len(sorted_values) - 1)
     lo = math.floor(at)

@@ -27,25 +27,28 @@ from tuner.service.files import write_json
 from tuner.service.pilot import project
 from tuner.service.pilot.measure import pilot_trial
 from tuner.service.shapes import shapes
-from tuner.service.stages import trainable, worker_settings
+from tuner.service.stages import trainable, worker
+from tuner.service.trial_spec import TrialSpec, pilot_spec
 
 GPU_COUNTS = (1, 2, 4, 8)  # the projection's "on N GPUs" rows
 
 
 def _plan(exp: Experiment, by_shape: dict[str, list[str]]) -> project.Plan:
+    s = exp.search
     return project.Plan(
         cells={c: shape for shape, cells in by_shape.items() for c in cells},
-        trials_per_cell=exp.trials_per_cell, max_t=exp.max_t, eval_every=exp.base.train.eval_every,
-        grace_period=exp.grace_period, reduction_factor=exp.reduction_factor,
-        n_seeds=len(exp.seeds),
-        per_cell=per_cell_cap(exp.trials_per_cell) if exp.max_concurrent is None else None,
-        population=exp.population,
-        groups=list(by_shape.values()) if exp.share_program else [[c] for c in exp.cells()])
+        trials_per_cell=s.trials_per_cell, max_t=exp.max_t, eval_every=exp.base.train.eval_every,
+        grace_period=exp.asha.grace_period, reduction_factor=exp.asha.reduction_factor,
+        n_seeds=len(exp.finals.seeds),
+        per_cell=per_cell_cap(s.trials_per_cell) if s.auto_concurrency else None,
+        population=s.population,
+        groups=list(by_shape.values()) if s.share_program else [[c] for c in exp.cells()])
 
 
 def _slots(exp: Experiment, gpus: float, cpus: float) -> int:
-    return project.slots_for(gpus, cpus, exp.gpus_per_trial, exp.cpus_per_trial,
-                             exp.max_concurrent)
+    r = exp.resources
+    return project.slots_for(gpus, cpus, r.gpus_per_trial, r.cpus_per_trial,
+                             exp.search.max_concurrent)
 
 
 def run_pilot(exp: Experiment, dirs: ExperimentDirs, startup_s: float = 0.0) -> dict[str, Any]:
@@ -59,12 +62,12 @@ def run_pilot(exp: Experiment, dirs: ExperimentDirs, startup_s: float = 0.0) -> 
     gpus, cpus = have.get("GPU", 0.0), have.get("CPU", 0.0)
     slots = _slots(exp, gpus, cpus)
     copies = max(1, slots // len(by_shape))
-    lr = math.sqrt(exp.lr_low * exp.lr_high)
+    s = exp.search
+    lr = math.sqrt(s.lr_low * s.lr_high)
     # a population trial's program: the cell's rates, and the cells sharing it where they do
-    size = exp.population * (max(map(len, by_shape.values())) if exp.share_program else 1)
-    specs = [{"cell": shape, "copy": i, "lr": lr, "overrides": exp.cells()[shape],
-              "seeds": list(exp.seeds), "population_size": size if exp.population > 1 else 1,
-              "lr_low": exp.lr_low, "lr_high": exp.lr_high, **worker_settings(exp, dirs)}
+    size = s.population * (max(map(len, by_shape.values())) if s.share_program else 1)
+    specs = [pilot_spec(shape, i, lr, exp.finals.seeds, exp.cells()[shape],
+                        size if s.population > 1 else 1, (s.lr_low, s.lr_high), worker(exp, dirs))
              for shape in by_shape for i in range(copies)]
     print(f"pilot: {len(by_shape)} shape(s) x {copies} side-by-side trial(s) on "
           f"{gpus:g} GPU(s) / {cpus:g} CPU(s) ({slots} slots)", flush=True)
@@ -82,7 +85,7 @@ def run_pilot(exp: Experiment, dirs: ExperimentDirs, startup_s: float = 0.0) -> 
     measured: dict[str, list[dict[str, float]]] = {}
     trial_s = []
     for r in results:
-        measured.setdefault(r.config["pilot"]["cell"], []).append(r.metrics)
+        measured.setdefault(TrialSpec.of(r.config).cells[0], []).append(r.metrics)
         trial_s.append(r.metrics["time_total_s"])
     costs = {shape: _median_cost(rows) for shape, rows in measured.items()}
     # beyond the trials: the driver's start, Tune's start and teardown (the trials ran in
@@ -99,7 +102,7 @@ def run_pilot(exp: Experiment, dirs: ExperimentDirs, startup_s: float = 0.0) -> 
         "projection": {"current": project.project(plan, costs, slots, overhead),
                        "gpus": {str(n): project.project(plan, costs, _slots(exp, n, cpus),
                                                         overhead)
-                                for n in GPU_COUNTS if exp.gpus_per_trial > 0}},
+                                for n in GPU_COUNTS if exp.resources.gpus_per_trial > 0}},
         "gpus_per_trial_allowed": (project.gpus_per_trial_allowed(
             [c.peak_bytes for c in costs.values()], device) if device else None),
     }
@@ -136,12 +139,12 @@ def summary_lines(pilot: dict[str, Any], exp: Experiment) -> list[str]:
                  "trial on average)")
     for n, p in pilot["projection"]["gpus"].items():
         lines.append(f"  on {n} GPU(s): {_fmt(p['total_s'])}")
-    if exp.max_concurrent and pilot["projection"]["gpus"]:
-        lines.append(f"  (search.max_concurrent={exp.max_concurrent} caps the slots; "
+    if exp.search.max_concurrent and pilot["projection"]["gpus"]:
+        lines.append(f"  (search.max_concurrent={exp.search.max_concurrent} caps the slots; "
                      "`max_concurrent: auto` fills the cluster)")
     if pilot["gpus_per_trial_allowed"]:
         lines.append(f"memory allows gpus_per_trial: {pilot['gpus_per_trial_allowed']:g} "
-                     f"(the file has {exp.gpus_per_trial:g})")
+                     f"(the file has {exp.resources.gpus_per_trial:g})")
     return lines
 
 

@@ -29,7 +29,7 @@ from tuner.service.report import lr_map, seeds_needed, verdicts  # noqa: E402
 
 def claim_metrics(claim: Claim, exp: Experiment) -> tuple[str, ...]:
     """The metrics a claim is judged on: its own, else the experiment's search metric."""
-    return tuple(claim.metrics) or (exp.metric,)
+    return tuple(claim.metrics) or (exp.asha.metric,)
 
 
 def judge_all(exp: Experiment, finals: pd.DataFrame, learning_check: bool = True
@@ -167,7 +167,7 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
     out.mkdir(parents=True, exist_ok=True)
     finals = pd.DataFrame(finals_rows)
     task = TASKS[exp.base.task]
-    metric = exp.metric
+    metric = exp.asha.metric
     all_rows = pd.concat([search_trials.assign(stage="search"), finals.assign(stage="final")],
                          ignore_index=True)
     all_rows.to_csv(out / "trials.csv", index=False)
@@ -177,9 +177,9 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
     claim_verdicts, tables, unusable = judge_all(exp, finals)
     lines = [f"# {exp.name}", "", f"**Hypothesis.** {exp.hypothesis}", "",
              f"Experiment file: `{exp.path}`; {len(exp.cells())} cells x "
-             f"{exp.trials_per_cell} search trials (searched on `{metric}`, "
-             f"{'lower' if exp.mode == 'min' else 'higher'} is better), finals with seeds "
-             f"{list(exp.seeds)}, budget {exp.max_t} steps.",
+             f"{exp.search.trials_per_cell} search trials (searched on `{metric}`, "
+             f"{'lower' if exp.asha.mode == 'min' else 'higher'} is better), finals with seeds "
+             f"{list(exp.finals.seeds)}, budget {exp.max_t} steps.",
              "", "## Learning rate per cell (stage 1)", "",
              "| cell | best lr | search value | trials (complete/pruned/diverged/failed) | note |",
              "|---|---|---|---|---|"]
@@ -188,7 +188,7 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
         of_cell = search_trials[search_trials["cell"] == cell]
         st = of_cell["state"].value_counts()
         n_diverged = int(of_cell.get("diverged", pd.Series(dtype=bool)).fillna(False).sum())
-        lo, hi = b.get("range", (exp.lr_low, exp.lr_high))
+        lo, hi = b.get("range", (exp.search.lr_low, exp.search.lr_high))
         note = (f"at the {b['at_edge']} edge of [{lo:g}, {hi:g}]: rerun with --widen-edges "
                 "or widen search.lr_low/lr_high" if b.get("at_edge") else "")
         if b.get("round", "search") != "search":

@@ -64,7 +64,7 @@ def _seeds(n: int | None) -> str:
 
 
 def _cost(exp: Experiment, n: int, seconds: dict[str, float]) -> str:
-    more = n - len(exp.seeds)
+    more = n - len(exp.finals.seeds)
     if more <= 0:
         return "no more seeds than the file has (the seeds' spread may shrink with more data)"
     cells = list(exp.cells())
@@ -74,8 +74,8 @@ def _cost(exp: Experiment, n: int, seconds: dict[str, float]) -> str:
         return head + ": cost unknown (no finals trial times under finals*/)"
     per_seed = sum(known) / len(known)  # cells without a timed trial: the mean of the others
     hours = more * sum(seconds.get(c, per_seed) for c in cells) / 3600
-    gpu = (f"≈ {hours * exp.gpus_per_trial:.3g} GPU-hours" if exp.gpus_per_trial else
-           "0 GPU-hours (gpus_per_trial 0)")
+    gpus = exp.resources.gpus_per_trial
+    gpu = f"≈ {hours * gpus:.3g} GPU-hours" if gpus else "0 GPU-hours (gpus_per_trial 0)"
     return (f"{head}: {gpu}, {hours:.3g} h of trial time ({per_seed:.3g} s per seed of a "
             "cell, measured)")
 

@@ -241,7 +241,8 @@ def counts(diff: float, se: float, df: float) -> bool:
     return abs(diff) > quantile * se + 1e-12 * (1.0 + abs(diff))
 
 
-def _minus(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+def coef_difference(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """The contrast ``a - b`` of two linear combinations of cell means (cell -> weight)."""
     out = dict(a)
     for cell, c in b.items():
         out[cell] = out.get(cell, 0.0) - c
@@ -259,7 +260,7 @@ def _trend(table: pd.DataFrame, coefs: dict[Any, dict[str, float]], direction: s
     values = list(levels)
     ys = np.array([s.estimate for s in levels.values()])
     first, last = values[0], values[-1]
-    change = contrast(table, _minus(coefs[last], coefs[first]),
+    change = contrast(table, coef_difference(coefs[last], coefs[first]),
                       f"change from {first} to {last}")
     if len(values) > 2:
         rho = pd.Series(np.asarray(values, dtype=float)).rank().corr(pd.Series(ys).rank())
@@ -285,7 +286,7 @@ def _compare(table: pd.DataFrame, coefs: dict[Any, dict[str, float]], better: An
         return "inconclusive", f"{better} has no usable cells", ()
     table = _by_cell(table)
     b = contrast(table, coefs[better])
-    gaps = tuple(contrast(table, _minus(c, coefs[better]), f"{v} - {better}")
+    gaps = tuple(contrast(table, coef_difference(c, coefs[better]), f"{v} - {better}")
                  for v, c in coefs.items() if v != better)
     evidence = f"{better}: {b.estimate:.4g}±{b.se:.2g} vs " + ", ".join(
         f"{g.label.split(' - ')[0]}: gap {g.estimate:+.3g}±{g.se:.2g}" for g in gaps)

@@ -36,10 +36,12 @@ import numpy as np
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from tuner.service import trial_spec
+from tuner.service.objective import is_finite
 from tuner.service.search import results
 from tuner.service.search.halving import SuccessiveHalving
 from tuner.service.search.study import JournalStudies
-from tuner.service.trials import member_key
+from tuner.service.trial_spec import Worker, member_key
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,7 +87,7 @@ class PopulationSearcher(JournalStudies, Searcher):
         max_t: Full budget in steps.
         grace_period, reduction_factor: The rungs of the halving.
         study_dir: Directory of the per-cell journals.
-        worker: Settings every trial's worker needs (``stages.worker_settings``).
+        worker: What every trial's worker sets up before JAX starts.
         seed: Base seed of the strata positions and the TPE samplers.
         max_running: Cap on running trials, read at every ``suggest`` (None: Tune's).
     """
@@ -94,7 +96,7 @@ class PopulationSearcher(JournalStudies, Searcher):
                  groups: Sequence[Sequence[str]], trials_per_cell: int, population: int,
                  lr_low: float, lr_high: float, metric: str, mode: str, max_t: int,
                  grace_period: int, reduction_factor: float, study_dir: str | Path,
-                 worker: dict[str, Any], seed: int = 0,
+                 worker: Worker, seed: int = 0,
                  max_running: Callable[[], int] | None = None) -> None:
         super().__init__(metric=metric, mode=mode)
         if sorted(c for g in groups for c in g) != sorted(cells):
@@ -107,7 +109,7 @@ class PopulationSearcher(JournalStudies, Searcher):
         self._max_t = max_t
         self._grace, self._rf = grace_period, reduction_factor
         self._study_dir = Path(study_dir).absolute()
-        self._worker = dict(worker)
+        self._worker = worker.fields()  # a dict, as snapshots of earlier versions hold
         self._seed = seed
         self._max_running = max_running
         self._n_startup = min(10, max(3, trials_per_cell // 3))
@@ -166,9 +168,9 @@ class PopulationSearcher(JournalStudies, Searcher):
                 study.mark_diverged(number, int(step))
                 study.tell(number, TrialState.PRUNED, None)
                 continue
-            if _is_finite(value):
+            if is_finite(value):
                 study.report(number, int(step), float(value))
-            if int(step) >= self._max_t and _is_finite(value):
+            if int(step) >= self._max_t and is_finite(value):
                 study.tell(number, TrialState.COMPLETE, float(value))
             elif result.get(member_key(j, "stopped")):
                 study.tell(number, TrialState.PRUNED, None)
@@ -227,12 +229,9 @@ class PopulationSearcher(JournalStudies, Searcher):
         cells = [c for c, _ in members]
         halving = SuccessiveHalving(tuple(cells), self._metric, self._mode, self._grace,
                                     self._rf, self._max_t)
-        return {"stage": "search", "wave": wave,
-                "members": [{"cell": c, "number": n,
-                             "lr": float(self._studies[c].frozen(n).params["lr"])}
-                            for c, n in members],
-                "cells": {c: self._cells[c] for c in dict.fromkeys(cells)},
-                "halving": halving.to_dict(), **self._worker}
+        return trial_spec.population_config(
+            wave, [(c, n, self._studies[c].frozen(n).params["lr"]) for c, n in members],
+            self._cells, halving.to_dict(), Worker.of(self._worker))
 
     def _wave_members(self, wave: int, group: int) -> list[tuple[str, int]]:
         return [(c, t.number) for c in self._groups[group] for t in self._studies[c].trials()
@@ -284,11 +283,3 @@ class PopulationSearcher(JournalStudies, Searcher):
             study.set_attrs(number, **{WAVE_ATTR: wave, GROUP_ATTR: group, SOURCE_ATTR: source})
             numbers.append(number)
         return numbers
-
-
-def _is_finite(value: Any) -> bool:
-    try:
-        return value is not None and math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.service.objective import Objective
+from tuner.service.objective import Objective, is_finite
 from tuner.service.search.study import DIVERGED_ATTR, TUNE_ID_ATTR
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ def best_trial(trials: list[FrozenTrial], mode: str, lr_low: float, lr_high: flo
                ) -> dict[str, Any] | None:
     """The best COMPLETE (full-budget, finite) trial: ``{"lr", "value", "trial_number",
     "at_edge"}``, or None. A tie on the value goes to the trial that reached it first."""
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and _is_finite(t.value)]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and is_finite(t.value)]
     if not complete:
         return None
     objective = Objective("", mode)
@@ -66,10 +66,3 @@ def _first_step_at_final_value(trial: FrozenTrial) -> float:
     there soonest is the best."""
     return min((step for step, v in trial.intermediate_values.items() if v == trial.value),
                default=math.inf)
-
-
-def _is_finite(value: Any) -> bool:
-    try:
-        return value is not None and math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False

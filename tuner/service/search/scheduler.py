@@ -16,14 +16,13 @@ pickle the whole object to a file, while the rungs must travel inside the search
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
-from tuner.service.objective import Objective
+from tuner.service.objective import Objective, is_finite
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -181,7 +180,7 @@ class PerCellScheduler(FIFOScheduler):
             return TrialScheduler.CONTINUE
         cell = _cell_of(trial)
         value = result[self._metric]
-        if not _finite(value) or result[self.time_attr] >= self.max_t:
+        if not is_finite(value) or result[self.time_attr] >= self.max_t:
             action = TrialScheduler.STOP
         else:
             action = self._cell_rungs(cell).on_result(
@@ -199,7 +198,7 @@ class PerCellScheduler(FIFOScheduler):
         if self.time_attr not in result or self._metric not in result:
             return
         value = result[self._metric]
-        if _finite(value):
+        if is_finite(value):
             self._cell_rungs(_cell_of(trial)).on_result(
                 trial.trial_id, result[self.time_attr], self._objective.score(float(value))
             )
@@ -249,7 +248,7 @@ class PerCellScheduler(FIFOScheduler):
             rungs = CellRungs(self.grace_period, self.max_t, self.reduction_factor)
             for trial_id, values in trials.items():
                 for step in sorted(values):
-                    if _finite(values[step]):
+                    if is_finite(values[step]):
                         rungs.on_result(trial_id, step, self._objective.score(float(values[step])))
             self._cells[cell] = rungs
 
@@ -272,10 +271,3 @@ def _cell_of(trial: Trial) -> str:
             f"trial {trial.trial_id} has no 'cell' in its config; PerCellScheduler needs "
             "PerCellSearcher (or a config with a 'cell' key)"
         ) from None
-
-
-def _finite(value: Any) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False

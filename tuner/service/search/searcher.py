@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
+from tuner.service import trial_spec
+from tuner.service.objective import is_finite
 from tuner.service.search import results
 from tuner.service.search.study import TUNE_ID_ATTR, JournalStudies
 
@@ -66,8 +67,8 @@ class PerCellSearcher(JournalStudies, Searcher):
     (see ``__getstate__``), then calls :meth:`restore` with the newest snapshot.
 
     Args:
-        cells: Cell id -> fixed settings merged into the trial config (JSON-serialisable; may
-            not contain "cell" or "lr"). Order matters for ties.
+        cells: Cell id -> what its trials carry besides cell and rate
+            (:func:`tuner.service.trial_spec.search_template`). Order matters for ties.
         trials_per_cell: Optuna trials each cell asks in total.
         lr_low: Lower end of the log-uniform lr range.
         lr_high: Upper end of the log-uniform lr range.
@@ -177,7 +178,7 @@ class PerCellSearcher(JournalStudies, Searcher):
             return
         self._last_step[trial_id] = float(step)
         value = result.get(self._metric)
-        if _is_finite(value):
+        if is_finite(value):
             cell, number = self._assigned[trial_id]
             self._studies[cell].report(number, int(step), float(value))
 
@@ -270,7 +271,7 @@ class PerCellSearcher(JournalStudies, Searcher):
 
     # ----------------------------------------------------------------- helpers
     def _config(self, cell: str, lr: float) -> dict[str, Any]:
-        return {"cell": cell, "lr": float(lr), **self._cells[cell]}
+        return trial_spec.search_config(cell, lr, self._cells[cell])
 
     def _next_cell(self) -> str | None:
         """A cell holding an unclaimed trial first, else the fewest asked with budget left;
@@ -309,7 +310,7 @@ class PerCellSearcher(JournalStudies, Searcher):
             return TrialState.FAIL, None, None
         step = result.get(self._time_attr, self._last_step.get(trial_id))
         value = result.get(self._metric)
-        if not _is_finite(value):
+        if not is_finite(value):
             return TrialState.PRUNED, None, int(step or 0)
         if step is None or float(step) < self._max_t:
             return TrialState.PRUNED, None, None
@@ -343,10 +344,3 @@ def _check_scheduler_matches(
             f"scheduler metric/mode/time_attr/max_t {theirs} != searcher's "
             f"{(metric, mode, time_attr, max_t)}"
         )
-
-
-def _is_finite(value: Any) -> bool:
-    try:
-        return value is not None and math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
