@@ -26,7 +26,6 @@ from tuner.core import checkpoint, compile_cache, gpu_share
 from tuner.core.config import RunConfig, replace
 from tuner.core.loop import DivergedError, Progress, Run, SeedRuns, seed_state, train_seeds
 from tuner.core.seeds import get_field, search_config, system_seed_field
-from tuner.service.objective import Objective
 from tuner.service.trial_spec import TrialSpec, Worker, member_key, overrides, seed_key
 
 
@@ -114,7 +113,7 @@ def train_population_trial(config: dict[str, Any], base: RunConfig) -> None:
                 states, progress = checkpoint.restore(d, pop.init_states(held))
     if progress is not None and not progress.alive:
         return  # every member had ended before the checkpoint
-    objective = Objective(halve.metric, halve.mode)
+    objective = halve.objective
 
     def on_eval(step: int, prog: Progress, sts) -> None:
         result: dict[str, Any] = {"step": step}

@@ -55,7 +55,7 @@ class SuccessiveHalving:
         if not any(previous < r <= step for r in rungs(self.grace_period,
                                                        self.reduction_factor, self.max_t)):
             return set()
-        objective = Objective(self.metric, self.mode)
+        objective = self.objective
         stop: set[int] = set()
         for cell in dict.fromkeys(self.cells):
             live = [i for i in progress.alive if self.cells[i] == cell]
@@ -63,6 +63,10 @@ class SuccessiveHalving:
                                                  i))
             stop |= set(ranked[keep_count(len(live), self.reduction_factor):])
         return stop
+
+    @property
+    def objective(self) -> Objective:
+        return Objective(self.metric, self.mode)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"cells": list(self.cells)}

@@ -218,7 +218,8 @@ class PopulationSearcher(JournalStudies, Searcher):
         return None  # halving happens inside the trials
 
     def best_per_cell(self) -> dict[str, dict[str, Any] | None]:
-        return {cell: results.best_trial(study.trials(), self._mode, self._lr_low, self._lr_high)
+        return {cell: results.best_trial(study.trials(), self.objective, self._lr_low,
+                                         self._lr_high)
                 for cell, study in self._studies.items()}
 
     def trials_dataframe(self) -> pd.DataFrame:
@@ -263,7 +264,7 @@ class PopulationSearcher(JournalStudies, Searcher):
             for other in self._neighbours[cell]:
                 if len(fixed) >= max(1, size // 4):
                     break
-                best = results.best_trial(self._studies[other].trials(), self._mode,
+                best = results.best_trial(self._studies[other].trials(), self.objective,
                                           self._lr_low, self._lr_high)
                 if best is None:
                     continue

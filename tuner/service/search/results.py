@@ -21,14 +21,13 @@ COLUMNS = ["cell", "number", "lr", "state", "value", "last_step", "diverged", TU
            "wave", "source"]  # the last two: population search (where the rate came from)
 
 
-def best_trial(trials: list[FrozenTrial], mode: str, lr_low: float, lr_high: float
+def best_trial(trials: list[FrozenTrial], objective: Objective, lr_low: float, lr_high: float
                ) -> dict[str, Any] | None:
     """The best COMPLETE (full-budget, finite) trial: ``{"lr", "value", "trial_number",
     "at_edge"}``, or None. A tie on the value goes to the trial that reached it first."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE and is_finite(t.value)]
     if not complete:
         return None
-    objective = Objective("", mode)
     best = min(complete, key=lambda t: (-objective.score(t.value), _first_step_at_final_value(t)))
     lr = float(best.params["lr"])
     return {"lr": lr, "value": float(best.value), "trial_number": best.number,

@@ -262,7 +262,8 @@ class PerCellSearcher(JournalStudies, Searcher):
 
     def best_per_cell(self) -> dict[str, dict[str, Any] | None]:
         """Best full-budget trial per cell (:func:`results.best_trial`), None where none."""
-        return {cell: results.best_trial(study.trials(), self._mode, self._lr_low, self._lr_high)
+        return {cell: results.best_trial(study.trials(), self.objective, self._lr_low,
+                                         self._lr_high)
                 for cell, study in self._studies.items()}
 
     def trials_dataframe(self) -> pd.DataFrame:

@@ -161,7 +161,11 @@ class JournalStudies:
         self.__dict__.update(state)
         self._studies = self._open_studies()
 
+    @property
+    def objective(self) -> Objective:
+        """What the studies optimise (Tune's ``Searcher`` keeps metric and mode apart)."""
+        return Objective(self._metric, self._mode)
+
     def _open_studies(self) -> dict[str, CellStudy]:
-        return open_studies(self._study_dir, self._cells,
-                            Objective(self._metric, self._mode).direction, self._seed,
+        return open_studies(self._study_dir, self._cells, self.objective.direction, self._seed,
                             self._n_startup)
