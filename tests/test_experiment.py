@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from tuner.service import experiment
-from tuner.service.experiment.sections import Resources
 
 SHIPPED = (experiment.SEARCH_SPACES / "exp4.yaml").read_text()
 # the cases below add claim metrics of their own: start from claims without them
@@ -436,7 +435,7 @@ def test_friendly_inputs_that_are_accepted(tmp_path):
         text = GOOD.replace("  gpus_per_trial: 0.25", f"  gpus_per_trial: {gpus}")
         assert experiment.load(str(write(tmp_path, text))).resources.gpus_per_trial == float(gpus)
     exp = experiment.load(str(write(tmp_path, swap_section(GOOD, "resources", ""))))
-    assert exp.resources == Resources(1.0, 0.0)  # the defaults
+    assert exp.resources == experiment.Resources(1.0, 0.0)  # the defaults
     text = GOOD.replace("  cpus_per_trial: 1", "  cpus_per_trial: 0.5")
     assert experiment.load(str(write(tmp_path, text))).resources.cpus_per_trial == 0.5
     # fixed settings apply together: tie_embeddings may come before input_layer and head
