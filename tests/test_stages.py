@@ -49,7 +49,7 @@ def test_a_research_is_recorded_once_and_resumed_without_its_flag(tmp_path):
     assert again.pending and [r["name"] for r in again.researches] == [
         "search_research_1", "search_research_2"]
     rounds = again.research_rounds({"patch=1": {"model.patch_size": 1},
-                                    "patch=4": {"model.patch_size": 4}}, dirs.studies)
+                                    "patch=4": {"model.patch_size": 4}}, dirs.round_studies)
     assert rounds[1].cells == {"patch=4": {"model.patch_size": 4}}
     assert (rounds[1].lr_low, rounds[1].lr_high) == (1e-5, 1e-4)
     assert rounds[1].study_dir == dirs.studies / "search_research_2"

@@ -68,9 +68,38 @@ class ExperimentDirs:
     def report(self) -> Path:  # summary.md, plots, trials.csv/.parquet
         return self.root / "report"
 
+    @property
+    def summary(self) -> Path:  # the report's text, written last: marks the experiment done
+        return self.report / "summary.md"
+
+    @property
+    def report_trials(self) -> Path:  # every trial of every stage, one row each (+ .parquet)
+        return self.report / "trials.csv"
+
+    @property
+    def lr_map(self) -> Path:  # the chosen rate per cell over the grid's axes
+        return self.report / "lr_map.png"
+
+    def claim_plot(self, number: int) -> Path:
+        """The plot of claim ``number`` (1, 2, ... as the report lists them)."""
+        return self.report / f"claim{number}.png"
+
     def round_runs(self, name: str) -> Path:
         """A search round's Tune run (``search``, ``search_wider_low``, ...)."""
         return self.root / name
+
+    @staticmethod
+    def wider_round(edge: str) -> str:
+        """The name of the round that widens the range at ``edge`` ("low" or "high")."""
+        return f"search_wider_{edge}"
+
+    def round_studies(self, name: str) -> Path:
+        """A round's journals: ``studies/`` for the first, ``studies/wider_<edge>`` for a
+        widened one, ``studies/<name>`` for a re-search (the names earlier folders hold)."""
+        if name == "search":
+            return self.studies
+        return self.studies / (name.removeprefix("search_") if name.startswith("search_wider_")
+                               else name)
 
     @property
     def finals_runs(self) -> Path:  # the finals' Tune run

@@ -235,9 +235,10 @@ def run_search(exp: Experiment, dirs: ExperimentDirs, wandb: bool = True,
                      if (best[c] and best[c]["at_edge"] == edge)
                      or (best[c] is None and edge == "low")}  # all diverged: try lower
             if cells:
-                add_round(SearchRound(f"search_wider_{edge}", cells, center / half_span,
-                                      center * half_span, dirs.studies / f"wider_{edge}"))
-    for rnd in options.research_rounds(exp.cells(), dirs.studies):
+                name = dirs.wider_round(edge)
+                add_round(SearchRound(name, cells, center / half_span, center * half_span,
+                                      dirs.round_studies(name)))
+    for rnd in options.research_rounds(exp.cells(), dirs.round_studies):
         add_round(rnd)
     missing = [c for c, b in best.items() if b is None]
     if missing:

@@ -386,7 +386,7 @@ class Viewer:
                 sizing_mode="stretch_width"))
             if c["plot"] is not None:
                 items.append(pn.pane.PNG(str(c["plot"]), width=900))
-        lr_png = self.folder.root / "report" / "lr_map.png"
+        lr_png = self.folder.dirs.lr_map
         if lr_png.exists():  # the report's rate map, beside the claims' plots
             items.append(pn.pane.Markdown("### Chosen learning rates over the grid"))
             items.append(pn.pane.PNG(str(lr_png), width=900))

@@ -28,7 +28,7 @@ from tuner.service.report.verdicts import finished
 from tuner.service.search.study import DIVERGED_ATTR, TUNE_ID_ATTR
 from tuner.service.trial_spec import TrialSpec, member_key, part, seed_key
 
-SEARCH_ROUNDS = ("search", "search_wider_low", "search_wider_high")  # tuner.service.stages
+SEARCH_ROUNDS = ("search", *(ExperimentDirs.wider_round(e) for e in ("low", "high")))
 TRIAL_COLUMNS = ["cell", "round", "number", "lr", "state", "value", "last_step", "diverged",
                  "tune_trial_id"]
 _CURVE_EXTRA = ("train_loss", "grad_norm", "lr_now")  # non-eval keys worth a curve
@@ -107,7 +107,7 @@ def open_folder(path: str | Path) -> Folder:
     not recorded, so it is read as the profile whose name is the folder's name.
     """
     root = Path(path).absolute()
-    frozen = root / "experiment.yaml"
+    frozen = ExperimentDirs(root).experiment_file
     if not frozen.is_file():
         raise NotAnExperiment(f"{path}: not an experiment folder (no experiment.yaml; give a "
                               "folder that `python -m tuner.run` wrote, or one holding such)")
@@ -127,10 +127,10 @@ def find_folders(paths: list[str | Path]) -> list[Folder]:
         p = Path(path)
         if not p.is_dir():
             raise NotAnExperiment(f"{path}: no such folder")
-        if (p / "experiment.yaml").is_file():
+        if ExperimentDirs(p).experiment_file.is_file():
             out.append(open_folder(p))
             continue
-        inside = sorted(d for d in p.iterdir() if (d / "experiment.yaml").is_file())
+        inside = sorted(d for d in p.iterdir() if ExperimentDirs(d).experiment_file.is_file())
         if not inside:
             raise NotAnExperiment(f"{path}: no experiment folder here (none of it or its "
                                   "subfolders holds the experiment.yaml that tuner.run writes)")
@@ -176,14 +176,14 @@ def status(folder: Folder) -> dict[str, Any] | None:
 
 def stage(folder: Folder) -> str:
     """Where the experiment stands, from which result files exist."""
-    root = folder.root
-    if (root / "report" / "summary.md").exists():
+    dirs = folder.dirs
+    if dirs.summary.exists():
         return "done"
-    if folder.dirs.finals.exists():
+    if dirs.finals.exists():
         return "finals done, report pending"
-    if folder.dirs.best.exists():
-        return "finals" if (root / "finals").exists() else "search done"
-    if (root / "search").exists():
+    if dirs.best.exists():
+        return "finals" if dirs.finals_runs.exists() else "search done"
+    if dirs.round_runs("search").exists():
         return "search"
     return "not started"
 
@@ -201,9 +201,8 @@ def search_trials(folder: Folder) -> pd.DataFrame:
     if csv is not None:
         return csv.reindex(columns=TRIAL_COLUMNS)
     rows = []
-    for rnd, sub in (("search", ""), ("search_wider_low", "wider_low"),
-                     ("search_wider_high", "wider_high")):
-        for path in sorted((folder.dirs.studies / sub).glob("*.journal")):
+    for rnd in SEARCH_ROUNDS:
+        for path in sorted(folder.dirs.round_studies(rnd).glob("*.journal")):
             for t in folder.cache.get(path, _journal_trials) or []:
                 rows.append({"cell": path.stem, "round": rnd, "number": t.number,
                              "lr": t.params.get("lr"), "state": t.state.name, "value": t.value,
@@ -368,7 +367,7 @@ def cost(folder: Folder) -> pd.DataFrame:
     """Per stage (search, finals, total): the pilot's projection (``pilot.json``) and the
     last run's wall time (``times.json``, written by the CLI as each stage ends); NaN where
     either is missing (no pilot ran, the stage has not ended)."""
-    pilot = folder.cache.get(folder.root / "pilot.json", _json) or {}
+    pilot = folder.cache.get(folder.dirs.pilot, _json) or {}
     projected = pilot.get("projection", {}).get("current", {})
     actual = folder.cache.get(folder.dirs.times, _json) or {}
     return pd.DataFrame([{"stage": key[:-2], "projected_s": projected.get(key, math.nan),
@@ -520,13 +519,13 @@ def rollouts(folder: Folder, cell: str) -> pd.DataFrame:
 def claims(folder: Folder) -> list[dict[str, Any]]:
     """Per claim of the file: its text, metrics, the verdict line of ``report/summary.md`` and
     the path of its plot (``report/claim<i>.png``); both None until the report is written."""
-    summary = folder.cache.get(folder.root / "report" / "summary.md", Path.read_text) or ""
+    summary = folder.cache.get(folder.dirs.summary, Path.read_text) or ""
     verdict_part = summary.split("## Verdict", 1)[-1] if "## Verdict" in summary else ""
     lines = {int(m.group(1)): m.group(2) for m in re.finditer(r"^(\d+)\. (.+)$", verdict_part,
                                                                re.MULTILINE)}
     out = []
     for i, claim in enumerate(folder.exp.claims, start=1):
-        png = folder.root / "report" / f"claim{i}.png"
+        png = folder.dirs.claim_plot(i)
         out.append({"text": claim.text, "kind": claim.kind,
                     "metrics": list(claim.metrics) or [folder.exp.asha.metric],
                     "verdict": lines.get(i), "plot": png if png.exists() else None})
@@ -535,7 +534,7 @@ def claims(folder: Folder) -> list[dict[str, Any]]:
 
 def summary(folder: Folder) -> str | None:
     """``report/summary.md``, None until the experiment has finished."""
-    return folder.cache.get(folder.root / "report" / "summary.md", Path.read_text)
+    return folder.cache.get(folder.dirs.summary, Path.read_text)
 
 
 # ------------------------------------------------------------------------------ comparison

@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from data.registry import TASKS, metric_mode  # noqa: E402
+from tuner.service.dirs import ExperimentDirs  # noqa: E402
 from tuner.service.experiment import Claim, Experiment  # noqa: E402
 from tuner.service.report import lr_map, seeds_needed, verdicts  # noqa: E402
 
@@ -163,16 +164,17 @@ def _mean_sd(vals: pd.Series, standard_error: bool = False, digits: int = 4) -> 
 def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[dict],
           search_trials: pd.DataFrame) -> Path:
     """Writes ``root/report/`` and returns the path of ``summary.md``."""
-    out = root / "report"
+    dirs = ExperimentDirs(root)
+    out = dirs.report
     out.mkdir(parents=True, exist_ok=True)
     finals = pd.DataFrame(finals_rows)
     task = TASKS[exp.base.task]
     metric = exp.asha.metric
     all_rows = pd.concat([search_trials.assign(stage="search"), finals.assign(stage="final")],
                          ignore_index=True)
-    all_rows.to_csv(out / "trials.csv", index=False)
+    all_rows.to_csv(dirs.report_trials, index=False)
     all_rows.astype({c: str for c in all_rows.columns if all_rows[c].dtype == object}).to_parquet(
-        out / "trials.parquet", index=False)
+        dirs.report_trials.with_suffix(".parquet"), index=False)
 
     claim_verdicts, tables, unusable = judge_all(exp, finals)
     lines = [f"# {exp.name}", "", f"**Hypothesis.** {exp.hypothesis}", "",
@@ -198,7 +200,7 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
                      f"{st.get('PRUNED', 0) - n_diverged}/{n_diverged}/{st.get('FAIL', 0)} | "
                      f"{note} |")
     lines += ["", "Rate map, the chosen lr over the grid's axes (marked where it is at an edge "
-              "of its range): `" + lr_map.write(exp.grid, exp.cells(), best, out / "lr_map.png",
+              "of its range): `" + lr_map.write(exp.grid, exp.cells(), best, dirs.lr_map,
                                                 f"{exp.name}: chosen learning rate per cell"
                                                 ).name + "`."]
     system_cols = [f"eval/{m}" for m in getattr(task, "SYSTEM_METRICS", ()) if f"eval/{m}"
@@ -262,11 +264,11 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
               "lack replicates or lack finite values of a claim's metric are left out of every "
               "claim.", ""]
     for i, (claim, v) in enumerate(zip(exp.claims, claim_verdicts, strict=True)):
-        png = f"claim{i + 1}.png"
-        _plot_claim(claim, {m: tables[m] for m in claim_metrics(claim, exp)}, out / png)
+        png = dirs.claim_plot(i + 1)
+        _plot_claim(claim, {m: tables[m] for m in claim_metrics(claim, exp)}, png)
         names = ", ".join(f"`{m}`" for m in claim_metrics(claim, exp))
         lines.append(f"{i + 1}. **{claim.text}: {v.verdict}** (on {names}). {v.evidence()}. "
-                     f"Plot: `{png}`.")
+                     f"Plot: `{png.name}`.")
     if not exp.claims:
         lines.append("The experiment file states no checkable claims.")
     if any(v.verdict == "inconclusive" for v in claim_verdicts):
@@ -282,7 +284,7 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
                   "The finals' `diag/` metrics (tuner/core/diagnostics.py) against the step, one "
                   "line per cell and seed" + (f"; dashed: that seed's {marks}" if marks else "")
                   + ". Plot: `diagnostics.png`."]
-    summary = out / "summary.md"
+    summary = dirs.summary
     summary.write_text("\n".join(lines) + "\n")
     return summary
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +85,11 @@ class SearchOptions:
         return ((self.widen_edges and not self.widened)
                 or any(r["name"] not in self.researched for r in self.researches))
 
-    def research_rounds(self, cells: dict[str, dict[str, Any]], studies: Path
+    def research_rounds(self, cells: dict[str, dict[str, Any]],
+                        studies: Callable[[str], Path]
                         ) -> list[SearchRound]:
         return [SearchRound(r["name"], {c: cells[c] for c in r["cells"]}, r["lr_low"],
-                            r["lr_high"], studies / r["name"]) for r in self.researches]
+                            r["lr_high"], studies(r["name"])) for r in self.researches]
 
     def completed(self) -> SearchOptions:
         """These options once search_best.json holds every round they ask for."""
