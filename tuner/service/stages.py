@@ -32,7 +32,15 @@ from tuner.service.search.rounds import SearchRound
 from tuner.service.search.scheduler import PerCellScheduler
 from tuner.service.search.searcher import PerCellSearcher
 from tuner.service.status import StatusFile
-from tuner.service.trial_spec import Worker, final_spec, search_template, seed_key
+from tuner.service.trial_spec import (
+    TrialSpec,
+    Worker,
+    final_spec,
+    overrides,
+    part,
+    search_template,
+    seed_key,
+)
 from tuner.service.trials import train_cell_finals, train_population_trial, train_trial
 from tuner.service.wandb_logging import make_callback
 
@@ -289,24 +297,29 @@ def kept_finals(dirs: ExperimentDirs, best: dict[str, Any]) -> list[dict]:
 
 
 def final_specs(exp: Experiment, best: dict[str, Any], dirs: ExperimentDirs,
-                skip: Sequence[str] = ()) -> list[dict]:
-    """One trial spec per cell (but ``skip``): all of the experiment's seeds at the cell's best
-    learning rate, trained as one vmapped program (``tuner.service.trials.train_cell_finals``)."""
-    return [final_spec(cell, best[cell]["lr"], exp.finals.seeds, over, worker(exp, dirs))
-            for cell, over in exp.cells().items() if cell not in skip]
+                skip: Sequence[str] = (), seeds: dict[str, list[int]] | None = None
+                ) -> list[dict]:
+    """One trial spec per cell (but ``skip``): the experiment's seeds (or the cell's
+    ``seeds``, where given, and then only those cells) at the cell's best learning rate,
+    trained as one vmapped program (``tuner.service.trials.train_cell_finals``)."""
+    return [final_spec(cell, best[cell]["lr"], exp.finals.seeds if seeds is None else seeds[cell],
+                       over, worker(exp, dirs))
+            for cell, over in exp.cells().items()
+            if cell not in skip and (seeds is None or cell in seeds)]
 
 
 def _final_trial(config: dict[str, Any], base) -> None:
     train_cell_finals(config["final"], base)
 
 
-def final_rows(spec: dict[str, Any], metrics: dict[str, Any], error: Any) -> list[dict]:
-    """One row per seed of a finals trial: cell, seed, lr, grid values and its own metrics."""
-    rows = []
-    for seed in spec["seeds"]:
-        prefix = seed_key(seed, "")
-        own = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
-        rows.append({"cell": spec["cell"], "seed": seed, "lr": spec["lr"], **spec["overrides"],
+def final_rows(config: dict[str, Any], metrics: dict[str, Any], error: Any) -> list[dict]:
+    """One row per seed of a finals trial (its Tune ``config``): cell, seed, lr, grid values
+    and its own metrics."""
+    spec, rows = TrialSpec.of(config), []
+    for seed in spec.seeds:
+        own = part(metrics, seed_key(seed, ""))
+        rows.append({"cell": spec.cells[0], "seed": seed, "lr": spec.members[0].lr,
+                     **overrides(config),
                      **{k: v for k, v in own.items()
                         if k.startswith("eval/") or k in ("train_loss", "step", "diverged",
                                                         "system_seed")},
@@ -346,7 +359,7 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
         raise Interrupted("finals", f"{len(results) - results.num_terminated - results.num_errors}"
                           " trial(s) not ended")
     rows = kept + [row for r in results
-                   for row in final_rows(r.config["final"], r.metrics or {}, r.error)]
+                   for row in final_rows(r.config, r.metrics or {}, r.error)]
     unfinished = [(x["cell"], x["seed"]) for x in rows
                   if x["error"] or not (x.get("diverged") or x.get("step") == exp.max_t)]
     missing = set(exp.cells()) - {x["cell"] for x in rows}
@@ -374,8 +387,7 @@ def _add_seeds(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any], rows
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(str(path), finals_trainable, resume_errored=True)
     else:
-        specs = [{**spec, "seeds": todo[spec["cell"]]}
-                 for spec in final_specs(exp, best, dirs) if spec["cell"] in todo]
+        specs = final_specs(exp, best, dirs, seeds=todo)
         status = StatusFile(dirs.status, "finals", list(todo), 1, exp.objective)
         tuner = tune.Tuner(
             finals_trainable, param_space={"final": tune.grid_search(specs)},
@@ -386,7 +398,7 @@ def _add_seeds(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any], rows
     if results.num_terminated + results.num_errors < len(results):
         raise Interrupted(name, f"{len(results) - results.num_terminated - results.num_errors}"
                           " trial(s) not ended")
-    new = [row for r in results for row in final_rows(r.config["final"], r.metrics or {}, r.error)]
+    new = [row for r in results for row in final_rows(r.config, r.metrics or {}, r.error)]
     unfinished = [(x["cell"], x["seed"]) for x in new
                   if x["error"] or not (x.get("diverged") or x.get("step") == exp.max_t)]
     if unfinished or {(c, s) for c, seeds in todo.items() for s in seeds} - {

@@ -26,7 +26,7 @@ from tuner.service.dirs import ExperimentDirs
 from tuner.service.objective import is_finite
 from tuner.service.report.verdicts import finished
 from tuner.service.search.study import DIVERGED_ATTR, TUNE_ID_ATTR
-from tuner.service.trial_spec import TrialSpec, member_key, part, seed_key
+from tuner.service.trial_spec import TrialSpec, member_key, overrides, part, seed_key
 
 SEARCH_ROUNDS = ("search", *(ExperimentDirs.wider_round(e) for e in ("low", "high")))
 TRIAL_COLUMNS = ["cell", "round", "number", "lr", "state", "value", "last_step", "diverged",
@@ -435,16 +435,12 @@ def curves(folder: Folder) -> pd.DataFrame:
                 trial=f"#{number if number is not None else tid} lr={m.lr:.3g}",
                 seed=math.nan,
                 state=state_of.get((tid, m.cell, number), "RUNNING")))
-    for _, trial in _trial_folders(folder, ("finals",)):
-        spec = (folder.cache.get(trial / "params.json", _json) or {}).get("final")
-        results = folder.cache.get(trial / "result.json", _json_lines) or []
-        if not spec or not results:
-            continue
-        for seed in spec["seeds"]:
+    for spec, _, results in _finals_trials(folder):
+        for seed in spec.seeds:
             rows = [{"step": r["step"], **_metrics(part(r, seed_key(seed, "")))}
                     for r in results]
             frames.append(pd.DataFrame(rows).assign(
-                stage="final", round="finals", cell=spec["cell"], lr=spec["lr"],
+                stage="final", round="finals", cell=spec.cells[0], lr=spec.members[0].lr,
                 trial=f"seed {seed}", seed=seed, state="final"))
     if not frames:
         return pd.DataFrame(columns=["stage", "round", "cell", "lr", "trial", "seed", "state",
@@ -475,6 +471,17 @@ def _metrics(result: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ finals
+def _finals_trials(folder: Folder) -> list[tuple[TrialSpec, dict[str, Any], list[dict]]]:
+    """Each finals trial that has reported: its spec, its cell's overrides, its results."""
+    out = []
+    for _, trial in _trial_folders(folder, ("finals",)):
+        params = folder.cache.get(trial / "params.json", _json) or {}
+        results = folder.cache.get(trial / "result.json", _json_lines) or []
+        if "final" in params and results:
+            out.append((TrialSpec.of(params), overrides(params), results))
+    return out
+
+
 def finals(folder: Folder) -> pd.DataFrame:
     """One row per final seed: ``finals.json`` once written, until then each finals trial's
     latest report (its seed's metrics so far; ``step`` says how far it got)."""
@@ -482,15 +489,11 @@ def finals(folder: Folder) -> pd.DataFrame:
     if saved is not None:
         return pd.DataFrame(saved)
     rows = []
-    for _, trial in _trial_folders(folder, ("finals",)):
-        spec = (folder.cache.get(trial / "params.json", _json) or {}).get("final")
-        results = folder.cache.get(trial / "result.json", _json_lines) or []
-        if not spec or not results:
-            continue
-        for seed in spec["seeds"]:
+    for spec, over, results in _finals_trials(folder):
+        for seed in spec.seeds:
             own = part(results[-1], seed_key(seed, ""))
-            rows.append({"cell": spec["cell"], "seed": seed, "lr": spec["lr"],
-                         **spec["overrides"], "step": own.get("step", results[-1]["step"]),
+            rows.append({"cell": spec.cells[0], "seed": seed, "lr": spec.members[0].lr,
+                         **over, "step": own.get("step", results[-1]["step"]),
                          **{k: v for k, v in own.items()
                             if k.startswith("eval/") or k in ("train_loss", "diverged")}})
     return pd.DataFrame(rows)

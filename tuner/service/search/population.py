@@ -44,7 +44,7 @@ from tuner.service.search.study import JournalStudies
 from tuner.service.trial_spec import Worker, member_key
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def neighbours(coords: dict[str, tuple[int, ...]]) -> dict[str, list[str]]:
     return out
 
 
-class PopulationSearcher(JournalStudies, Searcher):
+class PopulationSearcher(JournalStudies, results.CellResults, Searcher):
     """Tune ``Searcher`` handing out population trials (see the module docstring).
 
     Args:
@@ -216,14 +216,6 @@ class PopulationSearcher(JournalStudies, Searcher):
     @property
     def scheduler(self) -> None:
         return None  # halving happens inside the trials
-
-    def best_per_cell(self) -> dict[str, dict[str, Any] | None]:
-        return {cell: results.best_trial(study.trials(), self.objective, self._lr_low,
-                                         self._lr_high)
-                for cell, study in self._studies.items()}
-
-    def trials_dataframe(self) -> pd.DataFrame:
-        return results.trials_frame(self._studies)
 
     # ----------------------------------------------------------------- helpers
     def _config(self, wave: int, members: list[tuple[str, int]]) -> dict[str, Any]:

@@ -65,3 +65,22 @@ def _first_step_at_final_value(trial: FrozenTrial) -> float:
     there soonest is the best."""
     return min((step for step, v in trial.intermediate_values.items() if v == trial.value),
                default=math.inf)
+
+
+class CellResults:
+    """What a finished search answers, for the searchers (which hold ``_studies`` per cell,
+    the range ``_lr_low``/``_lr_high`` and their ``objective``)."""
+
+    _studies: dict[str, CellStudy]
+    _lr_low: float
+    _lr_high: float
+    objective: Objective
+
+    def best_per_cell(self) -> dict[str, dict[str, Any] | None]:
+        """Best full-budget trial per cell (:func:`best_trial`), None where none."""
+        return {cell: best_trial(study.trials(), self.objective, self._lr_low, self._lr_high)
+                for cell, study in self._studies.items()}
+
+    def trials_dataframe(self) -> pd.DataFrame:
+        """One row per Optuna trial of every cell, read from the journals."""
+        return trials_frame(self._studies)

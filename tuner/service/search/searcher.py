@@ -35,8 +35,6 @@ from tuner.service.search import results
 from tuner.service.search.study import TUNE_ID_ATTR, JournalStudies
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from tuner.service.search.scheduler import PerCellScheduler
 
 logger = logging.getLogger(__name__)
@@ -45,7 +43,7 @@ _STATE_VERSION = 1
 _WAIT = "<wait>"  # _next_cell: budget left, but the concurrency caps hold every cell back
 
 
-class PerCellSearcher(JournalStudies, Searcher):
+class PerCellSearcher(JournalStudies, results.CellResults, Searcher):
     """Tune ``Searcher`` handing out one ``lr`` per trial from the study of its cell.
 
     Cells are served round-robin by need: ``suggest`` picks the cell with the fewest Optuna
@@ -259,16 +257,6 @@ class PerCellSearcher(JournalStudies, Searcher):
     @property
     def scheduler(self) -> PerCellScheduler | None:
         return self._scheduler
-
-    def best_per_cell(self) -> dict[str, dict[str, Any] | None]:
-        """Best full-budget trial per cell (:func:`results.best_trial`), None where none."""
-        return {cell: results.best_trial(study.trials(), self.objective, self._lr_low,
-                                         self._lr_high)
-                for cell, study in self._studies.items()}
-
-    def trials_dataframe(self) -> pd.DataFrame:
-        """One row per Optuna trial of every cell, read from the journals."""
-        return results.trials_frame(self._studies)
 
     # ----------------------------------------------------------------- helpers
     def _config(self, cell: str, lr: float) -> dict[str, Any]:
