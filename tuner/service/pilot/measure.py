@@ -21,6 +21,7 @@ from tuner.core import checkpoint, steps
 from tuner.core.config import RunConfig
 from tuner.core.loop import Progress, Run, SeedRuns, seed_state
 from tuner.core.seeds import search_config
+from tuner.service.trial_spec import Worker
 from tuner.service.trials import prepare_worker, trial_config
 
 STEADY_CHUNKS = 2  # timed chunks after the first (compile) one
@@ -97,10 +98,11 @@ def measure(config: dict[str, Any], base: RunConfig) -> dict[str, float]:
         after_training_s = time.perf_counter() - t
     population = _population(config, base, n)
     peak, device = _peak_bytes()
-    if device and config.get("gpu_fraction"):
+    fraction = Worker.of(config).gpu_fraction
+    if device and fraction:
         from tuner.core.gpu_share import HEADROOM
 
-        device = int(device / (HEADROOM * float(config["gpu_fraction"])))
+        device = int(device / (HEADROOM * fraction))
     return {"step_s": step_s, "compile_s": max(0.0, first - n * step_s),
             "warm_start_s": warm_start_s, "eval_s": eval_s, "checkpoint_s": checkpoint_s,
             "finals_step_s": finals_step_s,
