@@ -4,7 +4,7 @@ One Ray Tune ``Tuner`` runs the learning-rate searches of every grid cell at onc
 ASHA over all trials would compare a trial of one cell against trials of another cell whose
 losses live on a different scale and stop the worse-scaled cell's trials wholesale. This
 scheduler keeps one set of ASHA rungs per cell, so a trial is only ever compared against
-trials of its own cell (its config's cell, :meth:`tuner.service.trial_spec.TrialSpec.of`).
+trials of its own cell (``trial.config["cell"]``).
 
 The rung logic mirrors Ray 2.60's ``ray.tune.schedulers.async_hyperband._Bracket`` with one
 bracket and ``stop_last_trials=True`` (same milestones, same ``nanpercentile`` cutoff). It is
@@ -23,7 +23,6 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
 from tuner.service.objective import Objective, is_finite
-from tuner.service.trial_spec import TrialSpec
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -106,7 +105,7 @@ class CellRungs:
 
 
 class PerCellScheduler(FIFOScheduler):
-    """One ASHA per grid cell, routed by the trial's cell.
+    """One ASHA per grid cell, routed by ``trial.config["cell"]``.
 
     Trials run in submission order (``FIFOScheduler.choose_trial_to_run``); only the stopping
     decision is per cell. A trial reporting a non-finite metric is stopped at once and never
@@ -266,7 +265,7 @@ class PerCellScheduler(FIFOScheduler):
 
 def _cell_of(trial: Trial) -> str:
     try:
-        return TrialSpec.of(trial.config).cells[0]
+        return str(trial.config["cell"])
     except KeyError:
         raise KeyError(
             f"trial {trial.trial_id} has no 'cell' in its config; PerCellScheduler needs "
