@@ -115,7 +115,6 @@ class TrainConfig:
             step % self.diagnostics_every == 0 or step == self.steps)
 
 
-
 def _check_run(cfg) -> None:
     """RunConfig's checks across sections; the task's own ones are its ``check_config``."""
     if cfg.task not in TASKS:
