@@ -13,8 +13,13 @@ import argparse
 import jax
 
 from bench.common import default_run, emit, timed
-from data.lds_rollout import chunk_size, describe_memory, evaluate_rollouts, memory_per_sequence
-from tuner.core.config import RolloutConfig
+from data.lds_rollout import (
+    RolloutConfig,
+    chunk_size,
+    describe_memory,
+    evaluate_rollouts,
+    memory_per_sequence,
+)
 from tuner.core.loop import Run
 
 

@@ -90,6 +90,13 @@ class BigramTask(NothingAfterTraining):
     SYSTEM_SEED = "bigram.chain_seed"
     MILESTONES = ()
 
+    CONFIG = {"bigram": BigramConfig}  # its RunConfig section (--bigram.*); see data.task.Task
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Nothing across sections: any model reads any chain."""
+        del cfg
+
     @classmethod
     def from_run_config(cls, cfg) -> BigramTask:
         return cls.create(cfg.bigram)

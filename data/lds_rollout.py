@@ -8,10 +8,15 @@ Every sequence is drawn from its own key, and errors are summed per sequence in 
 host, so splitting the rollouts into chunks (to fit device memory) leaves the numbers unchanged.
 Each score carries its Monte-Carlo standard error (``eval/score_se_t+{h}``: the spread of the
 per-sequence errors over sqrt(n), in the same units), about 1.1% of the score at 8192 rollouts.
+
+:class:`RolloutConfig` (the ``rollout`` section) lives here, beside the only code that reads it,
+as ``LDSConfig`` lives in :mod:`data.lds`. A module of its own would spare no import: building
+the RunConfig imports every task through :mod:`data.registry`, JAX included.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import TYPE_CHECKING
@@ -25,10 +30,30 @@ from data.lds import sample
 
 if TYPE_CHECKING:  # types only: the task rolls out through the model object it is handed
     from models.sequence_model import SequenceModel
-    from tuner.core.config import RolloutConfig
 
 SCORE_PREFIX = "eval/score_t+"  # + horizon: model h-step error / KF h-step error
 SCORE_SE_PREFIX = "eval/score_se_t+"  # + horizon: its Monte-Carlo standard error
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """Autoregressive evaluation after training (SPEC section 3).
+
+    The LDS task's ``rollout`` section of the RunConfig (``--rollout.*``)."""
+
+    warmup: int = 64  # observations read before generating
+    horizons: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)  # scored steps ahead
+    n_sequences: int = 8192  # parallel rollouts
+    memory_budget_gb: float = 4.0  # per-chunk device-memory budget; chunks never change results
+    seed: int = 12345  # key of the held-out rollout sequences
+
+    def __post_init__(self) -> None:
+        if self.warmup < 1 or self.n_sequences < 1 or not self.horizons or min(self.horizons) < 1:
+            raise ValueError("RolloutConfig: warmup, n_sequences and every horizon must be >= 1")
+
+    @property
+    def n_steps(self) -> int:
+        return max(self.horizons)
 
 
 def memory_per_sequence(model: SequenceModel, warmup: int, n_steps: int) -> int:

@@ -12,6 +12,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from data import kalman, lds, metrics
+from data.lds_rollout import RolloutConfig, describe_memory, evaluate_rollouts
+
+PATCH_SIZES = (1, 2, 4, 8, 16, 32)  # models.config's allowed patch sizes, for the hint
+
+
+def check_patch(seq_len: int, patch_size: int) -> None:
+    """Raises unless ``patch_size`` divides ``seq_len`` (the model reads whole patches)."""
+    if seq_len % patch_size:
+        raise ValueError(
+            f"model.patch_size={patch_size} must divide data.seq_len={seq_len}; allowed: "
+            f"{[q for q in PATCH_SIZES if seq_len % q == 0]}")
 
 
 @flax.struct.dataclass
@@ -28,10 +39,7 @@ class LDSTask:
 
     @classmethod
     def create(cls, cfg: lds.LDSConfig, patch_size: int = 1) -> LDSTask:
-        if cfg.seq_len % patch_size:
-            raise ValueError(f"model.patch_size={patch_size} must divide data.seq_len="
-                             f"{cfg.seq_len}; allowed patch sizes: "
-                             f"{[p for p in (1, 2, 4, 8, 16, 32) if cfg.seq_len % p == 0]}")
+        check_patch(cfg.seq_len, patch_size)
         a, c = lds.make_system_np(cfg)
         exact = lds.System(A=a, C=c, sigma=np.float64(cfg.sigma))
         as32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
@@ -58,6 +66,19 @@ class LDSTask:
     LEARNING_CHECK = ("skill_info", 0.05)  # better than predicting 0 by 5% of the reachable gap
     SYSTEM_SEED = "data.system_seed"
     MILESTONES = ()
+
+    # its RunConfig sections (--data.*, --rollout.*); see data.task.Task
+    CONFIG = {"data": lds.LDSConfig, "rollout": RolloutConfig}
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Patches tile the sequence, the rollout warmup and its longest horizon: the model
+        reads and generates whole patches."""
+        p = cfg.model.patch_size
+        check_patch(cfg.data.seq_len, p)
+        if cfg.rollout.warmup % p or cfg.rollout.n_steps % p:
+            raise ValueError(f"rollout.warmup={cfg.rollout.warmup} and max(rollout.horizons)="
+                             f"{cfg.rollout.n_steps} must be multiples of model.patch_size={p}")
 
     @classmethod
     def from_run_config(cls, cfg) -> LDSTask:
@@ -117,17 +138,14 @@ class LDSTask:
         }
 
     def after_training(self, params, model, cfg) -> dict[str, float]:
-        """The rollout evaluation (SPEC section 3), ``cfg`` a RolloutConfig."""
-        from data.lds_rollout import evaluate_rollouts
-
-        return evaluate_rollouts(params, self, model, cfg)
+        """The rollout evaluation (SPEC section 3) as ``cfg.rollout`` (``cfg`` the RunConfig)
+        sets it."""
+        return evaluate_rollouts(params, self, model, cfg.rollout)
 
     @staticmethod
     def after_training_plan(model, cfg) -> str:
         """The rollouts' memory estimate and chunking, printed before they run."""
-        from data.lds_rollout import describe_memory
-
-        return describe_memory(model, cfg)
+        return describe_memory(model, cfg.rollout)
 
     def zero_predictor_metrics(self) -> dict[str, float]:
         """What predicting 0 scores in expectation: the bar a learning claim must clear."""

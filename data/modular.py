@@ -90,6 +90,13 @@ class ModularTask(NothingAfterTraining):
     SYSTEM_SEED = "modular.split_seed"
     MILESTONES = (("grokking_step", "test_acc", GROKKED),)  # first step that generalises
 
+    CONFIG = {"modular": ModularConfig}  # its RunConfig section (--modular.*); see data.task.Task
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Nothing across sections: any model reads the pairs."""
+        del cfg
+
     @classmethod
     def from_run_config(cls, cfg) -> ModularTask:
         return cls.create(cfg.modular)

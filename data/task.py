@@ -4,6 +4,12 @@ A task is a ``flax.struct.dataclass`` (its arrays are a pytree, so jitted steps 
 argument and the finals can stack one per seed) whose class also declares what it reports, so
 the training core and the service need no per-task code. ``tests/test_task_contract.py`` runs
 the same checks over every registered task.
+
+A task also owns its part of the RunConfig: ``CONFIG`` names its sections (``--data.*`` and
+``--rollout.*`` for the LDS), which :mod:`data.registry` gathers and ``tuner.core.config`` turns
+into RunConfig fields, and ``check_config`` checks them against the rest of the run (e.g. the
+model's patch size). Methods that need the run's settings get the whole RunConfig and read their
+own sections, so no caller names a task's section.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ class NothingAfterTraining:
 
     @staticmethod
     def after_training(params, model, cfg) -> dict[str, float]:
+        """Nothing: ``cfg`` (the RunConfig) is unused."""
         del params, model, cfg
         return {}
 
@@ -48,6 +55,15 @@ class Task(Protocol):
     MILESTONES: ClassVar[tuple[tuple[str, str, float], ...]]
     # curves the report draws from after_training's metrics (prefix + x value), or None
     CURVE: ClassVar[dict[str, Any] | None]
+    # RunConfig section name -> its frozen dataclass (the default instance is the section's
+    # default); names are unique across tasks (data.registry checks) and never a core field's
+    CONFIG: ClassVar[dict[str, type]]
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Raises ValueError (naming the dotted fields and what is allowed) when the RunConfig
+        ``cfg`` of this task combines its sections with the rest wrongly; called at its
+        construction, so a bad combination fails before any training."""
 
     @classmethod
     def from_run_config(cls, cfg) -> Task:
@@ -83,7 +99,8 @@ class Task(Protocol):
 
     def after_training(self, params, model, cfg) -> dict[str, float]:
         """Evaluation after training (the LDS rollouts; {} for most tasks); ``cfg`` is the
-        RolloutConfig."""
+        RunConfig, of which the task reads its own sections."""
 
     def after_training_plan(self, model, cfg) -> str:
-        """One line on what :meth:`after_training` will do (e.g. memory, chunks), or ""."""
+        """One line on what :meth:`after_training` will do (e.g. memory, chunks), or "";
+        ``cfg`` is the RunConfig."""

@@ -115,6 +115,13 @@ class TextTask(NothingAfterTraining):
     SYSTEM_SEED = None  # one corpus: seeds vary init and the sampled windows only
     MILESTONES = ()
 
+    CONFIG = {"text": TextConfig}  # its RunConfig section (--text.*); see data.task.Task
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Nothing across sections: the corpus is checked when the task is built."""
+        del cfg
+
     @classmethod
     def from_run_config(cls, cfg) -> TextTask:
         return cls.create(cfg.text)

@@ -16,6 +16,7 @@ from tolerance import assert_f32_close, forward_depth, train_depth
 from tuner.core import flat_adamw, optimizers, steps
 from tuner.core.config import RunConfig, replace
 from tuner.core.loop import Run
+from tuner.core.optimizer_base import decay_mask
 
 SMALL = replace(RunConfig(), **{
     "data.dim_x": 4, "data.seq_len": 32, "model.n_layers": 2, "model.d_model": 32,
@@ -67,7 +68,7 @@ def test_adamw_steps_match_float64_reference(name):
     f64 = lambda tree: np.asarray(flat_adamw.ravel(tree), np.float64)  # noqa: E731
     g, p = f64(grads), f64(params)
     decays = f64(jax.tree.map(lambda m, x: jnp.full(x.shape, m, jnp.float32),
-                              optimizers.decay_mask(params), params))
+                              decay_mask(params), params))
     g = g * min(1.0, 0.5 / np.linalg.norm(g))
     mu = nu = 0.0
     for t in (1, 2, 3):
@@ -81,7 +82,7 @@ def test_adamw_steps_match_float64_reference(name):
 
 def test_flat_adamw_decays_matrices_only():
     """With the gradient clipped to ~0, one step is decay alone: matrices shrink by lr*wd,
-    biases, norm scales and the start vector do not move (tuner.core.optimizers.decay_mask)."""
+    biases, norm scales and the start vector do not move (tuner.core.optimizer_base.decay_mask)."""
     run = Run(replace(SMALL, **{"train.optimizer": "adamw_flat"}))
     params = run.init_state().params
     opt = run.spec.optimizer_impl()

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from data import lds
+from data.lds_rollout import RolloutConfig
+from data.lds_task import LDSTask
 from models.config import ModelConfig
 from tuner.core.config import RunConfig
 
@@ -83,6 +85,19 @@ def test_patch_not_dividing_sequence_fails_at_construction():
         RunConfig(data=lds.LDSConfig(seq_len=100), model=ModelConfig(patch_size=8))
     with pytest.raises(ValueError, match=r"patch_size=3.*allowed: 1, 2, 4, 8, 16, 32"):
         ModelConfig(patch_size=3)
+    with pytest.raises(ValueError, match=r"patch_size=8.*seq_len=100.*allowed: \[1, 2, 4\]"):
+        LDSTask.create(lds.LDSConfig(seq_len=100), patch_size=8)  # the one check, both ways
+
+
+def test_rollout_not_in_whole_patches_fails_at_construction():
+    """The LDS task's check_config: warmup and the longest horizon are whole patches."""
+    four = ModelConfig(patch_size=4)
+    for rollout in (RolloutConfig(warmup=18), RolloutConfig(horizons=(4, 6))):
+        with pytest.raises(ValueError, match=r"rollout.warmup=.*multiples of model.patch_size=4"):
+            RunConfig(model=four, rollout=rollout)
+    RunConfig(model=four, rollout=RolloutConfig(warmup=16, horizons=(1, 2, 8)))
+    # another task's run does not read the LDS sections
+    RunConfig(model=four, rollout=RolloutConfig(warmup=18), task="bigram")
 
 
 @pytest.mark.parametrize("structure,lam", [("dense", 0.9), ("diagonal", 0.99), ("scalar", 0.5)])

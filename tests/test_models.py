@@ -13,11 +13,10 @@ from flax import traverse_util
 from tolerance import assert_f32_close, forward_depth
 
 from data import lds
-from data.lds_rollout import evaluate_rollouts
+from data.lds_rollout import RolloutConfig, evaluate_rollouts
 from data.lds_task import LDSTask
 from models.config import ModelConfig
 from models.sequence_model import SequenceModel, generate
-from tuner.core.config import RolloutConfig
 
 T, Y = 64, 2
 TINY_DEPTH = forward_depth(n_layers=2, d_model=32, d_ff=64, seq_len=T, head_dim=16)

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 
 import jax
 import numpy as np
 import pytest
 
-from data.registry import TASKS, metric_mode
+from data.registry import DEFAULT_TASK, SECTIONS, TASKS, gather_sections, metric_mode
 from data.task import Task
-from tuner.core import steps
-from tuner.core.config import replace
+from tuner.core import config, steps
+from tuner.core.config import RunConfig, replace
 from tuner.core.loop import Run
 from tuner.core.seeds import get_field, seed_config
 from tuner.service import experiment
@@ -78,13 +79,78 @@ def test_system_seed_draws_a_new_instance_that_stacks(case):
 
 
 def test_after_training_reports_the_declared_curve(case):
+    """The task gets the whole RunConfig and reads its own sections (the case's rollouts are
+    8 sequences)."""
     name, cfg, run = case
     curve = TASKS[name].CURVE
-    cfg_ro = dataclasses.replace(cfg.rollout, n_sequences=8)
-    out = run.task.after_training(run.init_state().params, run.model, cfg_ro)
-    assert isinstance(run.task.after_training_plan(run.model, cfg_ro), str)
+    out = run.task.after_training(run.init_state().params, run.model, cfg)
+    assert isinstance(run.task.after_training_plan(run.model, cfg), str)
     if curve is None:
         assert out == {}
         return
     assert out and all(k.startswith((curve["prefix"], curve["se_prefix"])) for k in out)
     assert all(math.isfinite(v) for v in out.values())
+
+
+# ---- the config each task owns ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_each_task_declares_its_sections_and_runconfig_has_them(name):
+    """``CONFIG``: section name -> frozen dataclass; RunConfig has the field, defaulting to the
+    section's default instance, and the task's ``check_config`` accepts the default run."""
+    cls = TASKS[name]
+    assert cls.CONFIG and all(isinstance(k, str) for k in cls.CONFIG)
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    for section, section_cls in cls.CONFIG.items():
+        assert dataclasses.is_dataclass(section_cls) and section_cls.__dataclass_params__.frozen
+        assert fields[section].type is section_cls
+        assert getattr(RunConfig(), section) == section_cls()
+        assert SECTIONS[section] == (name, section_cls)
+    cls.check_config(replace(RunConfig(), task=name))
+
+
+def test_runconfig_fields_are_model_train_the_sections_then_the_run():
+    names = [f.name for f in dataclasses.fields(RunConfig)]
+    assert names == ["model", "train", *SECTIONS, "task", "out_dir", "rollout_after"]
+    assert list(SECTIONS) == [s for cls in TASKS.values() for s in cls.CONFIG]
+    assert DEFAULT_TASK in TASKS and RunConfig().task == DEFAULT_TASK
+
+
+def test_runconfig_round_trips_like_a_written_dataclass():
+    """Ray pickles configs and the CLI writes asdict: the made class behaves as a written one."""
+    cfg = replace(RunConfig(), **{"data.lambda_val": 0.96, "rollout.horizons": (1, 4),
+                                  "train.lr": 3e-4, "out_dir": "x"})
+    assert RunConfig.__module__ == "tuner.core.config" and RunConfig.__qualname__ == "RunConfig"
+    assert config.RunConfig is RunConfig
+    back = pickle.loads(pickle.dumps(cfg))
+    assert type(back) is RunConfig and back == cfg and hash(back) == hash(cfg)
+    assert back != RunConfig()
+    d = dataclasses.asdict(cfg)
+    assert d["data"]["lambda_val"] == 0.96 and d["rollout"]["horizons"] == (1, 4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.task = "x"
+    with pytest.raises(ValueError, match=r"unknown field.*rollout\.nope"):
+        replace(cfg, **{"rollout.nope": 1})
+
+
+def test_runconfig_calls_the_task_check(monkeypatch):
+    """Only the run's own task checks the run, at construction."""
+    seen = []
+    for name, cls in TASKS.items():
+        monkeypatch.setattr(cls, "check_config",
+                            classmethod(lambda c, cfg, name=name: seen.append((name, cfg.task))))
+    RunConfig()
+    assert seen == [(DEFAULT_TASK, DEFAULT_TASK)]
+
+
+def test_a_section_name_two_tasks_use_is_refused():
+    @dataclasses.dataclass(frozen=True)
+    class Section:
+        x: int = 0
+
+    a = type("A", (), {"CONFIG": {"shared": Section}})
+    b = type("B", (), {"CONFIG": {"own": Section, "shared": Section}})
+    assert list(gather_sections({"a": a})) == ["shared"]
+    with pytest.raises(ValueError, match="'shared' of task 'b' is already task 'a'"):
+        gather_sections({"a": a, "b": b})

@@ -40,3 +40,15 @@ def test_cli_rejects_bad_value_before_training(tmp_path):
     assert res.returncode != 0
     assert "patch_size=3" in res.stderr and "allowed" in res.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_help_lists_every_section_of_every_task():
+    """The RunConfig built from the registry's sections still offers each as ``--<section>.*``."""
+    from data.registry import SECTIONS
+
+    res = cli("--help")
+    assert res.returncode == 0, res.stderr
+    for section in ("model", "train", *SECTIONS):
+        assert f"--{section}." in res.stdout, section
+    assert "--data.lambda-val" in res.stdout and "--rollout.n-sequences" in res.stdout
+    assert "--task" in res.stdout and "--rollout-after" in res.stdout

@@ -56,9 +56,9 @@ def run(cfg: RunConfig) -> dict:
         last = {f"eval/{k}": v for k, v in last.items()}
     summary = dict(last)
     if cfg.rollout_after:
-        if plan := r.task.after_training_plan(r.model, cfg.rollout):
+        if plan := r.task.after_training_plan(r.model, cfg):
             print(plan)
-        summary |= r.task.after_training(state.params, r.model, cfg.rollout)
+        summary |= r.task.after_training(state.params, r.model, cfg)
     summary["wall_s"] = time.perf_counter() - started
     summary["zero_predictor"] = zero
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

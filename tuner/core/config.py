@@ -1,8 +1,23 @@
-"""Configuration of one training run: data x model x training x rollout evaluation.
+"""Configuration of one training run: model x training x the tasks' sections.
 
 Every field can be set from the command line with dot notation (tyro), e.g.
 ``python -m tuner.train --data.lambda_val 0.96 --model.patch_size 4 --train.steps 2000``.
 Invalid combinations fail at construction, naming the field and the allowed values.
+
+Why RunConfig is built, not written out: each task owns its sections (``CONFIG`` of its class,
+e.g. the LDS's ``data`` and ``rollout``) and its checks across them (``check_config``), and
+:mod:`data.registry` gathers them. ``RunConfig`` is made from that list with
+``dataclasses.make_dataclass``, so adding a task adds its ``--<section>.*`` options and this
+module never names a task or a task's section. It is a frozen dataclass registered under this
+module's name, so tyro, ``dataclasses.asdict``/``replace``, equality and pickling (Ray ships
+configs to trials) treat it as a written-out one.
+
+Names of choices (the rule for all three): this module declares the names a config may choose,
+``OPTIMIZERS``, ``ROUTE_REGULARIZERS`` and ``DIAGNOSTICS``, and each implementing module
+(:mod:`tuner.core.optimizers`, :mod:`tuner.core.routing`, :mod:`tuner.core.diagnostics`) checks
+at import that its table has exactly these names. So building a config imports no training-core
+module, and those modules may import this one without an import circle
+(``tests/test_imports.py`` checks that there is none).
 """
 
 from __future__ import annotations
@@ -10,15 +25,14 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from data.bigram import BigramConfig
-from data.lds import LDSConfig
-from data.modular import ModularConfig
-from data.text import TextConfig
-from models.config import ModelConfig
+from data.registry import DEFAULT_TASK, SECTIONS, TASKS
+from models.config import GATED_BACKBONES, ModelConfig
 
 SCHEDULES = ("cosine", "constant")  # learning-rate shape after the linear warmup
-# tuner.core.diagnostics.ESTIMATORS' names (that module checks it has exactly these; named here
-# so building a config does not import the training core, which imports this module)
+# the names of tuner.core.optimizers.OPTIMIZERS, tuner.core.routing.REGULARIZERS and
+# tuner.core.diagnostics.ESTIMATORS, in their order (each module checks it has exactly these)
+OPTIMIZERS = ("adamw", "adamw_flat", "muon")
+ROUTE_REGULARIZERS = ("none", "entropy", "sparsity", "gini")
 DIAGNOSTICS = ("grad_norm", "hessian_trace", "fisher_trace", "input_jacobian_norm",
                "spectral_smoothness", "representation_norm", "weight_norms", "adam")
 DIAGNOSTICS_NEED_TASK = {"spectral_smoothness": "residue_grid"}  # estimator -> task method
@@ -34,7 +48,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches of batch_size / grad_accum each, gradients averaged
     lr: float = 1e-3  # peak learning rate
     weight_decay: float = 0.01  # decoupled decay on matrices only (not embeddings, biases, norms)
-    optimizer: str = "adamw"  # tuner.core.optimizers: adamw | muon (Muon on matrices, Adam else)
+    optimizer: str = "adamw"  # OPTIMIZERS: adamw | adamw_flat | muon (Muon on matrices, Adam else)
     warmup_frac: float = 0.05  # linear warmup as a fraction of ``steps``
     schedule: str = "cosine"  # after warmup: cosine (to 0 at ``steps``) | constant (grokking)
     b1: float = 0.9  # Adam beta1
@@ -45,10 +59,10 @@ class TrainConfig:
     eval_seed: int = 2**31 - 1  # key of the held-out data (finals use another: tuner.core.seeds)
     seed: int = 0  # init and data-stream seed (the system is data.system_seed)
     # gated models (model.backbone routed): loss + route_reg_weight * regularizer (traced)
-    route_reg: str = "none"  # tuner.core.routing.REGULARIZERS: none | entropy | sparsity | gini
+    route_reg: str = "none"  # ROUTE_REGULARIZERS: none | entropy | sparsity | gini
     route_reg_weight: float = 0.0  # its weight (>= 0)
     # tuner.core.diagnostics: estimators logged as diag/<key> every diagnostics_every steps
-    diagnostics: tuple[str, ...] = ()  # names in tuner.core.diagnostics.ESTIMATORS
+    diagnostics: tuple[str, ...] = ()  # names in DIAGNOSTICS
     diagnostics_every: int = 0  # steps between them, a multiple of eval_every; 0: off
     diagnostics_probes: int = 8  # random probes of the Hutchinson and Jacobian estimators
 
@@ -68,19 +82,15 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.schedule={self.schedule!r}; allowed: {list(SCHEDULES)}")
         if self.weight_decay < 0:
             raise ValueError(f"TrainConfig.weight_decay={self.weight_decay} must be >= 0")
-        from tuner.core.optimizers import OPTIMIZERS
-
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig.optimizer={self.optimizer!r}; "
                              f"allowed: {sorted(OPTIMIZERS)}")
         self._check_routing_and_diagnostics()
 
     def _check_routing_and_diagnostics(self) -> None:
-        from tuner.core.routing import REGULARIZERS
-
-        if self.route_reg not in REGULARIZERS:
+        if self.route_reg not in ROUTE_REGULARIZERS:
             raise ValueError(f"TrainConfig.route_reg={self.route_reg!r}; "
-                             f"allowed: {list(REGULARIZERS)}")
+                             f"allowed: {list(ROUTE_REGULARIZERS)}")
         if not (self.route_reg_weight >= 0 and math.isfinite(self.route_reg_weight)):
             raise ValueError(f"TrainConfig.route_reg_weight={self.route_reg_weight}; "
                              "allowed: a finite number >= 0")
@@ -105,67 +115,56 @@ class TrainConfig:
             step % self.diagnostics_every == 0 or step == self.steps)
 
 
-@dataclasses.dataclass(frozen=True)
-class RolloutConfig:
-    """Autoregressive evaluation after training (SPEC section 3)."""
-
-    warmup: int = 64  # observations read before generating
-    horizons: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)  # scored steps ahead
-    n_sequences: int = 8192  # parallel rollouts
-    memory_budget_gb: float = 4.0  # per-chunk device-memory budget; chunks never change results
-    seed: int = 12345  # key of the held-out rollout sequences
-
-    def __post_init__(self) -> None:
-        if self.warmup < 1 or self.n_sequences < 1 or not self.horizons or min(self.horizons) < 1:
-            raise ValueError("RolloutConfig: warmup, n_sequences and every horizon must be >= 1")
-
-    @property
-    def n_steps(self) -> int:
-        return max(self.horizons)
+def _check_run(cfg) -> None:
+    """RunConfig's checks across sections; the task's own ones are its ``check_config``."""
+    if cfg.task not in TASKS:
+        raise ValueError(f"RunConfig.task={cfg.task!r}; allowed: {sorted(TASKS)}")
+    if cfg.train.route_reg != "none" and cfg.model.backbone not in GATED_BACKBONES:
+        raise ValueError(f"train.route_reg={cfg.train.route_reg!r} needs a gated backbone "
+                         f"(model.backbone={cfg.model.backbone!r}); allowed: none, or "
+                         f"model.backbone in {list(GATED_BACKBONES)}")
+    for name in cfg.train.diagnostics:
+        need = DIAGNOSTICS_NEED_TASK.get(name)
+        if need and not hasattr(TASKS[cfg.task], need):
+            raise ValueError(f"train.diagnostics: {name!r} needs a task with {need} (task "
+                             f"{cfg.task!r} has none); allowed: tasks "
+                             f"{[t for t, c in TASKS.items() if hasattr(c, need)]}")
+    TASKS[cfg.task].check_config(cfg)
 
 
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """One training run."""
+def _summary(cls: type) -> str:
+    """The first paragraph of a section class's docstring, on one line: its ``--help`` text."""
+    return " ".join((cls.__doc__ or cls.__name__).strip().split("\n\n")[0].split())
 
-    data: LDSConfig = LDSConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    rollout: RolloutConfig = RolloutConfig()
-    bigram: BigramConfig = BigramConfig()  # task "bigram": the Markov chain
-    modular: ModularConfig = ModularConfig()  # task "modular": (a op b) mod p
-    text: TextConfig = TextConfig()  # task "text": the text file and tokenizer
-    task: str = "lds"  # data.registry name: lds | bigram | modular | text (reads its section)
-    out_dir: str = "runs/default"  # metrics.jsonl, checkpoints and summary.json land here
-    rollout_after: bool = True  # run the rollout evaluation when training ends
 
-    def __post_init__(self) -> None:
-        from data.registry import TASKS
+def _build_run_config() -> type:
+    """RunConfig: model, train, the registry's sections in its order, then the run's own
+    fields. Field docs go in the docstring's Attributes, which tyro shows as ``--help``."""
+    core = [("model", ModelConfig, ModelConfig()), ("train", TrainConfig, TrainConfig())]
+    own = [("task", str, DEFAULT_TASK, f"data.registry name: {' | '.join(TASKS)} (reads its "
+                                       "sections)"),
+           ("out_dir", str, "runs/default",
+            "metrics.jsonl, checkpoints and summary.json land here"),
+           ("rollout_after", bool, True, "run the task's evaluation after training "
+                                         "(data.task.Task.after_training) when training ends")]
+    taken = {name for name, *_ in core} | {name for name, *_ in own}
+    if clash := sorted(taken & set(SECTIONS)):
+        raise ValueError(f"task section(s) {clash} shadow RunConfig's own fields; allowed: "
+                         f"names other than {sorted(taken)}")
+    sections = [(name, cls, cls()) for name, (_, cls) in SECTIONS.items()]
+    docs = [f"{name}: task {task!r}: {_summary(cls)}" for name, (task, cls) in SECTIONS.items()]
+    docs += [f"{name}: {doc}" for name, _, _, doc in own]
+    doc = ("One training run: the model, its training, every task's sections (the run's task "
+           "reads its own) and where it writes.\n\nAttributes:\n"
+           + "".join(f"    {line}\n" for line in docs))
+    fields = [(name, typ, dataclasses.field(default=default))
+              for name, typ, default, *_ in (*core, *sections, *own)]
+    return dataclasses.make_dataclass(
+        "RunConfig", fields, frozen=True, module=__name__,
+        namespace={"__doc__": doc, "__post_init__": _check_run})
 
-        if self.task not in TASKS:
-            raise ValueError(f"RunConfig.task={self.task!r}; allowed: {sorted(TASKS)}")
-        from models.config import GATED_BACKBONES
 
-        if self.train.route_reg != "none" and self.model.backbone not in GATED_BACKBONES:
-            raise ValueError(f"train.route_reg={self.train.route_reg!r} needs a gated backbone "
-                             f"(model.backbone={self.model.backbone!r}); allowed: none, or "
-                             f"model.backbone in {list(GATED_BACKBONES)}")
-        for name in self.train.diagnostics:
-            need = DIAGNOSTICS_NEED_TASK.get(name)
-            if need and not hasattr(TASKS[self.task], need):
-                raise ValueError(f"train.diagnostics: {name!r} needs a task with {need} (task "
-                                 f"{self.task!r} has none); allowed: tasks "
-                                 f"{[t for t, c in TASKS.items() if hasattr(c, need)]}")
-        if self.task != "lds":  # the patch/rollout checks below concern the LDS only
-            return
-        p = self.model.patch_size
-        if self.data.seq_len % p:
-            raise ValueError(
-                f"model.patch_size={p} must divide data.seq_len={self.data.seq_len}; allowed: "
-                f"{[q for q in (1, 2, 4, 8, 16, 32) if self.data.seq_len % q == 0]}")
-        if self.rollout.warmup % p or self.rollout.n_steps % p:
-            raise ValueError(f"rollout.warmup={self.rollout.warmup} and max(rollout.horizons)="
-                             f"{self.rollout.n_steps} must be multiples of model.patch_size={p}")
+RunConfig = _build_run_config()
 
 
 def replace(cfg, **dotted) -> RunConfig:

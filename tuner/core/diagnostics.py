@@ -51,7 +51,8 @@ import optax
 from flax import traverse_util
 
 from models.sequence_model import SequenceModel
-from tuner.core import config, optimizers
+from tuner.core import config
+from tuner.core.optimizer_base import Optimizer, decay_mask
 from tuner.core.steps import lr_multiplier
 
 SUBSAMPLE = 128  # examples for the per-example estimators (cost grows with it, not accuracy)
@@ -152,7 +153,7 @@ def adam_stats_of(opt_state, b1: float, b2: float, lr_t: jax.Array) -> dict[str,
 
 def update_decay_ratio_of(updates, params, weight_decay: jax.Array) -> jax.Array:
     """||u|| / ||wd * p|| over the decayed leaves (NaN when wd = 0)."""
-    mask = optimizers.decay_mask(params)
+    mask = decay_mask(params)
     pick = lambda t: [x for x, m in zip(jax.tree.leaves(t), jax.tree.leaves(mask),  # noqa: E731
                                         strict=True) if m]
     u = jnp.sqrt(sum(jnp.sum(x.astype(jnp.float32) ** 2) for x in pick(updates)))
@@ -176,7 +177,7 @@ class Context(NamedTuple):
     weight_decay: jax.Array
     b1: float
     b2: float
-    optimizer: optimizers.Optimizer
+    optimizer: Optimizer
 
     def loss(self, params) -> jax.Array:
         return self.task.loss(self.model.apply(params, self.task.inputs(self.batch)), self.batch)
@@ -253,7 +254,7 @@ ESTIMATORS: dict[str, Callable[[Context], dict[str, jax.Array]]] = {
     "adam": _adam,
 }
 
-if tuple(ESTIMATORS) != config.DIAGNOSTICS:  # config validates names without importing JAX code
+if tuple(ESTIMATORS) != config.DIAGNOSTICS:  # config checks train.diagnostics by these names
     raise ImportError(f"tuner.core.diagnostics {tuple(ESTIMATORS)} != tuner.core.config "
                       f"{config.DIAGNOSTICS}")
 

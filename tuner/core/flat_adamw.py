@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tuner.core import optimizers
+from tuner.core.optimizer_base import Optimizer, decay_mask
 
 EPS = 1e-8  # optax.scale_by_adam's default eps (eps_root 0)
 
@@ -57,15 +57,16 @@ def unravel(flat: jax.Array, like: Any) -> Any:
 
 
 def decay_vector(params: Any, weight_decay: jax.Array) -> jax.Array:
-    """``weight_decay`` where :func:`tuner.core.optimizers.decay_mask` decays, 0 elsewhere, as one
-    vector; built from broadcasts (no (N,) constant in the program), traced ``weight_decay``."""
-    masks = jax.tree.leaves(optimizers.decay_mask(params))
+    """``weight_decay`` where :func:`tuner.core.optimizer_base.decay_mask` decays, 0 elsewhere,
+    as one vector; built from broadcasts (no (N,) constant in the program), traced
+    ``weight_decay``."""
+    masks = jax.tree.leaves(decay_mask(params))
     wd = jnp.asarray(weight_decay, jnp.float32)
     return jnp.concatenate([jnp.broadcast_to(jnp.where(m, wd, 0.0), (x.size,))
                             for m, x in zip(masks, jax.tree.leaves(params), strict=True)])
 
 
-def optimizer(b1: float, b2: float, clip_norm: float) -> optimizers.Optimizer:
+def optimizer(b1: float, b2: float, clip_norm: float) -> Optimizer:
     """Global-norm clip + Adam(``b1``, ``b2``) + decoupled masked decay, all on one vector."""
 
     def init(params) -> FlatAdamState:
@@ -87,4 +88,4 @@ def optimizer(b1: float, b2: float, clip_norm: float) -> optimizers.Optimizer:
         p = p + scale * (u + decay_vector(params, weight_decay) * p)
         return unravel(p, params), FlatAdamState(count, mu, nu), g_norm
 
-    return optimizers.Optimizer(init, apply)
+    return Optimizer(init, apply)

@@ -1,7 +1,8 @@
 """Optimizer name -> update direction, and which parameters take weight decay.
 
 Every update is ``p <- p - lr_t * (u + wd * mask * p)`` with ``lr_t`` and ``wd`` traced (one
-compile per cell). An :class:`Optimizer` is the pair (init, apply) the step calls; most are a
+compile per cell). An :class:`~tuner.core.optimizer_base.Optimizer` is the pair (init, apply)
+the step calls, and :func:`~tuner.core.optimizer_base.decay_mask` the ``mask``; most are a
 direction ``u`` (a static ``optax.GradientTransformation`` without learning rate) applied leaf by
 leaf (:func:`per_leaf`), so adding one is a table entry (``train.optimizer`` picks it).
 
@@ -19,35 +20,16 @@ leaf (:func:`per_leaf`), so adding one is a table entry (``train.optimizer`` pic
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-EMBEDDING_NAMES = ("embedding",)  # leaf names of token/position tables (flax nn.Embed's param)
+from tuner.core import config, flat_adamw
+from tuner.core.optimizer_base import Optimizer, decay_mask, is_embedding
+
 MUON_RMS = 0.2  # RMS each Muon update is scaled to (about that of an Adam update)
-
-
-def _leaf_name(path) -> str:
-    last = path[-1]
-    return str(getattr(last, "key", getattr(last, "name", last)))
-
-
-def is_embedding(path) -> bool:
-    return _leaf_name(path) in EMBEDDING_NAMES
-
-
-def decay_mask(params) -> Any:
-    """Weight decay on weight matrices only: not on embedding tables, biases or norm scales.
-
-    Matrices are leaves of rank >= 2; embedding tables are excluded by name (``embedding``,
-    what ``nn.Embed`` calls its table), since decaying them shrinks rare tokens' vectors toward
-    zero for no regularizing benefit. The LDS model has no embedding table, so it decays exactly
-    what it always did (every kernel).
-    """
-    return jax.tree_util.tree_map_with_path(
-        lambda path, p: p.ndim >= 2 and not is_embedding(path), params)
 
 
 def _muon_labels(params) -> Any:
@@ -76,15 +58,6 @@ def _rescale_rms(target: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-class Optimizer(NamedTuple):
-    """What the training step calls: ``init(params) -> state`` and ``apply(grads, state, params,
-    scale, weight_decay) -> (params, state, grad_norm)``, where ``scale = -lr_t`` (traced) and
-    ``grad_norm`` is the unclipped global norm the step reports."""
-
-    init: Callable[[Any], Any]
-    apply: Callable[[Any, Any, Any, jax.Array, jax.Array], tuple[Any, Any, jax.Array]]
-
-
 def per_leaf(transform: optax.GradientTransformation) -> Optimizer:
     """An optax direction applied leaf by leaf with decoupled, masked weight decay."""
 
@@ -106,12 +79,6 @@ def adamw(b1: float, b2: float, clip_norm: float) -> Optimizer:
     return per_leaf(adamw_direction(b1, b2, clip_norm))
 
 
-def adamw_flat(b1: float, b2: float, clip_norm: float) -> Optimizer:
-    from tuner.core import flat_adamw  # imports this module (decay_mask)
-
-    return flat_adamw.optimizer(b1, b2, clip_norm)
-
-
 def muon(b1: float, b2: float, clip_norm: float) -> Optimizer:
     return per_leaf(muon_direction(b1, b2, clip_norm))
 
@@ -131,6 +98,9 @@ def muon_direction(b1: float, b2: float, clip_norm: float) -> optax.GradientTran
 # Muon stays per leaf: Newton-Schulz needs each matrix in its own shape
 OPTIMIZERS: dict[str, Callable[[float, float, float], Optimizer]] = {
     "adamw": adamw,
-    "adamw_flat": adamw_flat,
+    "adamw_flat": flat_adamw.optimizer,
     "muon": muon,
 }
+if tuple(OPTIMIZERS) != config.OPTIMIZERS:  # config checks train.optimizer by these names
+    raise ImportError(f"tuner.core.optimizers {tuple(OPTIMIZERS)} != tuner.core.config "
+                      f"{config.OPTIMIZERS}")

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from models.config import GATED_BACKBONES
 from models.routed import gates_of
+from tuner.core import config
 
 _EPS = 1e-12  # inside logs and divisions: a gate of exactly 0 (top-k) contributes 0 log 0 = 0
 
@@ -83,6 +84,10 @@ REGULARIZERS: dict[str, Callable[[jax.Array], jax.Array] | None] = {
     "sparsity": sparsity,
     "gini": gini,
 }
+
+if tuple(REGULARIZERS) != config.ROUTE_REGULARIZERS:  # config checks train.route_reg by these
+    raise ImportError(f"tuner.core.routing {tuple(REGULARIZERS)} != tuner.core.config "
+                      f"{config.ROUTE_REGULARIZERS}")
 
 METRICS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "route_entropy": entropy,

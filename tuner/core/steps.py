@@ -20,6 +20,7 @@ import optax
 from models.sequence_model import SequenceModel
 from tuner.core import optimizers, routing
 from tuner.core.config import RunConfig, TrainConfig
+from tuner.core.optimizer_base import Optimizer
 
 
 class HParams(NamedTuple):
@@ -66,7 +67,7 @@ class StepSpec:
         return StepSpec(model, t.batch_size, t.b1, t.b2, t.clip_norm, t.optimizer, t.grad_accum,
                         t.route_reg)
 
-    def optimizer_impl(self) -> optimizers.Optimizer:
+    def optimizer_impl(self) -> Optimizer:
         """The optimizer's (init, apply); lr and decay are passed to ``apply`` traced."""
         return optimizers.OPTIMIZERS[self.optimizer](self.b1, self.b2, self.clip_norm)
 

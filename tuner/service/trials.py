@@ -162,7 +162,7 @@ def train_cell_finals(config: dict[str, Any], base: RunConfig) -> None:
             for i, r in enumerate(runs.runs):  # each seed on its own system
                 if not prog.diverged(i):
                     prog.last[i] |= r.task.after_training(seed_state(sts, i).params, r.model,
-                                                          cfg.rollout)
+                                                          r.cfg)
         ok = [m for i, m in enumerate(prog.last) if not prog.diverged(i)]
         means = {k: sum(m[k] for m in ok) / len(ok) for k in (ok[0] if ok else {})
                  if k.startswith(("eval/", "diag/")) or k == "train_loss"}

@@ -94,7 +94,7 @@ def measure(config: dict[str, Any], base: RunConfig) -> dict[str, float]:
         first_run = runs.runs[0]
         t = time.perf_counter()
         first_run.task.after_training(seed_state(states, 0).params, first_run.model,
-                                      finals_cfg.rollout)
+                                      finals_cfg)
         after_training_s = time.perf_counter() - t
     population = _population(config, base, n)
     peak, device = _peak_bytes()
