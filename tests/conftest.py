@@ -19,6 +19,23 @@ os.environ.setdefault("TUNER_REUSE_ACTORS", "1")
 # stall and kill each other's trials), and they share one tiny run (``tiny_reference``).
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_compile_cache(tmp_path_factory):
+    """One JAX compilation cache for every experiment the session runs (``--compile-cache``,
+    passed by ``tiny_run.cli``): the first run compiles the tiny programs, the others read
+    them, as experiments of one shape do on a cluster that shares the folder."""
+    from tiny_run import COMPILE_CACHE_ENV
+
+    path = tmp_path_factory.mktemp("jax_cache")
+    before = os.environ.get(COMPILE_CACHE_ENV)
+    os.environ[COMPILE_CACHE_ENV] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop(COMPILE_CACHE_ENV, None)
+    else:
+        os.environ[COMPILE_CACHE_ENV] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_reference(tmp_path_factory):
     """``tests/fixtures/tiny.yaml`` run once through ``python -m tuner.run``, after its

@@ -264,6 +264,26 @@ FAULTS = [  # (signal, stage, seed of the kill point); the SIGINT rows (Tune's g
 ]
 
 
+def search_done_copy(src: Path, dst: Path) -> None:
+    """``src`` (a finished run's folder) as it stood when its search had ended: its finals,
+    report and the finals' W&B runs left out, so a run of the same command starts at the
+    finals. The finals rows start here: the search before them is the search rows' ground."""
+    import shutil
+
+    finals_ids = {json.loads(f.read_text().splitlines()[0])["trial_id"]
+                  for f in (src / "finals").glob("*/result.json") if f.read_text().strip()}
+    later = {"finals", "finals.json", "report", "times.json", "status.json", "driver.lock"}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        if Path(folder) == src:
+            return later & set(names)
+        return {n for n in names if n.startswith("offline-run-")
+                and n.rsplit("-", 1)[-1] in finals_ids}
+
+    shutil.copytree(src, dst, symlinks=True, ignore=ignore)
+    assert finals_ids and not (dst / "finals").exists()
+
+
 def tear_last_record(root: Path) -> Path:
     """Cuts the last record of the newest journal in half: what a driver killed mid-append (a
     lost node, a full disk) leaves. Returns the journal."""
@@ -284,8 +304,10 @@ def test_interrupted_then_rerun_equals_uninterrupted(reference, tmp_path, sig, s
 
     point = random.Random(seed).randint(3, 12)
     log = tmp_path / "stopped.log"
-    proc = cli(tmp_path, start_new_session=True, log=log)
     root = tmp_path / "tiny"
+    if stage == "finals":
+        search_done_copy(reference[0], root)
+    proc = cli(tmp_path, start_new_session=True, log=log)
     deadline = time.time() + 400
     reached, midway, waited_since = False, False, None
     while time.time() < deadline and proc.poll() is None:
@@ -346,3 +368,14 @@ def test_interrupted_then_rerun_equals_uninterrupted(reference, tmp_path, sig, s
     report = pd.read_csv(root / "report" / "trials.csv")
     assert not report.duplicated(["stage", "cell", "number", "seed"]).any()
     check_wandb_runs_continue(root, resumed)
+    # the finals resumed from their checkpoints end where the uninterrupted ones did
+    def finals_of(folder: Path) -> pd.DataFrame:
+        rows = pd.DataFrame(json.loads((folder / "finals.json").read_text()))
+        return rows.sort_values(["cell", "seed"]).reset_index(drop=True)
+
+    ours_finals, ref_finals = finals_of(root), finals_of(reference[0])
+    assert ours_finals[["cell", "seed", "lr", "step"]].equals(
+        ref_finals[["cell", "seed", "lr", "step"]])
+    for metric in ("eval/nmse", "train_loss"):  # the same programs on this CPU: float32 noise
+        assert ours_finals[metric].to_numpy() == pytest.approx(
+            ref_finals[metric].to_numpy(), rel=1e-4), metric

@@ -10,6 +10,9 @@ from pathlib import Path
 
 TINY = Path(__file__).parent / "fixtures" / "tiny.yaml"
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # a W&B-shaped API key (40 hex)
+# a compilation cache the session's runs share (tests/conftest.py): each run of the suite would
+# otherwise compile the same tiny programs again (~15 s of a tiny run's 73 s cold)
+COMPILE_CACHE_ENV = "TUNER_TEST_COMPILE_CACHE"
 
 
 def cli(out: Path, *flags: str, log: Path | None = None, experiment: Path = TINY,
@@ -21,6 +24,8 @@ def cli(out: Path, *flags: str, log: Path | None = None, experiment: Path = TINY
     stall the driver."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", WANDB_MODE="offline", PYTHONUNBUFFERED="1",
                WANDB_API_KEY=FAKE_KEY)
+    if os.environ.get(COMPILE_CACHE_ENV) and "--compile-cache" not in flags:
+        flags = (*flags, "--compile-cache", os.environ[COMPILE_CACHE_ENV])
     stdout = subprocess.PIPE if log is None else log.open("w")
     return subprocess.Popen([sys.executable, "-m", "tuner.run", str(experiment), "--out",
                              str(out), "--num-cpus", "2", *flags], stdout=stdout,

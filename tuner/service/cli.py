@@ -52,6 +52,10 @@ class Args:
     # checkpoint, memory), print the projected wall time here and on N GPUs, write pilot.json
     # under the experiment folder, and stop; the real run then prints its times against it
     pilot: bool = False
+    # JAX's compilation cache of the trials (default: <out>/<name>/jax_cache); experiments of
+    # one model shape that name the same folder (e.g. on a cluster's shared disk) compile each
+    # program once between them
+    compile_cache: str | None = None
 
 
 class UsageError(Exception):
@@ -70,7 +74,8 @@ def prepare(args: Args):
         research = [rounds.parse_research(r, list(exp.cells())) for r in args.research]
     except ValueError as e:
         raise UsageError(f"{exp.path}: {e}") from None
-    dirs = ExperimentDirs(Path(args.out).absolute() / exp.name)
+    dirs = ExperimentDirs(Path(args.out).absolute() / exp.name,
+                          Path(args.compile_cache).absolute() if args.compile_cache else None)
     frozen = dirs.experiment_file
     if frozen.exists() and frozen.read_text() != exp.path.read_text():
         grown = seed_growth.accepted(frozen, exp.path, args.smoke)

@@ -11,6 +11,8 @@ class ExperimentDirs:
     """Where everything of one experiment lives (absolute: Tune needs it, jobs change cwd)."""
 
     root: Path
+    # JAX's compilation cache of the trials; default <root>/jax_cache (``--compile-cache``)
+    compile_cache: Path | None = None
 
     @property
     def studies(self) -> Path:  # one Optuna journal per cell
@@ -45,8 +47,8 @@ class ExperimentDirs:
         return self.root / "wandb"
 
     @property
-    def jax_cache(self) -> Path:
-        return self.root / "jax_cache"
+    def jax_cache(self) -> Path:  # several experiments may share one (``--compile-cache``)
+        return self.compile_cache or self.root / "jax_cache"
 
     @property
     def experiment_file(self) -> Path:  # the experiment file as it was at the first run
