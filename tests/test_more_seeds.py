@@ -70,7 +70,7 @@ def test_added_seeds_train_alone_and_join_the_report(tiny_reference, tmp_path):
     before = rows_of(root)
     summary_before = (root / "report" / "summary.md").read_text()
     path = grown(tmp_path, TINY.read_text().replace(SEEDS, "  seeds: [0, 1, 2]"))
-    out = finish(cli(tmp_path, experiment=path))
+    out = finish(cli(tmp_path, "--no-wandb", experiment=path))  # W&B: tests/test_service.py
     assert "finals.seeds grew by [2]" in out and "report:" in out
     assert "resuming the search" not in out  # the search is finished: not reopened
     after = rows_of(root)
@@ -91,5 +91,5 @@ def test_added_seeds_train_alone_and_join_the_report(tiny_reference, tmp_path):
     assert summary != summary_before and "[0, 1, 2]" in summary
     assert "| patch=1 | 3/3 |" in summary and "| patch=4 | 3/3 |" in summary
     # nothing left to do: the same command finds the experiment finished
-    again = finish(cli(tmp_path, experiment=path))
+    again = finish(cli(tmp_path, "--no-wandb", experiment=path))
     assert "finals of the added seeds" not in again and rows_of(root) == after

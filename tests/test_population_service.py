@@ -4,6 +4,7 @@ picks (the search no longer depends on arrival order), and every report file kee
 """
 
 import json
+import math
 import os
 import random
 import signal
@@ -14,6 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 from tiny_run import cli, finish
+from wandb_files import wandb_history
 
 from tuner.service.search.halving import keep_count
 from tuner.service.search.study import TUNE_ID_ATTR
@@ -83,6 +85,18 @@ def test_population_search_end_to_end(population_reference):
     report = pd.read_csv(root / "report" / "trials.csv")
     assert len(report[report.stage == "search"]) == 20
     assert len(json.loads((root / "finals.json").read_text())) == 4
+    # W&B: one run per population (its Tune trial), every member's values under member_<i>/
+    # and the best live member's under the plain names, as its result.json has them
+    history = wandb_history(root)
+    for result in (root / "search").glob("*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        logged = history[rows[0]["trial_id"]]
+        assert [h["step"] for h in logged] == [r["step"] for r in rows]
+        n = len(rows[0]["config"]["members"])
+        for h, r in zip(logged, rows, strict=True):
+            for key in ["eval/nmse", *(f"member_{i}/eval/nmse" for i in range(n))]:
+                if isinstance(r.get(key), float) and math.isfinite(r[key]):
+                    assert h[key] == pytest.approx(r[key], rel=1e-6), (key, h, r)
 
 
 def test_killed_then_resumed_equals_uninterrupted(population_reference, tmp_path):
@@ -90,7 +104,8 @@ def test_killed_then_resumed_equals_uninterrupted(population_reference, tmp_path
     seed), then the same command: the same trials, states, waves, sources and best rates."""
     point = random.Random(0).randint(3, 8)
     log = tmp_path / "stopped.log"
-    proc = cli(tmp_path, start_new_session=True, log=log, experiment=TINY_POP)
+    # W&B off: the reference run's W&B is checked above; resumed runs: tests/test_service.py
+    proc = cli(tmp_path, "--no-wandb", start_new_session=True, log=log, experiment=TINY_POP)
     root = tmp_path / "tinypop"
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
@@ -106,7 +121,7 @@ def test_killed_then_resumed_equals_uninterrupted(population_reference, tmp_path
     before = {cell: {t.number: (t.state, t.params) for t in ts if t.state.is_finished()}
               for cell, ts in studies(root).items()}
     assert 0 < sum(map(len, before.values())) < 20
-    again = finish(cli(tmp_path, experiment=TINY_POP))
+    again = finish(cli(tmp_path, "--no-wandb", experiment=TINY_POP))
     assert "resuming the search" in again
     after = studies(root)
     for cell, told in before.items():  # nothing told before the kill was told again

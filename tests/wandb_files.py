@@ -47,3 +47,18 @@ def wandb_runs(root: Path) -> dict[str, list[tuple[bool | None, list[int]]]]:
         assert run is None or run.run_id == run_id
         out.setdefault(run_id, []).append((None if run is None else run.resume, steps))
     return out
+
+
+def wandb_history(root: Path) -> dict[str, list[dict[str, object]]]:
+    """Run id -> every history row it logged (key -> decoded value), over its folders."""
+    import json
+
+    out: dict[str, list[dict[str, object]]] = {}
+    for folder in sorted((root / "wandb" / "wandb").glob("offline-run-*")):
+        files = list(folder.glob("*.wandb"))
+        rows = out.setdefault(folder.name.rsplit("-", 1)[-1], [])
+        for r in wandb_records(files[0]) if files else []:
+            if r.WhichOneof("record_type") == "history":
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                             for item in r.history.item})
+    return out
