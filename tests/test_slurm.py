@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from tiny_run import COMPILE_CACHE_ENV
 
 from tuner.slurm.runner import HeadProcesses
 
@@ -426,10 +427,13 @@ def test_smoke_experiment_runs_on_slurm_workers_and_survives_scancel(
     ray_up(cluster)
     out = tmp_path / "exps"
     log = tmp_path / "service.log"
-    job = cluster.submit([sys.executable, "-m", "tuner.run", str(TINY), "--out", str(out)], log)
+    # W&B off (tests/test_service.py checks it); the session's compilation cache: the workers
+    # run on this machine, as a cluster's nodes share a disk
+    job = cluster.submit([sys.executable, "-m", "tuner.run", str(TINY), "--out", str(out),
+                          "--no-wandb", "--compile-cache", os.environ[COMPILE_CACHE_ENV]], log)
     root = out / "tiny"
     try:
-        # 600: the other pytest worker shares the 2 cores (README's test command)
+        # 600: a loaded 2-core machine runs the head, the worker and the driver
         _wait_for(lambda: _status(root / "status.json").get("trials_finished", 0) >= 2, 600,
                   "search trials finished on a Slurm worker")
         first = next(iter(cluster.workers()))
