@@ -1,4 +1,5 @@
-"""JAX's persistent compilation cache, shared by the trials of one experiment.
+"""JAX's persistent compilation cache, shared by the trials of an experiment (or of several:
+``python -m tuner.run --compile-cache``).
 
 Trials of a cell share their compiled programs in memory when Ray reuses a worker; the disk cache
 extends that across worker processes (and restarts), so only the first process to meet a shape

@@ -1,4 +1,4 @@
-"""A live status file for a running stage: the dashboard shows trials only as anonymous actors.
+"""A live status file for a running stage: its progress per cell, readable without Ray.
 
 ``status.json`` in the experiment folder says, per cell, how many trials are running and done
 and the best value so far; it is rewritten (atomically) at most every ``every_s`` seconds from
