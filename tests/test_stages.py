@@ -115,3 +115,18 @@ def test_deleting_a_checkpoint_that_is_gone_is_a_no_op(tmp_path):
     (tmp_path / "checkpoint_000001").mkdir()
     checkpoint_manager._delete_fs_path(fs=fs, fs_path=str(tmp_path / "checkpoint_000001"))
     assert not (tmp_path / "checkpoint_000001").exists()
+
+
+def test_the_folder_lists_its_rounds_and_their_journals(tmp_path):
+    """Every round with a Tune run is found (the first one first), files beside them are not,
+    and each round's journals are where the searcher put them."""
+    dirs = ExperimentDirs(tmp_path)
+    for name in ("search_wider_low", "search", "search_research_1"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "search_best.json").write_text("{}")
+    (tmp_path / "search_trials.csv").write_text("")
+    assert dirs.search_rounds() == ["search", "search_research_1", "search_wider_low"]
+    assert [dirs.round_studies(r).relative_to(tmp_path).as_posix()
+            for r in dirs.search_rounds()] == [
+        "studies", "studies/search_research_1", "studies/wider_low"]
+    assert dirs.round_studies(dirs.wider_round("high")) == tmp_path / "studies" / "wider_high"

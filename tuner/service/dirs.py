@@ -90,6 +90,12 @@ class ExperimentDirs:
         """A search round's Tune run (``search``, ``search_wider_low``, ...)."""
         return self.root / name
 
+    def search_rounds(self) -> list[str]:
+        """The search rounds that have a Tune run here: ``search`` first, then the widened and
+        re-searched ones (``--widen-edges``, ``--research``) by name."""
+        found = sorted(p.name for p in self.root.glob("search*") if p.is_dir())
+        return sorted(found, key=lambda name: name != "search")
+
     @staticmethod
     def wider_round(edge: str) -> str:
         """The name of the round that widens the range at ``edge`` ("low" or "high")."""

@@ -28,7 +28,6 @@ from tuner.service.report.verdicts import finished
 from tuner.service.search.study import DIVERGED_ATTR, TUNE_ID_ATTR
 from tuner.service.trial_spec import TrialSpec, member_key, overrides, part, seed_key
 
-SEARCH_ROUNDS = ("search", *(ExperimentDirs.wider_round(e) for e in ("low", "high")))
 TRIAL_COLUMNS = ["cell", "round", "number", "lr", "state", "value", "last_step", "diverged",
                  "tune_trial_id"]
 _CURVE_EXTRA = ("train_loss", "grad_norm", "lr_now")  # non-eval keys worth a curve
@@ -196,12 +195,12 @@ def _trial_folders(folder: Folder, rounds: tuple[str, ...]) -> list[tuple[str, P
 # ------------------------------------------------------------------------------ search
 def search_trials(folder: Folder) -> pd.DataFrame:
     """One row per search trial (``TRIAL_COLUMNS``): ``search_trials.csv`` once the search has
-    finished, until then the journals (``studies/``, wider rounds in ``studies/wider_*``)."""
+    finished, until then the journals of every round (``ExperimentDirs.round_studies``)."""
     csv = folder.cache.get(folder.dirs.search_trials, pd.read_csv)
     if csv is not None:
         return csv.reindex(columns=TRIAL_COLUMNS)
     rows = []
-    for rnd in SEARCH_ROUNDS:
+    for rnd in folder.dirs.search_rounds():
         for path in sorted(folder.dirs.round_studies(rnd).glob("*.journal")):
             for t in folder.cache.get(path, _journal_trials) or []:
                 rows.append({"cell": path.stem, "round": rnd, "number": t.number,
@@ -278,7 +277,7 @@ def _last_reports(folder: Folder) -> dict[tuple, dict[str, Any]]:
     latest evaluation (``step`` and the metrics), from the trial folders: the value a running
     trial has reached, which no journal holds yet."""
     out = {}
-    for _, trial in _trial_folders(folder, SEARCH_ROUNDS):
+    for _, trial in _trial_folders(folder, tuple(folder.dirs.search_rounds())):
         params = folder.cache.get(trial / "params.json", _json)
         results = folder.cache.get(trial / "result.json", _json_lines) or []
         if not params or not results:
@@ -384,7 +383,7 @@ def timeline(folder: Folder) -> pd.DataFrame:
     kind_of = {str(t.tune_trial_id): _kind(t.state, t.diverged)
                for t in states.itertuples(index=False)}
     rows = []
-    for rnd, trial in _trial_folders(folder, (*SEARCH_ROUNDS, "finals")):
+    for rnd, trial in _trial_folders(folder, (*folder.dirs.search_rounds(), "finals")):
         params = folder.cache.get(trial / "params.json", _json) or {}
         results = folder.cache.get(trial / "result.json", _json_lines) or []
         if not results or "timestamp" not in results[0]:
@@ -418,7 +417,7 @@ def curves(folder: Folder) -> pd.DataFrame:
                 for t in states.itertuples(index=False)}
     number_of = dict(zip(states.tune_trial_id.astype(str), states.number, strict=False))
     frames = []
-    for rnd, trial in _trial_folders(folder, SEARCH_ROUNDS):
+    for rnd, trial in _trial_folders(folder, tuple(folder.dirs.search_rounds())):
         params = folder.cache.get(trial / "params.json", _json)
         results = folder.cache.get(trial / "result.json", _json_lines) or []
         if not params or not results:
