@@ -58,3 +58,26 @@ def test_first_results_read_nothing(tmp_path):
     assert earlier_results(tmp_path / "missing.json", 5) == []
     (tmp_path / "result.json").write_text(json.dumps(result(1)) + "\n")
     assert earlier_results(tmp_path / "result.json", 1) == []  # a fresh trial's first result
+
+
+def test_a_finished_run_is_marked_written_and_an_unfinished_one_is_not(tmp_path, monkeypatch):
+    """The mark a new driver trusts (``LOGGED_MARKER``): written only after the run finished,
+    so a trial whose run a killed driver never finished is logged again from result.json."""
+    from tuner.service.wandb_logging import LOGGED_MARKER
+
+    monkeypatch.setenv("WANDB_START_METHOD", "thread")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    (tmp_path / "wandb").mkdir()
+    runs = WandbRuns()
+    dirs = {}
+    for trial_id in ("t_1", "t_2"):
+        dirs[trial_id] = tmp_path / trial_id
+        dirs[trial_id].mkdir()
+        init = {"project": "p", "group": "g", "id": trial_id, "name": trial_id,
+                "dir": str(tmp_path / "wandb"), "resume": "allow"}
+        runs.log(trial_id, _clean_log(result(1)), (str(dirs[trial_id]), [], [], init))
+    runs.finish("t_1")
+    assert json.loads((dirs["t_1"] / LOGGED_MARKER).read_text())["run_id"] == "t_1"
+    assert not (dirs["t_2"] / LOGGED_MARKER).exists()  # still open: not trusted
+    runs.close()  # the experiment's end finishes (and marks) the rest
+    assert (dirs["t_2"] / LOGGED_MARKER).exists()

@@ -14,6 +14,9 @@ takes with it whatever the actor had not yet written: a fresh actor spends secon
 wandb and starting its service, so a trial's first results may not even have a run yet. Tune's
 ``result.json`` does hold them, so a trial's first result in a driver carries the trial's
 earlier rows from that file, and a run resumed there logs those it lacks before the new one.
+A trial that had ended under the killed driver reports nothing to the new one: its run is
+marked written (``LOGGED_MARKER`` in the trial's folder) only once the actor has finished it,
+so a new driver replays every ended trial without that mark from its ``result.json``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ray.air.util.node import _force_on_current_node
 from tuner.service.trial_spec import TrialSpec
 
 FINISH_TIMEOUT_S = 300  # experiment end waits this long for runs to be written
+LOGGED_MARKER = "wandb_logged.json"  # in a trial's folder: its W&B run is finished and written
 
 
 def _has_key() -> bool:
@@ -76,9 +80,10 @@ class WandbRuns:
             return
         run = self._wandb.init(**{**init_kwargs, "reinit": "create_new"})
         run.config.update({"trial_log_path": logdir}, allow_val_change=True)
-        # Ray's own result filter reads only these two attributes
+        # Ray's own result filter reads only these two attributes; logdir: where the mark goes
         self._runs[trial_id] = (run, types.SimpleNamespace(_exclude=set(exclude),
-                                                           _to_config=set(to_config)))
+                                                           _to_config=set(to_config),
+                                                           logdir=logdir))
 
     def log(self, trial_id: str, result: dict[str, Any], start_args: tuple,
             earlier: list[dict[str, Any]] | None = None) -> None:
@@ -105,9 +110,16 @@ class WandbRuns:
         run.log(log, step=log.get(TRAINING_ITERATION))
 
     def finish(self, trial_id: str) -> None:
+        """Finishes the trial's run, then marks it written (``LOGGED_MARKER``)."""
         entry = self._runs.pop(trial_id, None)
         if entry is not None:
-            entry[0].finish()
+            run, filt = entry
+            last = run.step
+            run.finish()
+            marker = Path(filt.logdir) / LOGGED_MARKER
+            tmp = marker.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"run_id": trial_id, "next_step": last}))
+            os.replace(tmp, marker)
 
     def close(self) -> None:
         """Stops this process's wandb service once every run is finished (before Ray kills
@@ -149,12 +161,34 @@ class CellWandbCallback(WandbLoggerCallback):
         self._finishing: list = []
         self._start_args: dict[str, tuple] = {}
         self._seen: set[str] = set()  # trials that reported to this driver
+        self._replayed = False  # ended trials checked for unwritten runs (on_step_begin)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)  # an actor handle must not land in Tune's snapshots
         state["_runs_actor"], state["_finishing"], state["_start_args"] = None, [], {}
         state["_seen"] = set()  # per driver: a restored driver replays (log_trial_result)
+        state["_replayed"] = False  # and checks the trials that had ended (on_step_begin)
         return state
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        """At a driver's first step: every trial that had ended under an earlier driver
+        without its run marked written is logged again from its ``result.json``."""
+        if getattr(self, "_replayed", True):
+            return
+        self._replayed = True
+        for trial in trials:
+            if trial.status not in ("TERMINATED", "ERROR") or \
+                    (Path(trial.local_path) / LOGGED_MARKER).exists():
+                continue
+            rows = earlier_results(Path(trial.local_path) / "result.json", 2**62)
+            if not rows:
+                continue
+            self.log_trial_start(trial)
+            self._seen.add(trial.trial_id)
+            self._runs_actor.log.remote(trial.trial_id, self._clean(rows[-1]),
+                                        self._start_args[trial.trial_id],
+                                        [self._clean(r) for r in rows[:-1]])
+            self.log_trial_end(trial)
 
     def log_trial_start(self, trial) -> None:
         spec = TrialSpec.of(trial.config)
