@@ -178,9 +178,9 @@ class CellWandbCallback(WandbLoggerCallback):
         self._replayed = True
         for trial in trials:
             if trial.status not in ("TERMINATED", "ERROR") or \
-                    (Path(trial.local_path) / LOGGED_MARKER).exists():
+                    (Path(trial.path) / LOGGED_MARKER).exists():
                 continue
-            rows = earlier_results(Path(trial.local_path) / "result.json", 2**62)
+            rows = earlier_results(Path(trial.path) / "result.json", 2**62)
             if not rows:
                 continue
             self.log_trial_start(trial)
@@ -206,7 +206,10 @@ class CellWandbCallback(WandbLoggerCallback):
             self._runs_actor = ray.remote(
                 num_cpus=0, max_restarts=-1, max_task_retries=-1, **_force_on_current_node(),
                 runtime_env={"env_vars": env})(WandbRuns).remote()
-        args = (trial.local_path, exclude_results, self.AUTO_CONFIG_KEYS, init_kwargs)
+        # the trial's folder in the experiment (Ray's own callback names the driver's staging
+        # copy under /tmp/ray, which a new driver does not have): the run's trial_log_path, and
+        # where the run's written mark goes
+        args = (trial.path, exclude_results, self.AUTO_CONFIG_KEYS, init_kwargs)
         self._start_args[trial.trial_id] = args
         self._runs_actor.start.remote(trial.trial_id, *args)
         self._trial_logging_actors[trial] = self._runs_actor
