@@ -25,6 +25,7 @@ from data.registry import TASKS
 from tuner.core import diagnostics, steps
 from tuner.core import seeds as seeding
 from tuner.core.config import RunConfig
+from tuner.core.split import Splitter
 
 
 class DivergedError(FloatingPointError):
@@ -122,6 +123,57 @@ class SeedRuns:
         return steps.stack([r.init_state() for r in self.runs])
 
 
+class MemberRuns:
+    """Runs of one program whose members differ in task, seed and hyperparameters but compile
+    to one step: the finals' seeds of the cells of one shape (``tuner.service.plan``), each
+    member :func:`tuner.core.seeds.seed_config` of its cell at the cell's rate.
+
+    Args:
+        configs: Member i's full run config.
+    """
+
+    def __init__(self, configs: Sequence[RunConfig]):
+        if not configs:
+            raise ValueError("a program needs at least one member")
+        self.configs = list(configs)
+        self.runs = [Run(c) for c in self.configs]
+        self.run = self.runs[0]
+        t0 = self.configs[0].train
+        for i, (run, c) in enumerate(zip(self.runs, self.configs, strict=True)):
+            if run.spec != self.run.spec:
+                raise ValueError(f"member {i} compiles to another step than member 0")
+            if (c.train.steps, c.train.eval_every, c.train.diagnostics_every) != (
+                    t0.steps, t0.eval_every, t0.diagnostics_every):
+                raise ValueError(f"member {i} has another budget or evaluation schedule")
+        self.tasks = steps.stack([r.task for r in self.runs])
+        self.hparams = steps.stack([r.hparams for r in self.runs])
+
+    def init_states(self) -> steps.TrainState:
+        return steps.stack([r.init_state() for r in self.runs])
+
+
+def train_members(runs: MemberRuns,
+                  on_eval: Callable[[int, Progress, steps.TrainState], None] | None = None,
+                  *, states: steps.TrainState | None = None, progress: Progress | None = None,
+                  splitter: Splitter | None = None) -> Progress:
+    """:func:`train_seeds` for members of several cells (:class:`MemberRuns`): each member its
+    own task and rate, all in one program (``train_steps_population``), split into pieces if
+    the device runs out of memory (:class:`tuner.core.split.Splitter`). Each member's
+    trajectory equals its own run (``tests/test_shared_finals.py``)."""
+    states = runs.init_states() if states is None else states
+    progress = progress or Progress.start(len(runs.runs))
+    split = splitter or Splitter(f"{runs.configs[0].model}")
+
+    def chunk(sts, n):
+        sts, m = split(steps.train_steps_population, sts, runs.tasks, runs.hparams,
+                       spec=runs.run.spec, n_steps=n)
+        return sts, m["loss"], m["grad_norm"]
+
+    _loop(runs.configs[0], runs.runs, states, chunk, seed_state, progress,
+          on_eval or (lambda *_: None))
+    return progress
+
+
 def seed_state(states: steps.TrainState, i: int) -> steps.TrainState:
     """Seed ``i``'s state out of a stacked (vmapped) state."""
     return steps.unstack(states, i)
@@ -171,10 +223,12 @@ def _loop(cfg: RunConfig, runs: Sequence[Run], states, chunk, state_of, progress
         states, losses, grad_norms = chunk(states, n)
         step += n
         losses, grad_norms = jax.device_get((losses, grad_norms))
-        lr_now = float(t.lr * steps.lr_multiplier(jnp.asarray(step - 1), runs[0].hparams))
         for i, run in enumerate(runs):
             if progress.diverged(i):
                 continue
+            # each member's own schedule: members of shared finals differ in their rate
+            lr_now = float(run.cfg.train.lr * steps.lr_multiplier(jnp.asarray(step - 1),
+                                                                  run.hparams))
             loss = float(losses[i])
             if not math.isfinite(loss):
                 progress.last[i] = {"step": step, "train_loss": loss, "diverged": True}

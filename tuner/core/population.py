@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from tuner.core import steps
 from tuner.core.config import RunConfig
 from tuner.core.loop import Progress, Run, milestone_metrics
+from tuner.core.split import Splitter
 
 # halve(step, previous evaluation's step, progress) -> members to stop now (alive ones)
 Halving = Callable[[int, int, Progress], set[int]]
@@ -100,6 +101,7 @@ def train_population(pop: Population, on_eval: OnEval, halve: Halving, *,
     stopped members leave the program (module docstring). Returns the final progress.
     """
     progress = progress or Progress.start(len(pop))
+    split = Splitter(f"{pop.configs[0].model}")  # out of memory: the program in pieces
     held = held_members(progress, len(pop), compact)  # members in ``states``, in order
     if progress.alive is None:
         progress.alive = list(range(len(pop)))
@@ -109,7 +111,8 @@ def train_population(pop: Population, on_eval: OnEval, halve: Halving, *,
     step = int(jnp.ravel(states.step)[0]) if held else t.steps
     while step < t.steps and progress.alive:
         n = min(t.eval_every - step % t.eval_every, t.steps - step)
-        states, m = steps.train_steps_population(states, tasks, hps, spec=pop.spec, n_steps=n)
+        states, m = split(steps.train_steps_population, states, tasks, hps, spec=pop.spec,
+                          n_steps=n)
         previous, step = step, step + n
         losses, grad_norms = jax.device_get((m["loss"], m["grad_norm"]))
         multiplier = float(steps.lr_multiplier(jnp.asarray(step - 1), pop.runs[0].hparams))

@@ -165,6 +165,12 @@ def _drive(args: Args, exp, dirs: ExperimentDirs, research, started: float) -> i
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # see stages._run_config
+    # the driver only plans and groups cells (compiles for the CPU's memory estimate): on a GPU
+    # node JAX would otherwise take 75% of a card the trials need
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+    from tuner.service.plan.stage import PlanError
     from tuner.service.report import render as report
     from tuner.service.search.searcher import PerCellSearcher  # noqa: F401  (fail fast if missing)
     from tuner.service.stages import Interrupted, SearchFailed, run_finals, run_search
@@ -212,6 +218,9 @@ def _drive(args: Args, exp, dirs: ExperimentDirs, research, started: float) -> i
     except SearchFailed as e:
         print(f"\nerror: {e}", file=sys.stderr, flush=True)
         return 1
+    except PlanError as e:  # raised before a stage's first trial: nothing was lost
+        print(f"\nerror: {e}", file=sys.stderr, flush=True)
+        return 2
     print(f"\nreport: {summary}")
     for line in report.verdict_lines(summary):
         print(line)

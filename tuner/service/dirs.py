@@ -63,6 +63,10 @@ class ExperimentDirs:
         return self.root / "pilot.json"
 
     @property
+    def plan(self) -> Path:  # each stage's programs and GPU share, fixed when it first starts
+        return self.root / "plan.json"
+
+    @property
     def pilot_runs(self) -> Path:  # the pilot's Tune run
         return self.root / "pilot"
 

@@ -26,6 +26,8 @@ from tuner.service.dirs import ExperimentDirs
 from tuner.service.experiment import Experiment
 from tuner.service.files import read_json, write_json
 from tuner.service.folder_check import REMEDY
+from tuner.service.plan.programs import StagePlan
+from tuner.service.plan.stage import slots, stage_plan
 from tuner.service.search import rounds
 from tuner.service.search.population import PopulationSearcher, wave_sizes
 from tuner.service.search.rounds import SearchRound
@@ -35,13 +37,12 @@ from tuner.service.status import StatusFile
 from tuner.service.trial_spec import (
     TrialSpec,
     Worker,
-    final_spec,
     overrides,
     part,
     search_template,
-    seed_key,
+    shared_final_spec,
 )
-from tuner.service.trials import train_cell_finals, train_population_trial, train_trial
+from tuner.service.trials import train_finals_trial, train_population_trial, train_trial
 from tuner.service.wandb_logging import make_callback
 
 TIME_ATTR = "step"
@@ -69,12 +70,14 @@ def _write_json(path: Path, data: Any) -> None:
     write_json(path, data, default=str)
 
 
-def trainable(exp: Experiment, fn=train_trial):
-    """``fn`` with the experiment's base config bound, its per-trial resources, and its actor
-    named by what it trains in the Ray dashboard (:mod:`tuner.service.trial_names`)."""
+def trainable(exp: Experiment, fn=train_trial, gpu_share: float | None = None):
+    """``fn`` with the experiment's base config bound, its per-trial resources (``gpu_share``:
+    the stage plan's, default the file's), and its actor named by what it trains in the Ray
+    dashboard (:mod:`tuner.service.trial_names`)."""
     bound = trial_names.named(tune.with_parameters(fn, base=exp.base), exp.name,
                               reused=reuse_actors())
-    return tune.with_resources(bound, exp.resources.ray)
+    share = exp.resources.gpus_per_trial if gpu_share is None else gpu_share
+    return tune.with_resources(bound, {"cpu": exp.resources.cpus_per_trial, "gpu": share})
 
 
 def _run_config(exp: Experiment, dirs: ExperimentDirs, name: str, status: StatusFile,
@@ -96,16 +99,23 @@ def _run_config(exp: Experiment, dirs: ExperimentDirs, name: str, status: Status
     )
 
 
-def worker(exp: Experiment, dirs: ExperimentDirs) -> Worker:
+def worker(exp: Experiment, dirs: ExperimentDirs, gpu_share: float | None = None) -> Worker:
     """What a trial's process must set up before JAX starts (see tuner.service.trials)."""
-    return Worker(str(dirs.jax_cache), exp.resources.gpus_per_trial)
+    share = exp.resources.gpus_per_trial if gpu_share is None else gpu_share
+    return Worker(str(dirs.jax_cache), min(1.0, share))
 
 
-def _cluster_cap(exp: Experiment) -> ClusterConcurrency | None:
+def _cluster_cap(exp: Experiment, gpu_share: float) -> ClusterConcurrency | None:
     """With ``max_concurrent: auto``, the cap on running trials the cluster's resources set."""
-    r = exp.resources
-    return ClusterConcurrency(r.cpus_per_trial, r.gpus_per_trial) \
+    return ClusterConcurrency(exp.resources.cpus_per_trial, gpu_share) \
         if exp.search.auto_concurrency else None
+
+
+def search_plan(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound) -> StagePlan:
+    """The round's plan: its programs (population search) and each trial's GPU share."""
+    s = exp.search
+    return stage_plan(exp, dirs, rnd.name, list(rnd.cells),
+                      s.population if s.population > 1 else 1)
 
 
 def first_round(exp: Experiment, dirs: ExperimentDirs) -> SearchRound:
@@ -113,29 +123,25 @@ def first_round(exp: Experiment, dirs: ExperimentDirs) -> SearchRound:
                        dirs.studies)
 
 
-def search_trainable(exp: Experiment):
+def search_trainable(exp: Experiment, plan: StagePlan):
     """The search's trainable: population trials where ``search.population`` > 1."""
-    return trainable(exp, train_population_trial if exp.search.population > 1 else train_trial)
+    return trainable(exp, train_population_trial if exp.search.population > 1 else train_trial,
+                     plan.gpu_share)
 
 
-def build_population_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound
-                            ) -> PopulationSearcher:
-    """The population searcher of a round; cells that compile to one program share trials
-    where ``search.share_program`` says so."""
+def build_population_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound,
+                            plan: StagePlan) -> PopulationSearcher:
+    """The population searcher of a round; its programs (which cells share a trial) are the
+    plan's: cells of one shape together where ``search.share_program`` says so, cut to fit
+    the card and spread over the GPUs."""
     coords = {cell: tuple(exp.grid[axis].index(v) for axis, v in over.items())
               for cell, over in exp.cells().items() if cell in rnd.cells}
-    if exp.search.share_program:
-        from tuner.service.shapes import shapes
-
-        groups = [[c for c in cells if c in rnd.cells] for cells in shapes(exp).values()]
-        groups = [g for g in groups if g]
-    else:
-        groups = [[c] for c in rnd.cells]
     s, a = exp.search, exp.asha
     return PopulationSearcher(
-        rnd.cells, coords, groups, s.trials_per_cell, s.population, rnd.lr_low, rnd.lr_high,
-        a.metric, a.mode, a.max_t, a.grace_period, a.reduction_factor, rnd.study_dir,
-        worker(exp, dirs), seed=0, max_running=_cluster_cap(exp))
+        rnd.cells, coords, plan.groups, s.trials_per_cell, s.population, rnd.lr_low,
+        rnd.lr_high, a.metric, a.mode, a.max_t, a.grace_period, a.reduction_factor,
+        rnd.study_dir, worker(exp, dirs, plan.gpu_share), seed=0,
+        max_running=_cluster_cap(exp, plan.gpu_share))
 
 
 def build_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound | None = None
@@ -143,17 +149,20 @@ def build_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound | None 
     """The searcher/scheduler pair; the searcher saves the scheduler's rungs in its snapshots.
     A population search has no Tune scheduler: its trials halve their members themselves."""
     rnd = rnd or first_round(exp, dirs)
+    plan = search_plan(exp, dirs, rnd)
     if exp.search.population > 1:
-        return build_population_search(exp, dirs, rnd), None
+        return build_population_search(exp, dirs, rnd, plan), None
     s, a = exp.search, exp.asha
     scheduler = PerCellScheduler(metric=a.metric, mode=a.mode, time_attr=TIME_ATTR,
                                  max_t=a.max_t, grace_period=a.grace_period,
                                  reduction_factor=a.reduction_factor)
-    cells = {cell: search_template(over, worker(exp, dirs)) for cell, over in rnd.cells.items()}
+    cells = {cell: search_template(over, worker(exp, dirs, plan.gpu_share))
+             for cell, over in rnd.cells.items()}
     searcher = PerCellSearcher(cells, s.trials_per_cell, rnd.lr_low, rnd.lr_high,
                                metric=a.metric, mode=a.mode, time_attr=TIME_ATTR,
                                max_t=a.max_t, study_dir=rnd.study_dir, seed=0,
-                               scheduler=scheduler, max_running=_cluster_cap(exp),
+                               scheduler=scheduler,
+                               max_running=_cluster_cap(exp, plan.gpu_share),
                                per_cell_running=per_cell_cap(s.trials_per_cell)
                                if s.auto_concurrency else None)
     return searcher, scheduler
@@ -164,9 +173,10 @@ def _run_round(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound, wandb: b
     """Runs (or resumes) one round; returns a searcher restored from its final snapshot."""
     path = dirs.round_runs(rnd.name)
     ray_fixes.tolerate_deleted_checkpoints()
+    plan = search_plan(exp, dirs, rnd)
     if tune.Tuner.can_restore(path):
         print(f"resuming the search from {path}", flush=True)
-        tuner = tune.Tuner.restore(str(path), search_trainable(exp), resume_errored=False,
+        tuner = tune.Tuner.restore(str(path), search_trainable(exp, plan), resume_errored=False,
                                    restart_errored=False)
     else:
         searcher, scheduler = build_search(exp, dirs, rnd)
@@ -176,9 +186,10 @@ def _run_round(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound, wandb: b
                     else s.trials_per_cell)
         status = StatusFile(dirs.status, rnd.name, list(rnd.cells), per_cell, exp.objective)
         tuner = tune.Tuner(
-            search_trainable(exp),
+            search_trainable(exp, plan),
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                        num_samples=-1, max_concurrent_trials=s.max_concurrent,
+                                        num_samples=-1,
+                                        max_concurrent_trials=slots(plan, s.max_concurrent),
                                         reuse_actors=reuse_actors()),
             run_config=_run_config(exp, dirs, rnd.name, status, wandb))
     results = tuner.fit()
@@ -296,30 +307,33 @@ def kept_finals(dirs: ExperimentDirs, best: dict[str, Any]) -> list[dict]:
                                  "retrained)") if r["lr"] == best[r["cell"]]["lr"]]
 
 
-def final_specs(exp: Experiment, best: dict[str, Any], dirs: ExperimentDirs,
-                skip: Sequence[str] = (), seeds: dict[str, list[int]] | None = None
-                ) -> list[dict]:
-    """One trial spec per cell (but ``skip``): the experiment's seeds (or the cell's
-    ``seeds``, where given, and then only those cells) at the cell's best learning rate,
-    trained as one vmapped program (``tuner.service.trials.train_cell_finals``)."""
-    return [final_spec(cell, best[cell]["lr"], exp.finals.seeds if seeds is None else seeds[cell],
-                       over, worker(exp, dirs))
-            for cell, over in exp.cells().items()
-            if cell not in skip and (seeds is None or cell in seeds)]
+def finals_plan(exp: Experiment, dirs: ExperimentDirs, name: str, seeds: dict[str, list[int]]
+                ) -> StagePlan:
+    """The plan of a finals run: which cells' seeds share a program, and the GPU share."""
+    return stage_plan(exp, dirs, name, list(seeds), max(map(len, seeds.values())))
+
+
+def final_specs(exp: Experiment, best: dict[str, Any], dirs: ExperimentDirs, plan: StagePlan,
+                seeds: dict[str, list[int]]) -> list[dict]:
+    """One trial spec per program of ``plan``: each of its cells' ``seeds`` at the cell's best
+    learning rate, all in one vmapped program (``tuner.service.trials.train_finals_trial``)."""
+    cells = exp.cells()
+    return [shared_final_spec([(c, best[c]["lr"], s) for c in program for s in seeds[c]],
+                              {c: cells[c] for c in program}, worker(exp, dirs, plan.gpu_share))
+            for program in plan.groups]
 
 
 def _final_trial(config: dict[str, Any], base) -> None:
-    train_cell_finals(config["final"], base)
+    train_finals_trial(config, base)
 
 
 def final_rows(config: dict[str, Any], metrics: dict[str, Any], error: Any) -> list[dict]:
     """One row per seed of a finals trial (its Tune ``config``): cell, seed, lr, grid values
     and its own metrics."""
     spec, rows = TrialSpec.of(config), []
-    for seed in spec.seeds:
-        own = part(metrics, seed_key(seed, ""))
-        rows.append({"cell": spec.cells[0], "seed": seed, "lr": spec.members[0].lr,
-                     **overrides(config),
+    for i, m in enumerate(spec.members):
+        own = part(metrics, spec.prefix(i))
+        rows.append({"cell": m.cell, "seed": m.seed, "lr": m.lr, **overrides(config, m.cell),
                      **{k: v for k, v in own.items()
                         if k.startswith("eval/") or k in ("train_loss", "step", "diverged",
                                                         "system_seed")},
@@ -341,7 +355,9 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
         print(f"finals kept (best rate unchanged): {', '.join(skip)}", flush=True)
     path = dirs.finals_runs
     ray_fixes.tolerate_deleted_checkpoints()
-    finals_trainable = trainable(exp, _final_trial)
+    todo = {c: list(exp.finals.seeds) for c in exp.cells() if c not in skip}
+    plan = finals_plan(exp, dirs, "finals", todo)
+    finals_trainable = trainable(exp, _final_trial, plan.gpu_share)
     if tune.Tuner.can_restore(path):
         print(f"resuming the finals from {path}", flush=True)
         tuner = tune.Tuner.restore(str(path), finals_trainable, resume_errored=True)
@@ -350,8 +366,9 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
                             exp.objective)
         tuner = tune.Tuner(
             finals_trainable,
-            param_space={"final": tune.grid_search(final_specs(exp, best, dirs, skip))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=exp.search.max_concurrent,
+            param_space={"final": tune.grid_search(final_specs(exp, best, dirs, plan, todo))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=slots(plan,
+                                                                    exp.search.max_concurrent),
                                         reuse_actors=reuse_actors()),
             run_config=_run_config(exp, dirs, "finals", status, wandb))
     results = tuner.fit()
@@ -383,15 +400,17 @@ def _add_seeds(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any], rows
     name = path.name
     print(f"finals of the added seeds -> {path}", flush=True)
     ray_fixes.tolerate_deleted_checkpoints()
-    finals_trainable = trainable(exp, _final_trial)
+    plan = finals_plan(exp, dirs, name, todo)
+    finals_trainable = trainable(exp, _final_trial, plan.gpu_share)
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(str(path), finals_trainable, resume_errored=True)
     else:
-        specs = final_specs(exp, best, dirs, seeds=todo)
+        specs = final_specs(exp, best, dirs, plan, todo)
         status = StatusFile(dirs.status, "finals", list(todo), 1, exp.objective)
         tuner = tune.Tuner(
             finals_trainable, param_space={"final": tune.grid_search(specs)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=exp.search.max_concurrent,
+            tune_config=tune.TuneConfig(max_concurrent_trials=slots(plan,
+                                                                    exp.search.max_concurrent),
                                         reuse_actors=True),
             run_config=_run_config(exp, dirs, name, status, wandb))
     results = tuner.fit()

@@ -74,6 +74,17 @@ def final_spec(cell: str, lr: float, seeds: Sequence[int], overrides: dict[str, 
             "overrides": dict(overrides), **worker.fields()}
 
 
+def shared_final_spec(members: Sequence[tuple[str, float, int]],
+                      cells: dict[str, dict[str, Any]], worker: Worker) -> dict[str, Any]:
+    """One finals trial's spec (config ``{"final": spec}``) of a shared program
+    (``tuner.service.plan``): ``members`` (cell, its best rate, seed), ``cells`` their grid
+    overrides. Each member reports under :func:`member_key` of its position."""
+    return {"stage": "final",
+            "members": [{"cell": c, "lr": float(lr), "seed": int(s)} for c, lr, s in members],
+            "cells": {c: dict(cells[c]) for c in dict.fromkeys(c for c, _, _ in members)},
+            **worker.fields()}
+
+
 def pilot_spec(cell: str, copy: int, lr: float, seeds: Sequence[int],
                overrides: dict[str, Any], population_size: int, lr_range: tuple[float, float],
                worker: Worker) -> dict[str, Any]:
@@ -87,19 +98,20 @@ def pilot_spec(cell: str, copy: int, lr: float, seeds: Sequence[int],
 
 def overrides(config: dict[str, Any], cell: str | None = None) -> dict[str, Any]:
     """The grid overrides of ``cell`` in a population config, or of the trial's one cell."""
-    if "members" in config:
-        return config["cells"][cell]
     inner = config.get("final") or config.get("pilot") or config
+    if "members" in inner:
+        return inner["cells"][cell if cell is not None else inner["members"][0]["cell"]]
     return inner["overrides"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Member:
-    """One learning rate of a trial: its cell, Optuna trial number (None for finals) and rate."""
+    """One member of a trial: its cell, rate, Optuna trial number (search) or seed (finals)."""
 
     cell: str
     lr: float
     number: int | None = None
+    seed: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +122,13 @@ class TrialSpec:
     members: tuple[Member, ...]
     seeds: tuple[int, ...] = ()
     wave: int | None = None  # population search: the wave it belongs to
+    shared: bool = False  # finals of a shared program: members report under member_key
+
+    def prefix(self, i: int) -> str:
+        """The result-key prefix of member ``i``'s values (:func:`part` reads them)."""
+        if self.stage == "final" and not self.shared:
+            return seed_key(int(self.members[i].seed), "")
+        return member_key(i, "")
 
     @property
     def cells(self) -> tuple[str, ...]:
@@ -124,8 +143,15 @@ class TrialSpec:
         """The spec of a trial config in any of the forms in the module docstring."""
         if "final" in config:
             f = config["final"]
-            return TrialSpec("final", (Member(str(f["cell"]), float(f["lr"])),),
-                             tuple(int(s) for s in f["seeds"]))
+            if "members" in f:  # a shared program (shared_final_spec)
+                members = tuple(Member(str(m["cell"]), float(m["lr"]), seed=int(m["seed"]))
+                                for m in f["members"])
+            else:  # one cell's seeds (final_spec), the form of folders before shared finals
+                members = tuple(Member(str(f["cell"]), float(f["lr"]), seed=int(s))
+                                for s in f["seeds"])
+            return TrialSpec("final", members,
+                             tuple(dict.fromkeys(int(m.seed) for m in members)),
+                             shared="members" in f)
         if "pilot" in config:
             p = config["pilot"]
             return TrialSpec("pilot", (Member(str(p["cell"]), float(p.get("lr", "nan"))),),

@@ -3,7 +3,8 @@
 Stage 1: :func:`train_trial`, one trial = one training run of a cell at one learning rate; or
 :func:`train_population_trial`, one trial = a population of rates (of one or more cells) in one
 vmapped program, halved at rungs (``search.population`` > 1).
-Stage 2: :func:`train_cell_finals`, one trial = every final seed of a cell, vmapped.
+Stage 2: :func:`train_finals_trial`, one trial = the final seeds of one cell or of the cells of
+one shape (the stage plan), vmapped.
 
 Tune calls them in a worker (reused across trials with ``reuse_actors=True``; the
 jitted step lives at module level in ``tuner.core.steps`` with the learning rate traced, so a reused
@@ -24,9 +25,9 @@ from typing import Any
 from data.registry import metric_names
 from tuner.core import checkpoint, compile_cache, gpu_share
 from tuner.core.config import RunConfig, replace
-from tuner.core.loop import DivergedError, Progress, Run, SeedRuns, seed_state, train_seeds
-from tuner.core.seeds import get_field, search_config, system_seed_field
-from tuner.service.trial_spec import TrialSpec, Worker, member_key, overrides, seed_key
+from tuner.core.loop import DivergedError, MemberRuns, Progress, Run, seed_state, train_members
+from tuner.core.seeds import get_field, search_config, seed_config, system_seed_field
+from tuner.service.trial_spec import TrialSpec, Worker, member_key, overrides
 
 
 def trial_config(base: RunConfig, config: dict[str, Any]) -> RunConfig:
@@ -134,21 +135,30 @@ def train_population_trial(config: dict[str, Any], base: RunConfig) -> None:
     train_population(pop, on_eval, halve, states=states, progress=progress, compact=compact)
 
 
-def train_cell_finals(config: dict[str, Any], base: RunConfig) -> None:
-    """Tune function trainable for stage 2: every seed of one cell in one vmapped program.
+def finals_configs(base: RunConfig, config: dict[str, Any]) -> list[RunConfig]:
+    """Each finals member's run: its cell at the cell's best rate, with its seed's own init,
+    data and system (:func:`tuner.core.seeds.seed_config`)."""
+    return [seed_config(replace(base, **overrides(config, m.cell), **{"train.lr": m.lr}),
+                        int(m.seed)) for m in TrialSpec.of(config).members]
 
-    ``config["seeds"]`` are trained together (:func:`tuner.core.loop.train_seeds`); each
-    evaluation reports every seed's metrics under ``seed_<s>/...`` plus their mean over
-    non-diverged seeds under the plain names (what the status file and W&B curves show), with a
-    checkpoint of the stacked state and per-seed progress. At the full budget each seed gets the
-    task's evaluation after training (the LDS rollouts).
+
+def train_finals_trial(config: dict[str, Any], base: RunConfig) -> None:
+    """Tune function trainable for stage 2: final seeds in one program.
+
+    A trial trains the seeds of one cell, or of the cells of one shape that the stage plan put
+    together (``tuner.service.plan``), each member its cell's best rate on its own system
+    (:func:`tuner.core.loop.train_members`); each member's trajectory is its own run's. Each
+    evaluation reports every member's metrics under its prefix (:meth:`TrialSpec.prefix`)
+    plus their mean over non-diverged members under the plain names (what the status file
+    and W&B curves show), with a checkpoint of the stacked state and per-member progress. At
+    the full budget each member gets the task's evaluation after training (the LDS rollouts).
     """
     from ray import tune
 
     prepare_worker(config)
-    seeds = [int(s) for s in config["seeds"]]
-    cfg = trial_config(base, config)
-    runs = SeedRuns(cfg, seeds)
+    spec = TrialSpec.of(config)
+    runs = MemberRuns(finals_configs(base, config))
+    cfg = runs.configs[0]
     states, progress = None, None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
@@ -166,14 +176,13 @@ def train_cell_finals(config: dict[str, Any], base: RunConfig) -> None:
         ok = [m for i, m in enumerate(prog.last) if not prog.diverged(i)]
         means = {k: sum(m[k] for m in ok) / len(ok) for k in (ok[0] if ok else {})
                  if k.startswith(("eval/", "diag/")) or k == "train_loss"}
-        result = {"step": step, "diverged": not ok, **means,
-                  **{seed_key(s, k): v for s, m in zip(seeds, prog.last, strict=True)
-                     for k, v in m.items()},
-                  **{seed_key(s, "system_seed"): sys_seed
-                     for s, sys_seed in zip(seeds, system_seeds, strict=True)}}
+        result = {"step": step, "diverged": not ok, **means}
+        for i, (m, sys_seed) in enumerate(zip(prog.last, system_seeds, strict=True)):
+            result |= {spec.prefix(i) + k: v for k, v in m.items()}
+            result[spec.prefix(i) + "system_seed"] = sys_seed
         _report(tune, result, sts, prog)
 
-    train_seeds(cfg, seeds, on_eval, runs=runs, states=states, progress=progress)
+    train_members(runs, on_eval, states=states, progress=progress)
 
 
 def _report(tune, result: dict[str, Any], state, progress: Progress) -> None:

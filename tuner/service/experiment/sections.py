@@ -196,16 +196,27 @@ class Finals:
         return cls(tuple(seeds))
 
 
-GPUS_ALLOWED = ("a number >= 0: a fraction <= 1 (trials share a GPU) or a whole number of "
-                "GPUs")
+GPUS_ALLOWED = ("auto (the service sizes each stage's programs and shares to the cards: "
+                "tuner/service/plan), or a number >= 0: a fraction <= 1 (trials share a GPU) or a "
+                "whole number of GPUs, taken by every trial as given")
+GPU_MEMORY_ALLOWED = "a number > 0: one card's memory in GiB (e.g. 80 for an H100)"
 
 
 @dataclasses.dataclass(frozen=True)
 class Resources:
-    """``resources:``: what one trial reserves on the cluster."""
+    """``resources:``: what one trial reserves on the cluster.
+
+    ``gpus_per_trial: auto`` (``planned``) lets the stage plan (:mod:`tuner.service.plan`) size
+    the programs to the card and pick each stage's share; ``gpus_per_trial`` then holds 1, the
+    most a trial takes. A number is an override: every trial takes exactly that share and the
+    programs are cut to fit it. ``gpu_memory_gib`` names the card's memory where the driver
+    cannot ask it (no pilot has run and no GPU answers a probe, e.g. logical GPUs).
+    """
 
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    planned: bool = False
+    gpu_memory_gib: float | None = None
 
     def __post_init__(self) -> None:
         if not self.cpus_per_trial > 0:
@@ -215,6 +226,9 @@ class Resources:
                                             and not float(self.gpus_per_trial).is_integer()):
             raise FieldError("gpus_per_trial", f"{self.gpus_per_trial:g} is not allowed; "
                              f"allowed: {GPUS_ALLOWED}")
+        if self.gpu_memory_gib is not None and not self.gpu_memory_gib > 0:
+            raise FieldError("gpu_memory_gib", f"{self.gpu_memory_gib!r} is not allowed; "
+                             f"allowed: {GPU_MEMORY_ALLOWED}")
 
     @property
     def ray(self) -> dict[str, float]:
@@ -223,11 +237,15 @@ class Resources:
 
     @classmethod
     def parse(cls, body: dict) -> Resources:
+        planned = body.get("gpus_per_trial") == "auto"
         return cls(
             cpus_per_trial=_read(body, "cpus_per_trial", _positive, "a finite number > 0 (CPUs "
                                  "per trial, e.g. 1 or 0.5)", default=1.0),
-            gpus_per_trial=float(_read(body, "gpus_per_trial", as_number, GPUS_ALLOWED,
-                                       default=0.0)))
+            gpus_per_trial=1.0 if planned else float(
+                _read(body, "gpus_per_trial", as_number, GPUS_ALLOWED, default=0.0)),
+            planned=planned,
+            gpu_memory_gib=_read(body, "gpu_memory_gib", _positive, GPU_MEMORY_ALLOWED,
+                                 default=None))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,4 +273,4 @@ SECTIONS: dict[str, type] = {"search": Search, "asha": Asha, "finals": Finals,
 def keys(section: str) -> set[str]:
     """The fields an experiment file may write under ``section`` (``asha.max_t`` is derived
     from ``train.steps``)."""
-    return {f.name for f in dataclasses.fields(SECTIONS[section])} - {"max_t"}
+    return {f.name for f in dataclasses.fields(SECTIONS[section])} - {"max_t", "planned"}

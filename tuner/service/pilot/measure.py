@@ -25,6 +25,7 @@ from tuner.service.trial_spec import Worker
 from tuner.service.trials import prepare_worker, trial_config
 
 STEADY_CHUNKS = 2  # timed chunks after the first (compile) one
+PILOT_CHUNK = 200  # steps per timed chunk: steady timing without training a whole interval
 
 
 def _timed(fn, *args, **kwargs) -> tuple[Any, float]:
@@ -51,11 +52,11 @@ def _chunks(step_fn, state, n: int) -> tuple[Any, float, float]:
     return state, first, (time.perf_counter() - t) / (STEADY_CHUNKS * n)
 
 
-def measure(config: dict[str, Any], base: RunConfig) -> dict[str, float]:
+def measure(config: dict[str, Any], base: RunConfig) -> dict[str, Any]:
     """Seconds and bytes of one cell's search trial and finals trial (``ShapeCost`` fields)."""
     prepare_worker(config)
     cfg = search_config(trial_config(base, config))
-    n = min(cfg.train.eval_every, cfg.train.steps)
+    n = min(cfg.train.eval_every, cfg.train.steps, PILOT_CHUNK)
     run = Run(cfg)
 
     def search_chunk(state, k):
@@ -99,10 +100,11 @@ def measure(config: dict[str, Any], base: RunConfig) -> dict[str, float]:
     population = _population(config, base, n)
     peak, device = _peak_bytes()
     fraction = Worker.of(config).gpu_fraction
-    if device and fraction:
+    if device and fraction:  # the pool back to the card it is a share of
         from tuner.core.gpu_share import HEADROOM
 
         device = int(device / (HEADROOM * fraction))
+    population["pool_bytes"] = _pool_bytes() or 0
     return {"step_s": step_s, "compile_s": max(0.0, first - n * step_s),
             "warm_start_s": warm_start_s, "eval_s": eval_s, "checkpoint_s": checkpoint_s,
             "finals_step_s": finals_step_s,
@@ -111,24 +113,57 @@ def measure(config: dict[str, Any], base: RunConfig) -> dict[str, float]:
             "peak_bytes": peak, "device_bytes": device or 0, **population}
 
 
-def _population(config: dict[str, Any], base: RunConfig, n: int) -> dict[str, float]:
-    """A search population's step: ``population_size`` members (rates over the range) of the
-    cell in one program, as :func:`tuner.service.trials.train_population_trial` trains them."""
-    size = int(config.get("population_size", 1))
-    if size <= 1:
-        return {}
+def _pool_bytes() -> int | None:
+    """This process's JAX memory pool on a GPU (None on a CPU)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return int(stats["bytes_limit"]) if "bytes_limit" in stats else None
+
+
+def _population(config: dict[str, Any], base: RunConfig, n: int) -> dict[str, Any]:
+    """A search population's step: up to ``population_size`` members (rates over the range) of
+    the cell in one program, as :func:`tuner.service.trials.train_population_trial` trains
+    them, and the program's memory per member.
+
+    The program's memory is measured first from XLA's accounting of the step compiled for
+    this device (:func:`tuner.service.plan.memory.measure_on_device`, no run), and the size
+    timed is the largest that fits this trial's pool: a program too big for its slot is a
+    finding (``population_fits``), not an error. Should XLA still run out of memory, the size
+    is halved until it runs.
+    """
     from tuner.core.population import Population, compact_by_default
+    from tuner.core.split import is_out_of_memory
+    from tuner.service.plan.memory import measure_on_device
+    from tuner.service.plan.programs import SAFETY
 
-    lrs = [float(x) for x in np.geomspace(config["lr_low"], config["lr_high"], size)]
-    pop = Population([search_config(trial_config(base, {**config, "lr": lr})) for lr in lrs])
-    members = list(range(size))
-    tasks, hps = pop.stacked(members)
+    cfg = search_config(trial_config(base, config))
+    memory = measure_on_device(cfg)
+    pool = _pool_bytes()
+    wanted = int(config.get("population_size", 1))
+    fits = memory.members_within(pool * SAFETY) if pool else wanted
+    out: dict[str, Any] = {"memory": memory.to_dict(), "population_wanted": wanted,
+                           "population_fits": fits}
+    size = max(1, min(wanted, fits))
+    if wanted <= 1:
+        return out
+    while True:
+        lrs = [float(x) for x in np.geomspace(config["lr_low"], config["lr_high"], size)]
+        pop = Population([search_config(trial_config(base, {**config, "lr": lr}))
+                          for lr in lrs])
+        members = list(range(size))
+        tasks, hps = pop.stacked(members)
 
-    def chunk(states, k):
-        return steps.train_steps_population(states, tasks, hps, spec=pop.spec, n_steps=k)
+        def chunk(states, k, tasks=tasks, hps=hps, pop=pop):
+            return steps.train_steps_population(states, tasks, hps, spec=pop.spec, n_steps=k)
 
-    _, first, step_s = _chunks(chunk, pop.init_states(members), n)
-    return {"population_size": size, "population_step_s": step_s,
+        try:
+            _, first, step_s = _chunks(chunk, pop.init_states(members), n)
+            break
+        except Exception as e:  # XlaRuntimeError: its class moves between jaxlib releases
+            if not is_out_of_memory(e) or size == 1:
+                raise
+            out.setdefault("population_oom_at", []).append(size)
+            size = max(1, size // 2)
+    return {**out, "population_size": size, "population_step_s": step_s,
             "population_compile_s": max(0.0, first - n * step_s),
             "population_compacts": compact_by_default()}
 

@@ -85,6 +85,7 @@ class Plan:
     per_cell: int | None  # a cell's trials at once (None: no cap beyond the slots)
     population: int = 1  # members of a cell per wave (1: one trial per rate, ASHA)
     groups: Sequence[Sequence[str]] = ()  # cells trained in one program (population search)
+    finals_groups: Sequence[Sequence[str]] = ()  # cells whose seeds share a finals program
 
 
 def asha_expected_steps(n_trials: int, grace_period: float, max_t: float,
@@ -193,9 +194,15 @@ def project(plan: Plan, costs: Mapping[str, ShapeCost], slots: int, overhead_s: 
 def _finals(plan: Plan, costs: Mapping[str, ShapeCost], slots: int, search: float,
             overhead_s: float) -> dict[str, float]:
     finals = []
-    for shape in plan.cells.values():
+    evals = plan.max_t / plan.eval_every
+    for group in plan.finals_groups:  # shared programs: a step of n members interpolated
+        c = costs[plan.cells[group[0]]]
+        n = len(group) * plan.n_seeds
+        step = c.finals_step_s if len(group) == 1 else c.members_step_s(n)
+        finals.append(plan.max_t * step + c.finals_compile_s
+                      + evals * (n * c.eval_s + c.finals_checkpoint_s) + n * c.after_training_s)
+    for shape in ([] if plan.finals_groups else plan.cells.values()):  # one cell a program
         c = costs[shape]
-        evals = plan.max_t / plan.eval_every
         finals.append(plan.max_t * c.finals_step_s + c.finals_compile_s
                       + evals * (plan.n_seeds * c.eval_s + c.finals_checkpoint_s)
                       + plan.n_seeds * c.after_training_s)
