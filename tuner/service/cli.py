@@ -41,6 +41,9 @@ class Args:
     address: str | None = None  # Ray cluster to join ("auto": the running one); default:
     # $RAY_ADDRESS if set (as inside `ray job submit`), else a new local cluster
     num_cpus: int | None = None  # CPUs of the local cluster (default: all)
+    # GPUs of the local cluster (default: those found); on a machine without any, logical GPUs
+    # that exercise the stage plan's placement (trials see CUDA_VISIBLE_DEVICES, nothing more)
+    num_gpus: int | None = None
     wandb: bool = True  # log to W&B (offline unless a key and the network are available)
     # re-search cells whose best LR is at an edge of the range (or where every trial diverged);
     # recorded in the experiment folder, and also widens a finished search
@@ -108,7 +111,8 @@ def _start_ray(args: Args, wandb_mode: str):
         return ray.init(address=address, runtime_env={"env_vars": env})
     # local cluster: dashboard on loopback only; Ray 2.60 turns token auth on for new local
     # clusters (token in ~/.ray/auth_token) unless RAY_AUTH_MODE says otherwise: leave it on
-    return ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=True,
+    return ray.init(address="local", num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                    include_dashboard=True,
                     dashboard_host="127.0.0.1")
 
 

@@ -29,6 +29,8 @@ from tuner.core.loop import DivergedError, MemberRuns, Progress, Run, seed_state
 from tuner.core.seeds import get_field, search_config, seed_config, system_seed_field
 from tuner.service.trial_spec import TrialSpec, Worker, member_key, overrides
 
+GPUS_KEY = "placement/gpus"  # a result's CUDA_VISIBLE_DEVICES (text: not a metric to plot)
+
 
 def trial_config(base: RunConfig, config: dict[str, Any]) -> RunConfig:
     """The cell's run at the trial's lr: the experiment's base + the cell's overrides + lr.
@@ -186,7 +188,9 @@ def train_finals_trial(config: dict[str, Any], base: RunConfig) -> None:
 
 
 def _report(tune, result: dict[str, Any], state, progress: Progress) -> None:
-    """``tune.report`` with a checkpoint of ``state`` (every evaluation: resumable anywhere)."""
+    """``tune.report`` with a checkpoint of ``state`` (every evaluation: resumable anywhere),
+    and the GPUs the trial was given (``CUDA_VISIBLE_DEVICES``: where Ray placed it)."""
+    result[GPUS_KEY] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     with tempfile.TemporaryDirectory() as d:
         checkpoint.save(os.path.join(d, "state"), state, progress)
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(os.path.join(d, "state")))

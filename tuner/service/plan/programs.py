@@ -156,8 +156,9 @@ def plan_stage(stage: str, shapes: Sequence[Sequence[str]], members_per_cell: in
     if fixed_share is not None:
         return StagePlan(stage, programs, fixed_share, None, gpus, card_bytes,
                          memory[shapes[0][0]].source)
-    largest = max(p.bytes for p in programs) / (card_bytes * HEADROOM)
-    by_memory = max(1, math.floor(1 / largest)) if largest > 0 else len(programs)
+    largest = max(p.bytes for p in programs) / (card_bytes * HEADROOM)  # of a pool
+    # programs per card whose pools (each share x HEADROOM of it) hold them with SAFETY spare
+    by_memory = max(1, math.floor(SAFETY / largest)) if largest > 0 else len(programs)
     if largest > 0.5:
         by_memory = 1
     k = max(1, min(by_memory, len(programs) // n_gpus))

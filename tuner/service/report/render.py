@@ -26,6 +26,7 @@ from data.registry import TASKS, metric_mode  # noqa: E402
 from tuner.service.dirs import ExperimentDirs  # noqa: E402
 from tuner.service.experiment import Claim, Experiment  # noqa: E402
 from tuner.service.report import lr_map, seeds_needed, verdicts  # noqa: E402
+from tuner.service.trial_spec import TrialSpec, part  # noqa: E402
 
 
 def claim_metrics(claim: Claim, exp: Experiment) -> tuple[str, ...]:
@@ -298,12 +299,13 @@ def _diagnostic_histories(root: Path) -> dict[tuple[str, int], pd.DataFrame]:
                         *root.glob("finals-seeds-*/*/result.json")]):
         for line in path.read_text().splitlines():
             r = json.loads(line) if line.strip() else {}
-            spec = (r.get("config") or {}).get("final") or {}
-            for seed in spec.get("seeds", []):
-                prefix = f"seed_{seed}/diag/"
-                diag = {k[len(prefix):]: v for k, v in r.items() if k.startswith(prefix)}
+            if "final" not in (r.get("config") or {}):
+                continue
+            spec = TrialSpec.of(r["config"])
+            for i, m in enumerate(spec.members):  # one cell's seeds, or a shared program's
+                diag = part(r, spec.prefix(i) + "diag/")
                 if diag:
-                    out.setdefault((spec["cell"], int(seed)), []).append(
+                    out.setdefault((m.cell, int(m.seed)), []).append(
                         {"step": r["step"], **diag})
     return {k: pd.DataFrame(v).drop_duplicates("step", keep="last").sort_values("step")
             for k, v in out.items()}

@@ -16,23 +16,28 @@ from pathlib import Path
 from tuner.service.experiment import Claim, Experiment
 from tuner.service.report import power
 from tuner.service.report.verdicts import ClaimVerdict, Contrast, MetricVerdict
+from tuner.service.trial_spec import TrialSpec
 
 
 def seed_seconds(root: Path) -> dict[str, float]:
     """Cell -> wall seconds of one final seed, from the finals trials' Tune result files
     (``finals/`` and every ``finals-seeds-*/``): a trial's ``time_total_s`` over its seeds.
-    A trial trains its seeds as one vmapped program, so this is their average share."""
+    A trial trains its seeds (of one cell or of a shared program) as one vmapped program, so
+    this is their average share."""
     total: dict[str, list[float]] = {}
     for path in [*root.glob("finals/*/result.json"), *root.glob("finals-seeds-*/*/result.json")]:
         lines = [line for line in path.read_text().splitlines() if line.strip()]
         if not lines:
             continue
         last = json.loads(lines[-1])
-        spec = (last.get("config") or {}).get("final") or {}
-        if spec.get("cell") is None or not spec.get("seeds") or "time_total_s" not in last:
+        config = last.get("config") or {}
+        if "final" not in config or "time_total_s" not in last:
             continue
-        seconds, seeds = total.setdefault(spec["cell"], [0.0, 0])
-        total[spec["cell"]] = [seconds + float(last["time_total_s"]), seeds + len(spec["seeds"])]
+        members = TrialSpec.of(config).members  # one cell's seeds, or a shared program's
+        share = float(last["time_total_s"]) / len(members)
+        for m in members:
+            seconds, seeds = total.setdefault(m.cell, [0.0, 0])
+            total[m.cell] = [seconds + share, seeds + 1]
     return {cell: s / k for cell, (s, k) in total.items() if k}
 
 
