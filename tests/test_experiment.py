@@ -190,14 +190,16 @@ BAD = [
      "a finite number > 0", None),
     ("  cpus_per_trial: 1", "  cpus_per_trial: true", "resources.cpus_per_trial",
      "a finite number > 0", None),
-    ("  gpus_per_trial: 0.25", "  gpus_per_trial: 1.5", "resources.gpus_per_trial",
+    ("  gpus_per_trial: auto", "  gpus_per_trial: 1.5", "resources.gpus_per_trial",
      "a fraction <= 1", None),
-    ("  gpus_per_trial: 0.25", "  gpus_per_trial: -0.25", "resources.gpus_per_trial",
+    ("  gpus_per_trial: auto", "  gpus_per_trial: -0.25", "resources.gpus_per_trial",
      "a fraction <= 1", None),
-    ("  gpus_per_trial: 0.25", "  gpus_per_trial: true", "resources.gpus_per_trial",
+    ("  gpus_per_trial: auto", "  gpus_per_trial: true", "resources.gpus_per_trial",
+     "auto (the service sizes", None),
+    ("  gpus_per_trial: auto", "  gpus_per_trial: half", "resources.gpus_per_trial",
      "a fraction <= 1", None),
-    ("  gpus_per_trial: 0.25", "  gpus_per_trial: half", "resources.gpus_per_trial",
-     "a fraction <= 1", None),
+    ("  gpus_per_trial: auto", "  gpus_per_trial: auto\n  gpu_memory_gib: 0",
+     "resources.gpu_memory_gib", "one card's memory in GiB", None),
     # grid: non-empty lists of distinct, typed values; not also fixed; every cell buildable
     (DIM_Y, "  data.dim_y: [1, 2, 2, 8]", "grid.data.dim_y", "item 2: 2 is given twice", None),
     (DIM_Y, "  data.dim_y: [1, 2, 2.0]", "grid.data.dim_y", "an integer", None),
@@ -432,8 +434,13 @@ def test_friendly_inputs_that_are_accepted(tmp_path):
                                                               "  lr_low: 1e-5"))))
     assert exp.search.lr_low == 1e-5 and isinstance(exp.search.lr_low, float)
     for gpus in ("0.25", "2", "1", "0"):
-        text = GOOD.replace("  gpus_per_trial: 0.25", f"  gpus_per_trial: {gpus}")
-        assert experiment.load(str(write(tmp_path, text))).resources.gpus_per_trial == float(gpus)
+        text = GOOD.replace("  gpus_per_trial: auto", f"  gpus_per_trial: {gpus}")
+        r = experiment.load(str(write(tmp_path, text))).resources
+        assert r.gpus_per_trial == float(gpus) and not r.planned
+    r = experiment.load(str(write(tmp_path, GOOD))).resources
+    assert r.planned and r.gpus_per_trial == 1.0 and r.gpu_memory_gib is None  # the shipped
+    text = GOOD.replace("  gpus_per_trial: auto", "  gpus_per_trial: auto\n  gpu_memory_gib: 80")
+    assert experiment.load(str(write(tmp_path, text))).resources.gpu_memory_gib == 80.0
     exp = experiment.load(str(write(tmp_path, swap_section(GOOD, "resources", ""))))
     assert exp.resources == experiment.Resources(1.0, 0.0)  # the defaults
     text = GOOD.replace("  cpus_per_trial: 1", "  cpus_per_trial: 0.5")

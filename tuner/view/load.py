@@ -26,7 +26,7 @@ from tuner.service.dirs import ExperimentDirs
 from tuner.service.objective import is_finite
 from tuner.service.report.verdicts import finished
 from tuner.service.search.study import DIVERGED_ATTR, TUNE_ID_ATTR
-from tuner.service.trial_spec import TrialSpec, member_key, overrides, part, seed_key
+from tuner.service.trial_spec import TrialSpec, member_key, overrides, part
 
 TRIAL_COLUMNS = ["cell", "round", "number", "lr", "state", "value", "last_step", "diverged",
                  "tune_trial_id"]
@@ -435,12 +435,11 @@ def curves(folder: Folder) -> pd.DataFrame:
                 seed=math.nan,
                 state=state_of.get((tid, m.cell, number), "RUNNING")))
     for spec, _, results in _finals_trials(folder):
-        for seed in spec.seeds:
-            rows = [{"step": r["step"], **_metrics(part(r, seed_key(seed, "")))}
-                    for r in results]
+        for i, m in enumerate(spec.members):  # one cell's seeds, or a shared program's
+            rows = [{"step": r["step"], **_metrics(part(r, spec.prefix(i)))} for r in results]
             frames.append(pd.DataFrame(rows).assign(
-                stage="final", round="finals", cell=spec.cells[0], lr=spec.members[0].lr,
-                trial=f"seed {seed}", seed=seed, state="final"))
+                stage="final", round="finals", cell=m.cell, lr=m.lr,
+                trial=f"seed {m.seed}", seed=m.seed, state="final"))
     if not frames:
         return pd.DataFrame(columns=["stage", "round", "cell", "lr", "trial", "seed", "state",
                                      "step"])
@@ -471,13 +470,13 @@ def _metrics(result: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ finals
 def _finals_trials(folder: Folder) -> list[tuple[TrialSpec, dict[str, Any], list[dict]]]:
-    """Each finals trial that has reported: its spec, its cell's overrides, its results."""
+    """Each finals trial that has reported: its spec, its config, its results."""
     out = []
     for _, trial in _trial_folders(folder, ("finals",)):
         params = folder.cache.get(trial / "params.json", _json) or {}
         results = folder.cache.get(trial / "result.json", _json_lines) or []
         if "final" in params and results:
-            out.append((TrialSpec.of(params), overrides(params), results))
+            out.append((TrialSpec.of(params), params, results))
     return out
 
 
@@ -488,11 +487,12 @@ def finals(folder: Folder) -> pd.DataFrame:
     if saved is not None:
         return pd.DataFrame(saved)
     rows = []
-    for spec, over, results in _finals_trials(folder):
-        for seed in spec.seeds:
-            own = part(results[-1], seed_key(seed, ""))
-            rows.append({"cell": spec.cells[0], "seed": seed, "lr": spec.members[0].lr,
-                         **over, "step": own.get("step", results[-1]["step"]),
+    for spec, params, results in _finals_trials(folder):
+        for i, m in enumerate(spec.members):
+            own = part(results[-1], spec.prefix(i))
+            rows.append({"cell": m.cell, "seed": m.seed, "lr": m.lr,
+                         **overrides(params, m.cell),
+                         "step": own.get("step", results[-1]["step"]),
                          **{k: v for k, v in own.items()
                             if k.startswith("eval/") or k in ("train_loss", "diverged")}})
     return pd.DataFrame(rows)
