@@ -118,3 +118,22 @@ def test_the_plan_round_trips_through_its_file_form():
 
     plan = plan_stage("search", EXP1, 8, _memory(EXP1, CPU_MEMBER), H100, gpus=2)
     assert StagePlan.from_dict(plan.to_dict()) == plan
+
+
+def test_a_stage_keeps_its_plan_on_resume_and_replans_for_other_cells(tmp_path):
+    """plan.json: a resumed stage gets the programs it started with (its restored searcher
+    and trials hold them); the same stage name over other cells (finals rerun after a
+    re-search set the old ones aside) is planned anew."""
+    from pathlib import Path
+
+    from tuner.service.dirs import ExperimentDirs
+    from tuner.service.experiment import load
+    from tuner.service.plan.stage import stage_plan
+
+    exp = load(str(Path(__file__).parent / "fixtures" / "tinyshare.yaml"))
+    dirs = ExperimentDirs(tmp_path)
+    cells = list(exp.cells())
+    first = stage_plan(exp, dirs, "finals", cells, 2, gpus=2)
+    assert stage_plan(exp, dirs, "finals", cells, 2, gpus=8) == first  # kept, not re-planned
+    again = stage_plan(exp, dirs, "finals", cells[:1], 2, gpus=2)
+    assert again.groups == [cells[:1]]

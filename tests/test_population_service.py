@@ -153,3 +153,16 @@ def test_viewer_reads_every_member(population_reference):
     assert per_member.ngroups == len(search)
     last = per_member.step.max().reset_index()
     assert sorted(last.step) == sorted(search.last_step)
+
+
+def test_a_forced_out_of_memory_splits_the_program_and_picks_the_same(
+        population_reference, tmp_path, monkeypatch):
+    """Every program of more than two members fails as XLA's out-of-memory error would (the
+    test hook of tuner/core/split.py): the trials split their populations and carry on, and
+    the search ends with the trials, states, sources and picks of the unsplit run."""
+    from tuner.core.split import TEST_OOM_ENV
+
+    monkeypatch.setenv(TEST_OOM_ENV, "2")
+    out = finish(cli(tmp_path, "--no-wandb", experiment=TINY_POP))
+    assert "out of device memory with 5 members in one program" in out
+    assert outcome(tmp_path / "tinypop") == outcome(population_reference)

@@ -27,7 +27,7 @@ from tuner.service.experiment import Experiment
 from tuner.service.files import read_json, write_json
 from tuner.service.folder_check import REMEDY
 from tuner.service.plan.programs import StagePlan
-from tuner.service.plan.stage import slots, stage_plan
+from tuner.service.plan.stage import PlanError, slots, stage_plan
 from tuner.service.search import rounds
 from tuner.service.search.population import PopulationSearcher, wave_sizes
 from tuner.service.search.rounds import SearchRound
@@ -46,6 +46,7 @@ from tuner.service.trials import train_finals_trial, train_population_trial, tra
 from tuner.service.wandb_logging import make_callback
 
 TIME_ATTR = "step"
+MEMBER_TOO_LARGE = "does not fit the device even alone"  # tuner.core.split.MemberTooLarge
 REUSE_ENV = "TUNER_REUSE_ACTORS"
 
 
@@ -193,10 +194,22 @@ def _run_round(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound, wandb: b
                                         reuse_actors=reuse_actors()),
             run_config=_run_config(exp, dirs, rnd.name, status, wandb))
     results = tuner.fit()
+    raise_member_too_large(results)
     searcher, _ = build_search(exp, dirs, rnd)
     searcher.restore_from_dir(str(path))
     _check_search_finished(rnd, results, searcher, exp.search.trials_per_cell)
     return searcher
+
+
+def raise_member_too_large(results) -> None:
+    """Ends the stage with the trial's own words when a member alone did not fit the device
+    (:class:`tuner.core.split.MemberTooLarge`): retrying or widening would rebuild the same
+    program, so the user must change the shape or the card."""
+    for r in results:
+        text = "" if r.error is None else str(r.error)
+        if MEMBER_TOO_LARGE in text:
+            line = next(x for x in text.splitlines() if MEMBER_TOO_LARGE in x)
+            raise PlanError(line.split("MemberTooLarge: ")[-1].strip())
 
 
 def _check_search_finished(rnd: SearchRound, results, searcher: PerCellSearcher,
@@ -372,6 +385,7 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
                                         reuse_actors=reuse_actors()),
             run_config=_run_config(exp, dirs, "finals", status, wandb))
     results = tuner.fit()
+    raise_member_too_large(results)
     if results.num_terminated + results.num_errors < len(results):
         raise Interrupted("finals", f"{len(results) - results.num_terminated - results.num_errors}"
                           " trial(s) not ended")
@@ -414,6 +428,7 @@ def _add_seeds(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any], rows
                                         reuse_actors=True),
             run_config=_run_config(exp, dirs, name, status, wandb))
     results = tuner.fit()
+    raise_member_too_large(results)
     if results.num_terminated + results.num_errors < len(results):
         raise Interrupted(name, f"{len(results) - results.num_terminated - results.num_errors}"
                           " trial(s) not ended")

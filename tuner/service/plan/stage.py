@@ -113,7 +113,11 @@ def stage_plan(exp: Experiment, dirs: ExperimentDirs, name: str, cells: Sequence
     cluster's (default: asked from Ray)."""
     saved = _saved(dirs)
     if name in saved["stages"]:
-        return StagePlan.from_dict(saved["stages"][name])
+        plan = StagePlan.from_dict(saved["stages"][name])
+        # the same stage resumed; other cells: its earlier run was set aside (finals after a
+        # re-search), so this is a new run of the stage
+        if sorted(c for g in plan.groups for c in g) == sorted(cells):
+            return plan
     groups = (shape_groups(exp, cells) if exp.search.share_program else [[c] for c in cells])
     r = exp.resources
     if gpus is None:
