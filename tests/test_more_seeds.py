@@ -12,6 +12,7 @@ import pytest
 from tiny_run import TINY, cli, finish
 
 from tuner.service.cli import Args, UsageError, prepare
+from tuner.service.trial_spec import TrialSpec
 
 SEEDS = "  seeds: [0, 1]"
 
@@ -82,10 +83,10 @@ def test_added_seeds_train_alone_and_join_the_report(tiny_reference, tmp_path):
     assert {r["system_seed"] for r in new} == {5}
     assert {r["system_seed"] for r in before} == {3, 4}
     trials = list((root / "finals-seeds-2").glob("*/result.json"))
-    assert len(trials) == 2  # one per cell
+    assert len(trials) == 2  # one per cell (patch 1 and 4 compile to two programs)
     for f in trials:
-        spec = json.loads(f.read_text().splitlines()[-1])["config"]["final"]
-        assert spec["seeds"] == [2]
+        spec = TrialSpec.of(json.loads(f.read_text().splitlines()[-1])["config"])
+        assert spec.seeds == (2,) and len(spec.cells) == 1
     assert len(list((root / "finals").glob("*/result.json"))) == 2  # the old run untouched
     summary = (root / "report" / "summary.md").read_text()
     assert summary != summary_before and "[0, 1, 2]" in summary
