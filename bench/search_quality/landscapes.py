@@ -6,7 +6,9 @@
 A landscape is an experiment file here (``grid.yaml``, ``landscape_*.yaml``); its dense ground
 truth (``dense.py``: ``--rates`` log-spaced rates + the range's middle, the search run and the
 finals' 3 seeds per rate, every evaluation kept) is cached as
-``<out>/<name>/dense-<rates>.json`` and computed only with ``--compute`` (minutes of CPU per
+``<out>/<name>/dense-<rates>.json`` (or read from
+``bench/results/search_quality-<name>-dense-<rates>.json``, where the measured ones are kept)
+and computed only with ``--compute`` (minutes of CPU per
 cell: run it under ``flock /tmp/heavy.lock`` on the shared machine). ``grid.yaml``'s 16-rate
 truth of issue 24 is read from ``<out>/dense-16.json`` where ``python -m bench.search_quality``
 left it. The fitted pick's ``keep`` and ``shift`` are chosen on the ``--tune`` landscapes
@@ -24,8 +26,10 @@ from pathlib import Path
 from bench.search_quality import replay
 from bench.search_quality.dense import dense
 from tuner.service import experiment
+from tuner.service.search import pick
 
 HERE = Path(__file__).parent
+STORED = HERE.parent / "results"  # dense truths kept with the repo (small JSON)
 LANDSCAPES = ["grid", "landscape_deep", "landscape_low", "landscape_wide"]
 KEEP = (4, 5, 6, 8)
 SHIFT = (-0.6, -0.3, 0.0, 0.3)
@@ -33,6 +37,11 @@ FITTED = "population 8, fitted pick"
 
 
 def truth_path(out: Path, name: str, rates: int) -> Path:
+    """Where the landscape's dense truth is: stored under bench/results (reused, not
+    recomputed), else the run's own ``out`` folder."""
+    stored = STORED / f"search_quality-{name}-dense-{rates}.json"
+    if stored.exists():
+        return stored
     if name == "grid" and (out / "dense-16.json").exists():
         return out / "dense-16.json"
     return out / name / f"dense-{rates}.json"
@@ -70,7 +79,7 @@ def main() -> None:
             print(f"{name}: no dense ground truth at {path} (not run; flock /tmp/heavy.lock uv "
                   f"run python -m bench.search_quality.landscapes --compute {name})")
     tune = {n: c for n, c in found.items() if n in args.tune}
-    best = {"keep": 5, "shift": 0.0}
+    best = {"keep": pick.KEEP, "shift": pick.SHIFT}
     if tune:
         scores = {}
         for keep, shift in itertools.product(KEEP, SHIFT):

@@ -7,9 +7,10 @@ value at the first rung, where the ranking of *all* rates is reliable (Spearman 
 metric is smooth in log lr around its optimum. So the pick is the optimum of a quadratic in
 log lr fitted by least squares to the members' values at one step (by default the last step
 that every member reached without diverging: the last common rung), over the ``keep`` best
-members there (the far side of a valley, or rates that barely learned, are not part of the
-parabola), moved by ``shift`` (in natural-log units of lr: negative = smaller rates, since an
-early step favours rates that learn fast and a full budget the ones that settle low).
+members there (fewer than all: the far side of a valley, or rates that barely learned, would
+not be part of the parabola; the default is all 8, as measured), moved by ``shift`` (natural
+log of lr; the default +0.3: on the landscapes measured the full budget's optimum lay above
+the first rung's, whose values cannot see what the later steps of larger rates gain).
 
 Where the fit says nothing (fewer than 3 finite points, a parabola open downwards or flat),
 the pick is the best member at that step; a vertex outside the fitted points is clipped to the
@@ -27,6 +28,13 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+# Chosen on bench/search_quality's landscape_low (lowest mean regret over keep 4/5/6/8 and
+# shift -0.6..+0.3), held out on landscape_wide: bench/README.md, "Search quality on several
+# landscapes". Every member of a population of 8; the early optimum moved up by e^0.3 = 1.35x
+# (on both landscapes the full budget's optimum lay above the 5% rung's).
+KEEP = 8
+SHIFT = 0.3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +59,8 @@ def common_step(curves: Sequence[Mapping[int, float]]) -> int | None:
 
 
 def pick_rate(lrs: Sequence[float], curves: Sequence[Mapping[int, float]], lr_low: float,
-              lr_high: float, mode: str = "min", step: int | None = None, keep: int = 5,
-              shift: float = 0.0) -> Pick:
+              lr_high: float, mode: str = "min", step: int | None = None, keep: int = KEEP,
+              shift: float = SHIFT) -> Pick:
     """The rate at the optimum of a quadratic in log lr fitted to the members' values.
 
     Args:
