@@ -35,7 +35,9 @@ class Claim:
 
     ``metrics`` (from ``metric: eval/x`` or ``metrics: [eval/a, eval/b]``; empty: the caller
     uses the experiment's ``asha.metric``) judges the claim on other reported metrics, e.g.
-    ``eval/grokking_step`` when the search ranks runs by train accuracy.
+    ``eval/grokking_step`` when the search ranks runs by train accuracy. Their order is the
+    rule: the first decides the verdict, the others must not contradict it
+    (``report.verdicts.combine``), so the best-justified metric goes first.
 
     ``min_effect`` (metric -> size, in the metric's units; the key "" stands for the claim's
     only metric) is the smallest true effect worth finding: the report of an inconclusive

@@ -258,9 +258,11 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
             scores = [_mean_sd(group[c], standard_error=True, digits=3) for c in score_cols]
             lines.append(_row([cell, *scores, f"{rel:.1%}" if math.isfinite(rel) else "n/a"]))
     lines += ["", "## Verdict", "",
-              "Each claim names the metrics that answer it; it is supported (contradicted) only "
-              "when every one of them says so, by a difference beyond its 95% t threshold over "
-              "the seeds (tuner/service/report/verdicts.py); an effect claim reads every value of "
+              "Each claim names the metrics that answer it. The first one decides: the claim is "
+              "supported (contradicted) when that metric shows it by a difference beyond its 95% "
+              "t threshold over the seeds, and no other metric contradicts it by a difference "
+              "beyond the same threshold the other way (then it is inconclusive) "
+              "(tuner/service/report/verdicts.py); an effect claim reads every value of "
               "its effect axis. Cells that are not clearly better than the trivial predictor, "
               "lack replicates or lack finite values of a claim's metric are left out of every "
               "claim.", ""]

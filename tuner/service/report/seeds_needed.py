@@ -1,6 +1,8 @@
 """The report's "Seeds needed" section: for every inconclusive claim, how many finals seeds
 would settle it (80% power, :mod:`.power`) for the effect it observed and for the claim's
-``min_effect``, and what they would cost, from the finals trials' measured times.
+``min_effect``, and what they would cost, from the finals trials' measured times. A claim on
+several metrics is planned on its first metric, which decides it (``verdicts.combine``); the
+others are listed as the checks they are.
 
 The remedy it prices is the one the service offers: grow ``finals.seeds`` in the experiment
 file and rerun the same command; only the new seeds train (``stages.run_finals``), every cell
@@ -64,6 +66,13 @@ def _metric_plan(claim: Claim, m: MetricVerdict) -> tuple[str, int | None, int |
     return text, n_obs, n_min
 
 
+def _observed(m: MetricVerdict) -> str:
+    """A check metric's contrasts, those against the claim marked."""
+    return ", ".join(f"{t.label} {t.estimate:+.3g}"
+                     + (" (against the claim)" if t.estimate * m.direction < 0 else "")
+                     for t in m.tests)
+
+
 def _seeds(n: int | None) -> str:
     return f"**{n} seeds**" if n is not None else f"more than {power.MAX_SEEDS} seeds"
 
@@ -114,17 +123,27 @@ def lines(exp: Experiment, claim_verdicts: list[ClaimVerdict], plan_verdicts: li
                                            strict=True)):
         if v.verdict != "inconclusive":
             continue
-        plans = [_metric_plan(claim, m) for m in pv.per_metric]
-        text = "; ".join(p[0] for p in plans) + "."
+        # the first metric decides (verdicts.combine): its plan is the claim's; the others
+        # are shown as the checks they are (they must not contradict it)
+        first, *checks = pv.per_metric
+        plan = _metric_plan(claim, first)
+        text = plan[0] + "".join(
+            f"; `{m.metric}` (a check: must not contradict `{first.metric}`): "
+            + (f"contradicts it ({_observed(m)})" if m.metric in v.against else
+               f"observed {_observed(m)}" if m.tests else m.evidence)
+            for m in checks) + "."
+        if v.against:
+            text += (f" The claim is inconclusive because {', '.join(f'`{m}`' for m in v.against)}"
+                     f" contradicts `{first.metric}`: more seeds settle it only if the "
+                     "contradiction was the seeds' noise.")
         if learning:
             text += (" Cells left out by the learning check would pass it (80% power, its "
                      "one-sided test) at: " + "; ".join(learn_texts) + ".")
         costs = []
         for k, label in ((1, "for the observed effect"), (2, "for min_effect")):
-            if k == 2 and not claim.min_effect:
-                continue
-            ns = [p[k] for p in plans]
-            n_claim = None if None in ns else max(ns)
+            if k == 2 and claim.min_effect_of(first.metric) is None:
+                continue  # a min_effect of a check metric sizes no plan
+            n_claim = plan[k]
             if n_claim is None:
                 costs.append(f"{label}: no plan within {power.MAX_SEEDS} seeds")
             elif not learning or (learn_n is not None and learn_n <= n_claim):
@@ -145,7 +164,7 @@ def lines(exp: Experiment, claim_verdicts: list[ClaimVerdict], plan_verdicts: li
             "reach 80% power for the effect these finals observed (and for the claim's "
             "`min_effect`, where declared), from the measured seed spread "
             "(tuner/service/report/power.py), judged as if every cell had passed the learning "
-            "check; the cells that did not must pass it as well, and a claim on several "
-            "metrics needs every one. "
+            "check; the cells that did not must pass it as well. A claim on several metrics "
+            "is planned on its first, which decides it (the others must not contradict it). "
             f"To add seeds, extend `finals.seeds` in `{exp.path}` (keep the old ones) and rerun "
             "the same command: only the new seeds train, the report is rewritten.", "", *out]

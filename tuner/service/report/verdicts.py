@@ -30,10 +30,18 @@ What a verdict rests on (SPEC section 6, "What a verdict may rest on"):
   series is not monotone; else "inconclusive". ``compare``: "supported" when every other value
   is worse than ``better`` by a difference that counts, "contradicted" when every one is
   better, else "inconclusive".
-- **Several metrics.** A claim that names several metrics is supported (contradicted) only if
-  each metric says so, each at 5%: an intersection-union test, whose false-verdict rate is at
-  most the largest single one, so no multiplicity correction is due. Any disagreement is
-  "inconclusive".
+- **Several metrics: the first decides, the others must not contradict it.** The first metric
+  a claim names (its ``metrics:`` order; exp1-exp4 list ``nmse_info``, the model's shortfall
+  against what it could know, before ``skill_info``, a ratio of two small numbers where little
+  is learnable: SPEC section 2) gives the verdict by the rules above. It stands only when no
+  other metric *contradicts* it at the same level: none of that metric's contrasts counts
+  (two-sided 5%) the opposite way (against the claim when the first metric supports it, for
+  it when the first contradicts it); otherwise the claim is "inconclusive" and the evidence
+  names the metric. The other metrics only remove verdicts, so the false-verdict rate is at
+  most the first metric's (<= 5%) and the power that of the first metric less the rare
+  contradictions; requiring every metric to count on its own (an intersection-union test,
+  the rule before issue 33) held the claim to its noisiest metric's power
+  (bench/README.md, "Verdict power").
 - **Learning check.** A cell is *learned* when the one-sided 95% lower bound of its mean on the
   task's check metric (``LEARNING_CHECK``, e.g. ``skill_info``: 0 is the zero predictor)
   exceeds the floor. Cells that are unusable or not learned are left out (and listed): for
@@ -97,10 +105,18 @@ class ClaimVerdict:
     dropped: dict[Any, str]  # claim-axis value left out -> why (its cells unusable)
     dropped_effect: dict[Any, str] = dataclasses.field(default_factory=dict)  # effect-axis ones
     axes: tuple[str, str | None] = ("", None)  # (axis, effect_axis): names for the evidence
+    against: tuple[str, ...] = ()  # metrics that contradict the first one's decisive verdict
 
     def evidence(self) -> str:
-        parts = [f"`{m.metric}` ({'higher' if m.mode == 'max' else 'lower'} is better): "
-                 f"{m.verdict}; {m.evidence}" for m in self.per_metric]
+        parts = [f"`{m.metric}` ({'higher' if m.mode == 'max' else 'lower'} is better"
+                 f"{', decides' if i == 0 and len(self.per_metric) > 1 else ''}): "
+                 f"{m.verdict}; {m.evidence}" for i, m in enumerate(self.per_metric)]
+        if self.against:
+            first = self.per_metric[0]
+            parts.insert(0, f"{first.verdict} on `{first.metric}`, but "
+                         + ", ".join(f"`{m}`" for m in self.against)
+                         + " contradicts it (a difference beyond its 95% threshold the other "
+                         "way): inconclusive")
         left = [f"{axis}={v} ({why})" for axis, dropped in zip(
             self.axes, (self.dropped, self.dropped_effect), strict=True)
             for v, why in dropped.items()]
@@ -356,7 +372,25 @@ def judge(claim, tables: dict[str, pd.DataFrame], modes: dict[str, str],
                                         else _compare(t, coefs, claim.better))
             evidence = evidence_of + evidence
         per_metric.append(MetricVerdict(metric, modes[metric], verdict, evidence, tests, sign))
-    found = {m.verdict for m in per_metric}
-    verdict = found.pop() if len(found) == 1 else "inconclusive"  # disagreeing metrics
+    verdict, against = combine(per_metric)
     return ClaimVerdict(verdict, tuple(per_metric), dropped, dropped_effect,
-                        (claim.axis, claim.effect_axis))
+                        (claim.axis, claim.effect_axis), against)
+
+
+def contradicts(m: MetricVerdict, verdict: str) -> bool:
+    """Whether metric ``m`` contradicts a decisive ``verdict`` at the judge's level: one of its
+    contrasts counts the opposite way (against the claim for "supported", for it for
+    "contradicted")."""
+    expected = m.direction if verdict == "supported" else -m.direction
+    return any(t.counts() and t.estimate * expected < 0 for t in m.tests)
+
+
+def combine(per_metric: list[MetricVerdict]) -> tuple[str, tuple[str, ...]]:
+    """(the claim's verdict, the metrics that contradict its first metric's decisive verdict):
+    the first metric decides, a decisive verdict stands only if no other metric contradicts
+    it (:func:`contradicts`)."""
+    first, *others = per_metric
+    if first.verdict not in DECISIVE:
+        return first.verdict, ()
+    against = tuple(m.metric for m in others if contradicts(m, first.verdict))
+    return ("inconclusive" if against else first.verdict), against
