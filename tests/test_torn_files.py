@@ -6,6 +6,8 @@ error naming the file and the remedy. (The same after a real SIGKILL: tests/test
 from __future__ import annotations
 
 import math
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +135,20 @@ def test_cli_exits_2_on_a_damaged_result_file(tmp_path):
     assert "search_options.json is damaged" in res.stderr and "--widen-edges" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (folder / "driver.lock").exists()  # released on that exit too
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_written_files_keep_the_umask_mode(tmp_path, mask):
+    """A JSON result file and a journal rewritten by a repair get 0666 less the umask (0644
+    under 022: a colleague or a viewer run by another user reads them), not mkstemp's 0600."""
+    path = tmp_path / "c.journal"
+    journal(path)
+    before = os.umask(mask)
+    try:
+        write_json(tmp_path / "status.json", {"stage": "search"})
+        path.write_bytes(path.read_bytes()[:-7])
+        assert repair_torn_tail(path)
+    finally:
+        os.umask(before)
+    for written in (tmp_path / "status.json", path):
+        assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~mask, written

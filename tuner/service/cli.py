@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import signal
 import sys
 import time
@@ -26,7 +25,7 @@ import tyro
 
 from tuner.service import experiment, folder_check, seed_growth
 from tuner.service.dirs import ExperimentDirs
-from tuner.service.files import DamagedFile, read_json
+from tuner.service.files import DamagedFile, read_json, write_atomic
 from tuner.service.folder_lock import FolderLock, FolderLocked
 from tuner.service.search import rounds
 
@@ -63,7 +62,9 @@ class UsageError(Exception):
 
 
 def prepare(args: Args):
-    """All that can fail on bad input, before Ray starts: load, validate, claim the folder.
+    """All that can fail on bad input, before Ray starts: load and validate. Writes nothing
+    (the experiment file is frozen by :func:`freeze`, once the folder's lock is held: a
+    driver refused by the lock must leave the folder as it was).
 
     Returns the experiment, its folders and the parsed ``--research`` rounds."""
     try:
@@ -77,24 +78,28 @@ def prepare(args: Args):
     dirs = ExperimentDirs(Path(args.out).absolute() / exp.name,
                           Path(args.compile_cache).absolute() if args.compile_cache else None)
     frozen = dirs.experiment_file
-    if frozen.exists() and frozen.read_text() != exp.path.read_text():
-        grown = seed_growth.accepted(frozen, exp.path, args.smoke)
-        if grown is None:
-            raise UsageError(
-                f"{exp.path} changed since {dirs.root} was started (its copy is {frozen}); "
-                "resuming would mix two experiments. The one change a started experiment "
-                "takes is more finals seeds (finals.seeds grown, the old ones kept); restore "
-                "the file, or use a new --out folder.")
-        tmp = frozen.with_suffix(".tmp")
-        shutil.copyfile(exp.path, tmp)
-        os.replace(tmp, frozen)
-        print(f"{exp.path}: finals.seeds grew by {list(grown)}: only these seeds train (on "
-              f"their own systems), the finals already run are kept and the report is "
-              f"rewritten; {frozen} updated", flush=True)
-    dirs.root.mkdir(parents=True, exist_ok=True)
-    if not frozen.exists():
-        shutil.copyfile(exp.path, frozen)
+    if (frozen.exists() and frozen.read_text() != exp.path.read_text()
+            and seed_growth.accepted(frozen, exp.path, args.smoke) is None):
+        raise UsageError(
+            f"{exp.path} changed since {dirs.root} was started (its copy is {frozen}); "
+            "resuming would mix two experiments. The one change a started experiment "
+            "takes is more finals seeds (finals.seeds grown, the old ones kept); restore "
+            "the file, or use a new --out folder.")
     return exp, dirs, research
+
+
+def freeze(exp, dirs: ExperimentDirs, smoke: bool) -> None:
+    """Keeps the experiment's file in its folder (``experiment.yaml``), or updates it to grown
+    finals seeds (checked by :func:`prepare`); run with the folder's lock held."""
+    frozen = dirs.experiment_file
+    if not frozen.exists():
+        write_atomic(frozen, exp.path.read_text())
+    elif frozen.read_text() != exp.path.read_text():
+        grown = seed_growth.accepted(frozen, exp.path, smoke)
+        write_atomic(frozen, exp.path.read_text())
+        print(f"{exp.path}: finals.seeds grew by {list(grown or ())}: only these seeds train "
+              f"(on their own systems), the finals already run are kept and the report is "
+              f"rewritten; {frozen} updated", flush=True)
 
 
 def _start_ray(args: Args, wandb_mode: str):
@@ -138,20 +143,28 @@ def main(args: Args) -> int:
         return 2
     # one driver per folder (the pilot too: it writes pilot.json there, and a second cluster
     # on the machine would skew its measurements); taken before Ray starts, released on any
-    # exit but SIGKILL, whose lock the next driver takes over (folder_lock)
+    # exit but SIGKILL, whose lock the next driver takes over (folder_lock). SIGTERM (a
+    # scheduler's stop, `timeout`) is a clean stop from here on, so that one arriving while the
+    # lock is taken still releases it.
     lock = FolderLock(dirs.root)
+    signal.signal(signal.SIGTERM, _stop)
     try:
-        lock.acquire()
-    except FolderLocked as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
+        try:
+            dirs.root.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except FolderLocked as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        freeze(exp, dirs, args.smoke)
         for message in folder_check.check(dirs):
             print(message, flush=True)
         return _drive(args, exp, dirs, research, started)
     except DamagedFile as e:  # a journal or result file a crash or a full disk cut
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to resume", file=sys.stderr, flush=True)
+        return 130
     finally:
         lock.release()
 
