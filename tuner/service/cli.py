@@ -23,7 +23,7 @@ from typing import Annotated
 
 import tyro
 
-from tuner.service import experiment, folder_check, seed_growth
+from tuner.service import experiment, folder_check, ray_start, seed_growth
 from tuner.service.dirs import ExperimentDirs
 from tuner.service.files import DamagedFile, read_json, write_atomic
 from tuner.service.folder_lock import FolderLock, FolderLocked
@@ -85,6 +85,11 @@ def prepare(args: Args):
             "resuming would mix two experiments. The one change a started experiment "
             "takes is more finals seeds (finals.seeds grown, the old ones kept); restore "
             "the file, or use a new --out folder.")
+    if not (args.address or os.environ.get("RAY_ADDRESS")):  # a local cluster is started
+        try:
+            ray_start.check_temp_path()
+        except ray_start.RayStartFailed as e:
+            raise UsageError(str(e)) from None
     return exp, dirs, research
 
 
@@ -103,18 +108,11 @@ def freeze(exp, dirs: ExperimentDirs, smoke: bool) -> None:
 
 
 def _start_ray(args: Args, wandb_mode: str):
-    import ray
-
     env = {"WANDB_MODE": wandb_mode, "WANDB_SILENT": "true"}
     # the driver too: WandbLoggerCallback.setup runs here and, online, demands an API key
     os.environ.update(env)
     address = args.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
-    if address:
-        return ray.init(address=address, runtime_env={"env_vars": env})
-    # local cluster: dashboard on loopback only; Ray 2.60 turns token auth on for new local
-    # clusters (token in ~/.ray/auth_token) unless RAY_AUTH_MODE says otherwise: leave it on
-    return ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=True,
-                    dashboard_host="127.0.0.1")
+    return ray_start.start(address, env, args.num_cpus)
 
 
 def _check_local_resources(exp) -> None:
@@ -184,7 +182,11 @@ def _drive(args: Args, exp, dirs: ExperimentDirs, research, started: float) -> i
     from tuner.service.wandb_logging import choose_mode
 
     mode = choose_mode() if args.wandb else "disabled"
-    ctx = _start_ray(args, mode)
+    try:
+        ctx = _start_ray(args, mode)
+    except ray_start.RayStartFailed as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
     if not (args.address or os.environ.get("RAY_ADDRESS")):
         try:
             _check_local_resources(exp)
