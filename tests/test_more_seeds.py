@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tiny_run import TINY, cli, finish
 
-from tuner.service.cli import Args, UsageError, prepare
+from tuner.service.cli import Args, UsageError, freeze, prepare
 from tuner.service.trial_spec import TrialSpec
 
 SEEDS = "  seeds: [0, 1]"
@@ -52,7 +52,9 @@ def test_grown_seeds_are_accepted_and_frozen(tmp_path, capsys):
     frozen.parent.mkdir(parents=True)
     shutil.copyfile(TINY, frozen)
     text = TINY.read_text().replace(SEEDS, "  seeds: [0, 1, 5, 3]  # two more")
-    exp, _, _ = _prepare(tmp_path, text)
+    exp, dirs, _ = _prepare(tmp_path, text)
+    assert frozen.read_text() == TINY.read_text()  # nothing written before the lock is held
+    freeze(exp, dirs, smoke=False)
     assert exp.finals.seeds == (0, 1, 5, 3) and frozen.read_text() == text
     assert "finals.seeds grew by [5, 3]" in capsys.readouterr().out
 

@@ -6,6 +6,8 @@ error naming the file and the remedy. (The same after a real SIGKILL: tests/test
 from __future__ import annotations
 
 import math
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +135,115 @@ def test_cli_exits_2_on_a_damaged_result_file(tmp_path):
     assert "search_options.json is damaged" in res.stderr and "--widen-edges" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (folder / "driver.lock").exists()  # released on that exit too
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_written_files_keep_the_umask_mode(tmp_path, mask):
+    """A JSON result file and a journal rewritten by a repair get 0666 less the umask (0644
+    under 022: a colleague or a viewer run by another user reads them), not mkstemp's 0600."""
+    path = tmp_path / "c.journal"
+    journal(path)
+    before = os.umask(mask)
+    try:
+        write_json(tmp_path / "status.json", {"stage": "search"})
+        path.write_bytes(path.read_bytes()[:-7])
+        assert repair_torn_tail(path)
+    finally:
+        os.umask(before)
+    for written in (tmp_path / "status.json", path):
+        assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~mask, written
+
+
+def _records(path: Path) -> list[bytes]:
+    return path.read_bytes().rstrip(b"\n").split(b"\n")
+
+
+def test_json_that_is_no_record_is_damage(tmp_path):
+    """Valid JSON that is no Optuna record (here another tool's line) is damage, last or not:
+    a clear error, the file untouched; a cut record would not parse."""
+    path = tmp_path / "c.journal"
+    journal(path)
+    records = _records(path)
+    for where in (1, len(records)):
+        lines = [*records]
+        lines.insert(where, b'{"note": "not a record"}')
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        before = path.read_bytes()
+        with pytest.raises(JournalDamaged, match=rf"line {where + 1} of .*not a complete"):
+            repair_torn_tail(path)
+        assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("where", ["all", "tail"])
+def test_nul_filled_journal_stops_with_file_and_remedy(tmp_path, where):
+    """NULs where records were (a node crash before NFS wrote the blocks): an error naming the
+    file and the remedy, never an emptied journal."""
+    path = tmp_path / "c.journal"
+    journal(path)
+    data = path.read_bytes()
+    keep = 0 if where == "all" else data.index(b"\n") + 1
+    path.write_bytes(data[:keep] + b"\0" * (len(data) - keep))
+    with pytest.raises(JournalDamaged) as e:
+        repair_torn_tail(path)
+    msg = str(e.value)
+    assert str(path) in msg and f"NUL bytes from byte {keep}" in msg
+    assert "Restore the file from a copy" in msg and "new --out folder" in msg
+    assert len(path.read_bytes()) == len(data) and not list(tmp_path.glob("*.torn-*"))
+
+
+def test_cut_record_followed_by_a_whole_one_keeps_the_whole_one(tmp_path):
+    """A driver killed mid-record, the next one appending to the cut line (no repair between),
+    then more records: the cut part goes, the whole record on that line and all after stay."""
+    path = tmp_path / "patch=1.journal"
+    whole = trials(journal(path))
+    records = _records(path)
+    cut_at = len(records) - 1  # trial 2's report, cut; trial 2's ask stays before it
+    lines = [*records[:cut_at], records[cut_at][:30] + records[cut_at], b""]
+    path.write_bytes(b"\n".join(lines))
+    out = repair_torn_tail(path)
+    assert f"line {cut_at + 1}, 30 bytes" in out and "was cut" in out
+    assert _records(path) == records
+    assert trials(reopen(path)) == whole
+
+
+def test_cut_tune_snapshot_set_aside_for_the_previous(tmp_path):
+    """A Tune run folder whose newest experiment_state (by name, what Tune restores) was cut:
+    set aside, the previous whole one left to be restored; an only snapshot cut stops with the
+    file and the remedy, before Ray."""
+    from tuner.service.dirs import ExperimentDirs
+    from tuner.service.folder_check import check
+
+    run = tmp_path / "search" / "round-0"
+    run.mkdir(parents=True)
+    old = run / "experiment_state-2026-01-01_00-00-00.json"
+    old.write_text('{"trial_data": [], "runner_data": {}}')
+    new = run / "experiment_state-2026-01-02_00-00-00.json"
+    new.write_text('{"trial_data": [["{\\"trial_id\\": \\"a')
+    messages = check(ExperimentDirs(tmp_path))
+    assert len(messages) == 1 and str(new) in messages[0] and old.name in messages[0]
+    assert sorted(p.name for p in run.iterdir()) == [old.name, new.name + ".torn"]
+    old.write_text('{"trial_data": [["{\\"tri')  # now the only one, cut
+    with pytest.raises(DamagedFile) as e:
+        check(ExperimentDirs(tmp_path))
+    assert str(old) in str(e.value) and "no earlier whole one" in str(e.value)
+    assert f"delete the folder {run}" in str(e.value)
+
+
+def test_ray_temp_path_too_long_is_one_line_before_ray(tmp_path):
+    """RAY_TMPDIR of a per-job scratch folder too long for Ray's Unix sockets: exit 2 before
+    Ray starts, one line with the longest allowed and the variable to set, no traceback."""
+    from tuner.service.ray_start import SOCKET_PATH_MAX, SOCKET_SUFFIX
+
+    scratch = tmp_path / ("job-" + "x" * 40)
+    scratch.mkdir()
+    env = dict(os.environ, RAY_TMPDIR=str(scratch), JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, "-m", "tuner.run", "tests/fixtures/tiny.yaml",
+                          "--out", str(tmp_path / "out"), "--no-wandb"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120, env=env)
+    assert res.returncode == 2, res.stdout + res.stderr
+    allowed = SOCKET_PATH_MAX - SOCKET_SUFFIX
+    assert allowed == 32  # 107 bytes less Ray's /ray/session_<date>_<pid>/sockets/dash_...
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Ray cannot start"), res.stderr
+    assert f"at most {allowed} characters" in lines[0] and "RAY_TMPDIR" in lines[0]
+    assert str(scratch) in lines[0] and not (tmp_path / "out").exists()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import signal
 import sys
 import time
@@ -24,9 +23,9 @@ from typing import Annotated
 
 import tyro
 
-from tuner.service import experiment, folder_check, seed_growth
+from tuner.service import experiment, folder_check, ray_start, seed_growth
 from tuner.service.dirs import ExperimentDirs
-from tuner.service.files import DamagedFile, read_json
+from tuner.service.files import DamagedFile, read_json, write_atomic
 from tuner.service.folder_lock import FolderLock, FolderLocked
 from tuner.service.search import rounds
 
@@ -66,7 +65,9 @@ class UsageError(Exception):
 
 
 def prepare(args: Args):
-    """All that can fail on bad input, before Ray starts: load, validate, claim the folder.
+    """All that can fail on bad input, before Ray starts: load and validate. Writes nothing
+    (the experiment file is frozen by :func:`freeze`, once the folder's lock is held: a
+    driver refused by the lock must leave the folder as it was).
 
     Returns the experiment, its folders and the parsed ``--research`` rounds."""
     try:
@@ -80,40 +81,41 @@ def prepare(args: Args):
     dirs = ExperimentDirs(Path(args.out).absolute() / exp.name,
                           Path(args.compile_cache).absolute() if args.compile_cache else None)
     frozen = dirs.experiment_file
-    if frozen.exists() and frozen.read_text() != exp.path.read_text():
-        grown = seed_growth.accepted(frozen, exp.path, args.smoke)
-        if grown is None:
-            raise UsageError(
-                f"{exp.path} changed since {dirs.root} was started (its copy is {frozen}); "
-                "resuming would mix two experiments. The one change a started experiment "
-                "takes is more finals seeds (finals.seeds grown, the old ones kept); restore "
-                "the file, or use a new --out folder.")
-        tmp = frozen.with_suffix(".tmp")
-        shutil.copyfile(exp.path, tmp)
-        os.replace(tmp, frozen)
-        print(f"{exp.path}: finals.seeds grew by {list(grown)}: only these seeds train (on "
-              f"their own systems), the finals already run are kept and the report is "
-              f"rewritten; {frozen} updated", flush=True)
-    dirs.root.mkdir(parents=True, exist_ok=True)
-    if not frozen.exists():
-        shutil.copyfile(exp.path, frozen)
+    if (frozen.exists() and frozen.read_text() != exp.path.read_text()
+            and seed_growth.accepted(frozen, exp.path, args.smoke) is None):
+        raise UsageError(
+            f"{exp.path} changed since {dirs.root} was started (its copy is {frozen}); "
+            "resuming would mix two experiments. The one change a started experiment "
+            "takes is more finals seeds (finals.seeds grown, the old ones kept); restore "
+            "the file, or use a new --out folder.")
+    if not (args.address or os.environ.get("RAY_ADDRESS")):  # a local cluster is started
+        try:
+            ray_start.check_temp_path()
+        except ray_start.RayStartFailed as e:
+            raise UsageError(str(e)) from None
     return exp, dirs, research
 
 
-def _start_ray(args: Args, wandb_mode: str):
-    import ray
+def freeze(exp, dirs: ExperimentDirs, smoke: bool) -> None:
+    """Keeps the experiment's file in its folder (``experiment.yaml``), or updates it to grown
+    finals seeds (checked by :func:`prepare`); run with the folder's lock held."""
+    frozen = dirs.experiment_file
+    if not frozen.exists():
+        write_atomic(frozen, exp.path.read_text())
+    elif frozen.read_text() != exp.path.read_text():
+        grown = seed_growth.accepted(frozen, exp.path, smoke)
+        write_atomic(frozen, exp.path.read_text())
+        print(f"{exp.path}: finals.seeds grew by {list(grown or ())}: only these seeds train "
+              f"(on their own systems), the finals already run are kept and the report is "
+              f"rewritten; {frozen} updated", flush=True)
 
+
+def _start_ray(args: Args, wandb_mode: str):
     env = {"WANDB_MODE": wandb_mode, "WANDB_SILENT": "true"}
     # the driver too: WandbLoggerCallback.setup runs here and, online, demands an API key
     os.environ.update(env)
     address = args.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
-    if address:
-        return ray.init(address=address, runtime_env={"env_vars": env})
-    # local cluster: dashboard on loopback only; Ray 2.60 turns token auth on for new local
-    # clusters (token in ~/.ray/auth_token) unless RAY_AUTH_MODE says otherwise: leave it on
-    return ray.init(address="local", num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-                    include_dashboard=True,
-                    dashboard_host="127.0.0.1")
+    return ray_start.start(address, env, args.num_cpus, args.num_gpus)
 
 
 def _check_local_resources(exp) -> None:
@@ -142,20 +144,28 @@ def main(args: Args) -> int:
         return 2
     # one driver per folder (the pilot too: it writes pilot.json there, and a second cluster
     # on the machine would skew its measurements); taken before Ray starts, released on any
-    # exit but SIGKILL, whose lock the next driver takes over (folder_lock)
+    # exit but SIGKILL, whose lock the next driver takes over (folder_lock). SIGTERM (a
+    # scheduler's stop, `timeout`) is a clean stop from here on, so that one arriving while the
+    # lock is taken still releases it.
     lock = FolderLock(dirs.root)
+    signal.signal(signal.SIGTERM, _stop)
     try:
-        lock.acquire()
-    except FolderLocked as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
+        try:
+            dirs.root.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except FolderLocked as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        freeze(exp, dirs, args.smoke)
         for message in folder_check.check(dirs):
             print(message, flush=True)
         return _drive(args, exp, dirs, research, started)
     except DamagedFile as e:  # a journal or result file a crash or a full disk cut
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to resume", file=sys.stderr, flush=True)
+        return 130
     finally:
         lock.release()
 
@@ -181,7 +191,11 @@ def _drive(args: Args, exp, dirs: ExperimentDirs, research, started: float) -> i
     from tuner.service.wandb_logging import choose_mode
 
     mode = choose_mode() if args.wandb else "disabled"
-    ctx = _start_ray(args, mode)
+    try:
+        ctx = _start_ray(args, mode)
+    except ray_start.RayStartFailed as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
     if not (args.address or os.environ.get("RAY_ADDRESS")):
         try:
             _check_local_resources(exp)

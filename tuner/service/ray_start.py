@@ -1,0 +1,97 @@
+"""Ray started (or joined) for the driver, and a start that fails explained in one line.
+
+Ray's own failures come as a page of its stack (``OSError: validate_socket_filename failed``,
+``RuntimeError: Module MetricsHead failed to start``, a ``ConnectionError`` after a long wait);
+the usual causes on a cluster are few: a temporary folder whose path leaves no room for Ray's
+Unix sockets (a per-job scratch folder), a port in use, an address where no cluster answers.
+The first is checked before Ray starts; the others are named from what Ray raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+# Linux's AF_UNIX path limit (sun_path less its NUL); macOS has 104
+SOCKET_PATH_MAX = (104 if sys.platform.startswith("darwin") else 108) - 1
+# what Ray puts under its temporary folder for its longest socket:
+# /ray/session_YYYY-MM-DD_HH-MM-SS_ffffff_<pid up to 7 digits>/sockets/dash_TaskEventsHead
+SOCKET_SUFFIX = len("/ray/session_2026-01-01_00-00-00_000000_4194304/sockets/dash_TaskEventsHead")
+
+
+class RayStartFailed(Exception):
+    """Ray could not start or be reached; the message names the cause and the remedy."""
+
+
+def temp_root() -> tuple[str, str]:
+    """The folder a new local Ray cluster puts its session under, and what chose it (as Ray
+    2.60 does: ``RAY_TMPDIR``, else ``TMPDIR`` on Linux, else ``/tmp``)."""
+    for var in ("RAY_TMPDIR", "TMPDIR"):
+        if os.environ.get(var) and (var == "RAY_TMPDIR" or sys.platform.startswith("linux")):
+            return os.environ[var], var
+    return "/tmp", "the default"
+
+
+def check_temp_path() -> None:
+    """Raises :class:`RayStartFailed` where Ray's sockets would not fit under the temporary
+    folder, before Ray starts (it fails there only after seconds, in a page of stack)."""
+    root, var = temp_root()
+    length = len(str(Path(root).absolute()).rstrip("/").encode())
+    if length + SOCKET_SUFFIX > SOCKET_PATH_MAX:
+        chosen = f"set by {var}" if var != "the default" else "Ray's default"
+        raise RayStartFailed(
+            f"Ray cannot start: its temporary folder {root} ({chosen}) is {length} characters "
+            f"long, and Ray's Unix sockets under it would pass the {SOCKET_PATH_MAX}-byte "
+            f"limit of a socket path; it may be at most {SOCKET_PATH_MAX - SOCKET_SUFFIX} "
+            "characters. Set RAY_TMPDIR to a shorter folder (e.g. export RAY_TMPDIR=/tmp) "
+            "and rerun this command")
+
+
+def explain(error: BaseException, address: str | None) -> str:
+    """One line naming why Ray did not start, and what to do."""
+    text = f"{type(error).__name__}: {error}".strip()
+    first = text.splitlines()[0][:300] if text else type(error).__name__
+    lowered = text.lower()
+    if "af_unix" in lowered or "socket_filename" in lowered:
+        root, var = temp_root()
+        return (f"Ray cannot start: the path of its temporary folder {root} is too long for "
+                f"its Unix sockets ({first}); set RAY_TMPDIR to a folder of at most "
+                f"{SOCKET_PATH_MAX - SOCKET_SUFFIX} characters (e.g. export RAY_TMPDIR=/tmp) "
+                "and rerun this command")
+    if "address already in use" in lowered or "port" in lowered and "in use" in lowered:
+        return (f"Ray cannot start: a port it needs is in use ({first}); another Ray cluster "
+                "may run on this machine: join it with --address auto, or stop it (ray stop), "
+                "then rerun this command")
+    if address:
+        return (f"Ray cluster at {address} did not answer ({first}); check that it runs "
+                "(`ray status` on its head node) and that the address and port are right "
+                "(--address, or $RAY_ADDRESS), or leave --address out to start a local cluster")
+    return (f"Ray could not start a local cluster ({first}); its logs are under "
+            f"{temp_root()[0]}/ray/session_latest/logs. Stop a leftover cluster (ray stop), "
+            "free memory and disk there, then rerun this command")
+
+
+def start(address: str | None, env: dict[str, str], num_cpus: int | None,
+          num_gpus: int | None = None):
+    """``ray.init``: joins the cluster at ``address``, or starts a local one. Raises
+    :class:`RayStartFailed` where Ray does not start (the cause and the remedy, no stack)."""
+    if not address:
+        check_temp_path()
+    import ray
+
+    try:
+        if address:
+            return ray.init(address=address, runtime_env={"env_vars": env})
+        # local cluster: dashboard on loopback only; Ray 2.60 turns token auth on for new
+        # local clusters (token in ~/.ray/auth_token) unless RAY_AUTH_MODE says otherwise
+        return ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                        include_dashboard=True, dashboard_host="127.0.0.1")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # Ray raises many kinds here; each is explained, none expected
+        message = explain(e, address)
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        raise RayStartFailed(message) from None
