@@ -142,7 +142,10 @@ def _proposals(of_cell: pd.DataFrame, best: dict) -> str:
     if "source" not in of_cell or of_cell["source"].isna().all():
         return ""
     counts = of_cell["source"].value_counts()
-    won = of_cell.loc[of_cell["number"] == best.get("trial_number"), "source"]
+    # trial numbers restart in every search round (a study per round): the best's own round
+    same_round = (of_cell["round"] == best.get("round", "search")) if "round" in of_cell \
+        else True
+    won = of_cell.loc[same_round & (of_cell["number"] == best.get("trial_number")), "source"]
     return (f"rates from {', '.join(f'{k} {v}' for k, v in counts.items())}"
             + (f"; best from {won.iloc[0]}" if len(won) else "") + "; ")
 

@@ -139,13 +139,14 @@ class PopulationSearcher(JournalStudies, results.CellResults, Searcher):
             if (wave, g) in held:
                 continue
             members = self._wave_members(wave, g)
-            if members and all(self._studies[c].frozen(n).state.is_finished()
-                               for c, n in members):
+            if len(members) == len(cells) * self._sizes[wave] and all(
+                    self._studies[c].frozen(n).state.is_finished() for c, n in members):
                 continue  # ended in the journals before a kill; nothing to train
-            if not members:
-                members = [(c, n) for c in cells for n in self._ask(c, wave, g)]
+            # asked in full, or topped up where a kill cut the asks short (module docstring)
+            members = [(c, n) for c in cells for n in self._fill(c, wave, g)]
             for c, n in members:
                 self._studies[c].tag(n, trial_id)
+            _at("handed")
             self._assigned[trial_id] = (wave, g, members)
             return self._config(wave, members)
         return None
@@ -164,7 +165,8 @@ class PopulationSearcher(JournalStudies, results.CellResults, Searcher):
             if study.frozen(number).state.is_finished():
                 continue
             value = result.get(member_key(j, self._metric))
-            if result.get(member_key(j, "diverged")):
+            # a NaN loss, or a NaN evaluation of a finite loss: diverged (as the one-rate path)
+            if result.get(member_key(j, "diverged")) or not is_finite(value):
                 study.mark_diverged(number, int(step))
                 study.tell(number, TrialState.PRUNED, None)
                 continue
@@ -240,39 +242,76 @@ class PopulationSearcher(JournalStudies, results.CellResults, Searcher):
                     return wave
         return None
 
-    def _ask(self, cell: str, wave: int, group: int) -> list[int]:
-        """Asks the cell's members of ``wave`` (module docstring), tagging each with its wave,
-        group and source."""
+    def _fill(self, cell: str, wave: int, group: int) -> list[int]:
+        """The cell's members of ``wave``, asked up to the wave's size: those the journal holds
+        (tagged with the wave), then a trial a kill left untagged (asked, or enqueued and not
+        yet asked), then new asks. Member j is asked from the same history whether or not a
+        kill came in between (the plan reads waves before ``wave`` only; the sampler is
+        re-seeded from the number of trials), so a topped-up wave equals an uninterrupted one."""
         size = self._sizes[wave]
         study = self._studies[cell]
+        plan = self._plan(cell, wave)
+        numbers = [t.number for t in study.trials() if t.user_attrs.get(WAVE_ATTR) == wave]
+        for j in range(len(numbers), size):
+            lr, source = plan[j] if j < len(plan) else (None, "tpe")
+            strays = [t for t in study.trials()
+                      if WAVE_ATTR not in t.user_attrs and t.state == TrialState.RUNNING]
+            if strays:  # asked, then killed before its wave was written: adopt it
+                number = strays[0].number
+                logger.info("cell %s: adopting untagged optuna trial %d into wave %d", cell,
+                            number, wave)
+            else:
+                waiting = any(t.state == TrialState.WAITING for t in study.trials())
+                if lr is not None and not waiting:  # a WAITING one is this very proposal
+                    study.study.enqueue_trial({"lr": lr}, skip_if_exists=False)
+                    _at("enqueued")
+                number, _ = study.ask_lr(self._lr_low, self._lr_high)  # takes a WAITING first
+                _at("asked")
+            # the wave last: a trial holding it holds its group and source too
+            study.set_attrs(number, **{SOURCE_ATTR: source, GROUP_ATTR: group, WAVE_ATTR: wave})
+            _at("tagged")
+            numbers.append(number)
+        _at("cell")
+        return numbers
+
+    def _plan(self, cell: str, wave: int) -> list[tuple[float, str]]:
+        """The rates ``wave`` of ``cell`` starts from, before TPE's (module docstring): strata
+        in wave 0, neighbours' best rates of earlier waves after. Reads waves before ``wave``
+        only (all told once it opens), so the plan never depends on which population of
+        ``wave`` finished first."""
+        size = self._sizes[wave]
         lo, hi = math.log(self._lr_low), math.log(self._lr_high)
-        fixed: list[tuple[float, str]] = []
         if wave == 0:
             rng = np.random.default_rng([self._seed, list(self._cells).index(cell), 0])
-            fixed = [(math.exp(lo + (j + rng.uniform()) / size * (hi - lo)), "stratified")
-                     for j in range(size)]
-        else:
-            tried = [math.log(t.params["lr"]) for t in study.trials()]
-            for other in self._neighbours[cell]:
-                if len(fixed) >= max(1, size // 4):
-                    break
-                best = results.best_trial(self._studies[other].trials(), self.objective,
-                                          self._lr_low, self._lr_high)
-                if best is None:
-                    continue
-                x = math.log(best["lr"])
-                # not where this cell has a rate already (or another neighbour put one)
-                gap = (hi - lo) / (4 * len(self._sizes) * size)
-                if all(abs(x - y) > gap for y in tried + [math.log(f) for f, _ in fixed]):
-                    fixed.append((best["lr"], f"neighbour:{other}"))
-        numbers = []
-        for j in range(size):
-            if j < len(fixed):
-                lr, source = fixed[j]
-                study.study.enqueue_trial({"lr": lr}, skip_if_exists=False)
-            else:
-                source = "tpe"
-            number, _ = study.ask_lr(self._lr_low, self._lr_high)
-            study.set_attrs(number, **{WAVE_ATTR: wave, GROUP_ATTR: group, SOURCE_ATTR: source})
-            numbers.append(number)
-        return numbers
+            return [(math.exp(lo + (j + rng.uniform()) / size * (hi - lo)), "stratified")
+                    for j in range(size)]
+
+        def earlier(c: str) -> list:
+            return [t for t in self._studies[c].trials()
+                    if t.user_attrs.get(WAVE_ATTR, wave) < wave]
+
+        tried = [math.log(t.params["lr"]) for t in earlier(cell)]
+        fixed: list[tuple[float, str]] = []
+        for other in self._neighbours[cell]:
+            if len(fixed) >= max(1, size // 4):
+                break
+            best = results.best_trial(earlier(other), self.objective, self._lr_low,
+                                      self._lr_high)
+            if best is None:
+                continue
+            x = math.log(best["lr"])
+            # not where this cell has a rate already (or another neighbour put one)
+            gap = (hi - lo) / (4 * len(self._sizes) * size)
+            if all(abs(x - y) > gap for y in tried + [math.log(f) for f, _ in fixed]):
+                fixed.append((best["lr"], f"neighbour:{other}"))
+        return fixed
+
+
+# Tests set this to a callable that raises at a named point of ``suggest`` ("enqueued",
+# "asked", "tagged", "cell", "handed"): what a driver killed there leaves in the journals.
+FAULT: Callable[[str], None] | None = None
+
+
+def _at(point: str) -> None:
+    if FAULT is not None:
+        FAULT(point)
