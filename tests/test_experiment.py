@@ -76,7 +76,7 @@ def test_rungs_between_evaluations_are_refused_with_the_nearest_settings(tmp_pat
                           "2500 with reduction_factor=3 puts rungs at steps [2500, 7500, "
                           "22500], but train.eval_every=1000"), msg
     assert "allowed: asha.grace_period 2000 or 3000" in msg
-    assert "or train.eval_every 500 or 2500" in msg  # dividing 2500, 7500, 22500 and 30000
+    assert "or train.eval_every 625 or 1250" in msg  # the nearest dividing 2500 and 30000
     text = GOOD.replace("    grace_period: 20", "    grace_period: 30")
     path = write(tmp_path, text)
     experiment.load(str(path))  # the full profile's rungs are evaluations

@@ -106,7 +106,7 @@ def test_cells_grouped_into_one_program_can_share_it(tmp_path):
     from tuner.service.trials import population_configs
 
     doc = yaml.safe_load(FIXTURE.read_text())
-    del doc["fixed"]["train.eval_every"], doc["claims"]  # its claim is on another axis
+    del doc["fixed"]["train.eval_every"], doc["fixed"]["data.lambda_val"], doc["claims"]
     doc["grid"] = {"data.lambda_val": [0.6, 0.9], "train.eval_every": [10, 20]}
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(doc))

@@ -269,11 +269,11 @@ def test_the_report_names_the_source_of_the_best_within_its_round():
     the first round."""
     import pandas as pd
 
-    from tuner.service.report.render import _proposals
+    from tuner.service.report.render import proposals
 
     rows = pd.DataFrame({"number": [0, 3, 0, 3], "round": ["search"] * 2 + ["research"] * 2,
                          "source": ["stratified", "neighbour:x=1", "stratified", "tpe"]})
-    note = _proposals(rows, {"trial_number": 3, "round": "research"})
+    note = proposals(rows, {"trial_number": 3, "round": "research"})
     assert note.endswith("best from tpe; ")
-    assert _proposals(rows, {"trial_number": 3, "round": "search"}).endswith(
+    assert proposals(rows, {"trial_number": 3, "round": "search"}).endswith(
         "best from neighbour:x=1; ")

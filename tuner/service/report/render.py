@@ -136,7 +136,7 @@ def _curve_columns(finals: pd.DataFrame, prefix: str) -> list[str]:
                   key=lambda c: int(c[len(prefix):]))
 
 
-def _proposals(of_cell: pd.DataFrame, best: dict) -> str:
+def proposals(of_cell: pd.DataFrame, best: dict) -> str:
     """Where a population search's rates came from (strata, a neighbour's best, TPE) and
     which one the best was; empty for the one-trial-per-rate search."""
     if "source" not in of_cell or of_cell["source"].isna().all():
@@ -198,7 +198,7 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
                 "or widen search.lr_low/lr_high" if b.get("at_edge") else "")
         if b.get("round", "search") != "search":
             note = f"from {b['round']} [{lo:g}, {hi:g}]; " + note
-        note = _proposals(of_cell, b) + note
+        note = proposals(of_cell, b) + note
         lines.append(f"| {cell} | {b['lr']:.3g} | {b['value']:.4g} | {st.get('COMPLETE', 0)}/"
                      f"{st.get('PRUNED', 0) - n_diverged}/{n_diverged}/{st.get('FAIL', 0)} | "
                      f"{note} |")
