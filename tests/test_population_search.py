@@ -277,3 +277,23 @@ def test_the_report_names_the_source_of_the_best_within_its_round():
     assert note.endswith("best from tpe; ")
     assert proposals(rows, {"trial_number": 3, "round": "search"}).endswith(
         "best from neighbour:x=1; ")
+
+
+def test_a_population_told_after_the_snapshot_counts_as_told(tmp_path):
+    """Its members are finished in the journals: restored, it is not running (so it holds no
+    slot under ``max_running``) and its resumed results change nothing."""
+    s = _searcher(tmp_path)
+    config = s.suggest("t0")
+    snapshot = s.get_state()
+    _finish(s, "t0", config, [3.0, 2.0, 1.0])
+    before = _outcome_of(s)
+    again = _searcher(tmp_path, max_running=lambda: 1)
+    assert again.set_state(snapshot) == {"t0"}
+    assert again.suggest("t1")["wave"] == 0  # x=1's wave 0: t0 holds no slot
+    _finish(again, "t0", config, [9.0, 9.0, 9.0])
+    assert _outcome_of(again)["x=0"] == before["x=0"]
+
+
+def _outcome_of(s):
+    return {c: [(t.number, t.state.name, t.value) for t in study.study.trials]
+            for c, study in s._studies.items()}
