@@ -223,7 +223,7 @@ def _build(cfg: dict, lines: Lines, path: Path, source, smoke: bool) -> Experime
     finals = section("finals", Finals.parse)
 
     steps = base.train.steps
-    if steps % base.train.eval_every:
+    if "train.eval_every" not in grid and steps % base.train.eval_every:  # else per cell below
         raise lines.error(source("fixed", "train.steps"), f"train.steps={steps} must be a "
                           f"multiple of train.eval_every={base.train.eval_every} (ASHA compares "
                           f"trials at evaluations); allowed: a multiple of "
