@@ -64,6 +64,35 @@ def test_smoke_override_errors_point_into_the_smoke_section(tmp_path):
         experiment.load(str(path), smoke=True)
 
 
+def test_rungs_between_evaluations_are_refused_with_the_nearest_settings(tmp_path):
+    """A population halves once per evaluation: a rung between two evaluations would collapse
+    into the next one (issue 31: the smoke's grace 30 with evaluations every 20 ran silently)."""
+    text = GOOD.replace("  grace_period: 2000", "  grace_period: 2500")
+    path = write(tmp_path, text)
+    with pytest.raises(experiment.SearchSpaceError) as err:
+        experiment.load(str(path))
+    msg = str(err.value)
+    assert msg.startswith(f"{path}:{line_of(text, '  grace_period: 2500')}: asha.grace_period: "
+                          "2500 with reduction_factor=3 puts rungs at steps [2500, 7500, "
+                          "22500], but train.eval_every=1000"), msg
+    assert "allowed: asha.grace_period 2000 or 3000" in msg
+    assert "or train.eval_every 625 or 1250" in msg  # the nearest dividing 2500 and 30000
+    text = GOOD.replace("    grace_period: 20", "    grace_period: 30")
+    path = write(tmp_path, text)
+    experiment.load(str(path))  # the full profile's rungs are evaluations
+    with pytest.raises(experiment.SearchSpaceError, match=rf"bad.yaml:"
+                       rf"{line_of(text, 'grace_period: 30')}: smoke.asha.grace_period: 30 .*"
+                       r"allowed: asha.grace_period 20 or 40 .* train.eval_every 15 or 30"):
+        experiment.load(str(path), smoke=True)
+    # a grid over the evaluation interval: every cell's evaluations must hold the rungs
+    text = GOOD.replace("  train.eval_every: 1000 ", "  # ").replace(
+        DIM_Y, DIM_Y + "\n  train.eval_every: [1000, 3000]")
+    path = write(tmp_path, text)
+    with pytest.raises(experiment.SearchSpaceError, match=r"asha.grace_period: 2000 .*"
+                       r"train.eval_every=3000 \(cell .*allowed: asha.grace_period 3000"):
+        experiment.load(str(path))
+
+
 def test_malformed_yaml_and_unknown_experiment(tmp_path):
     path = write(tmp_path, "name: x\ngrid: [unclosed\n")
     with pytest.raises(experiment.SearchSpaceError, match=r"bad.yaml:\d+: not valid YAML"):

@@ -3,6 +3,7 @@ the members its halving rule names, and resumes from a checkpoint to the same en
 
 import contextlib
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ MEMBERS = [(0.9, 3e-3), (0.9, 1e-2), (0.6, 3e-3), (0.6, 1e4)]
 # another CPU's XLA kernels. A 1% change of the rate moves nmse by 2.4e-4 relative (checked
 # below), so 5e-5 still separates rounding from a different run.
 RTOL = 5e-5
+FIXTURE = Path(__file__).parent / "fixtures" / "tinypop.yaml"
 
 
 def _configs():
@@ -88,6 +90,52 @@ def test_resume_from_a_checkpoint_reaches_the_same_end(tmp_path):
 def test_members_must_share_one_program():
     with pytest.raises(ValueError, match="another step"):
         Population([BASE, replace(BASE, **{"model.d_model": 64})])
+    with pytest.raises(ValueError, match="train.eval_every differ"):
+        Population([BASE, replace(BASE, **{"train.eval_every": 20})])
+
+
+def test_cells_grouped_into_one_program_can_share_it(tmp_path):
+    """``shapes`` groups cells by everything a program holds static: a grid over the evaluation
+    interval gives one group per interval, and every group it gives trains as one population
+    (issue 31: such cells were grouped and every member FAILed)."""
+    import yaml
+
+    from tuner.service.experiment import load
+    from tuner.service.shapes import shapes
+    from tuner.service.trial_spec import Worker, population_config
+    from tuner.service.trials import population_configs
+
+    doc = yaml.safe_load(FIXTURE.read_text())
+    del doc["fixed"]["train.eval_every"], doc["fixed"]["data.lambda_val"], doc["claims"]
+    doc["grid"] = {"data.lambda_val": [0.6, 0.9], "train.eval_every": [10, 20]}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    exp = load(str(path))
+    cells = exp.cells()
+    groups = list(shapes(exp).values())
+    assert sorted([cells[c]["train.eval_every"] for c in g] for g in groups) == [[10, 10],
+                                                                               [20, 20]]
+    for group in groups:
+        config = population_config(0, [(c, 0, 1e-3) for c in group], cells, {}, Worker())
+        assert len(Population(population_configs(exp.base, config))) == len(group)
+
+
+def test_lr_now_is_each_members_own_schedule():
+    """Members of one program may differ in warmup and schedule (traced): each reports its own
+    rate, checked against the schedule written out here."""
+    lr = 1e-3
+    cosine = replace(BASE, **{"train.lr": lr, "train.warmup_frac": 0.25})
+    constant = replace(BASE, **{"train.lr": lr, "train.schedule": "constant",
+                                "train.warmup_frac": 0.05})
+    seen = []
+    train_population(Population([cosine, constant]),
+                     lambda step, p, st: seen.append([m["lr_now"] for m in p.last]),
+                     lambda *a: set())
+    # the rate of the last update before each evaluation (updates counted from 1): warmup
+    # over 10 of the 40 updates, then cosine to 0 at the 40th
+    expected = [lr * 0.5 * (1 + math.cos(math.pi * (s - 10) / 30)) for s in (10, 20, 30)]
+    np.testing.assert_allclose([m[0] for m in seen[:3]], expected, rtol=1e-5)
+    np.testing.assert_allclose([m[1] for m in seen], [lr] * 4, rtol=1e-6)
 
 
 def test_masked_members_end_as_compacted_ones(tmp_path):

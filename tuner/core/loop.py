@@ -222,25 +222,41 @@ def _loop(cfg: RunConfig, runs: Sequence[Run], states, chunk, state_of, progress
         n = min(t.eval_every - step % t.eval_every, t.steps - step)
         states, losses, grad_norms = chunk(states, n)
         step += n
-        losses, grad_norms = jax.device_get((losses, grad_norms))
-        for i, run in enumerate(runs):
-            if progress.diverged(i):
-                continue
-            # each member's own schedule: members of shared finals differ in their rate
-            lr_now = float(run.cfg.train.lr * steps.lr_multiplier(jnp.asarray(step - 1),
-                                                                  run.hparams))
-            loss = float(losses[i])
-            if not math.isfinite(loss):
-                progress.last[i] = {"step": step, "train_loss": loss, "diverged": True}
-                continue
-            metrics, _ = run.evaluate(state_of(states, i))
-            progress.last[i] = {
-                "step": step, "train_loss": loss, "grad_norm": float(grad_norms[i]),
-                "lr_now": lr_now, "diverged": False,
-                **{f"eval/{k}": v for k, v in metrics.items()},
-                **milestone_metrics(run.task, progress.reached[i], step, metrics)}
-            if t.diagnostics_due(step):  # expensive: only at the configured interval
-                progress.last[i] |= run.diagnostics(state_of(states, i))
+        evaluate_live(runs, list(enumerate(range(len(runs)))),
+                      lambda pos, sts=states: state_of(sts, pos),
+                      jax.device_get((losses, grad_norms)), step, progress)
         if not all(progress.diverged(i) for i in range(len(runs))) or len(runs) > 1:
             on_eval(step, progress, states)
     return states
+
+
+def evaluate_live(runs: Sequence[Run], held: Sequence[tuple[int, int]], state_of,
+                  losses_and_norms, step: int, progress: Progress) -> None:
+    """The evaluation after a chunk of steps, one copy for seeds and populations: each live
+    member's metrics (those :meth:`Run.train` reports) in ``progress.last[i]``, or
+    ``diverged`` where its loss is no longer finite (then it is not evaluated).
+
+    ``held``: (position in the stacked state, member index) of the members the state holds;
+    ``state_of(position)`` is that member's state; ``losses_and_norms``: the chunk's mean loss
+    and gradient norm per position (host arrays). A member is live unless it diverged or, in a
+    population, stopped (not in ``progress.alive``). ``lr_now`` is each member's own rate at
+    the chunk's last step: members of one program may differ in warmup and schedule.
+    """
+    losses, grad_norms = losses_and_norms
+    for pos, i in held:
+        if progress.diverged(i) or (progress.alive is not None and i not in progress.alive):
+            continue  # diverged, or stopped earlier and kept in a masked program
+        run, loss = runs[i], float(losses[pos])
+        if not math.isfinite(loss):
+            progress.last[i] = {"step": step, "train_loss": loss, "diverged": True}
+            continue
+        state = state_of(pos)
+        metrics, _ = run.evaluate(state)
+        t = run.cfg.train
+        progress.last[i] = {
+            "step": step, "train_loss": loss, "grad_norm": float(grad_norms[pos]),
+            "lr_now": float(t.lr * steps.lr_multiplier(jnp.asarray(step - 1), run.hparams)),
+            "diverged": False, **{f"eval/{k}": v for k, v in metrics.items()},
+            **milestone_metrics(run.task, progress.reached[i], step, metrics)}
+        if t.diagnostics_due(step):  # expensive: only at the configured interval
+            progress.last[i] |= run.diagnostics(state)

@@ -17,7 +17,6 @@ Each member's trajectory equals its separate run (``tests/test_population.py``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 
 from tuner.core import steps
 from tuner.core.config import RunConfig
-from tuner.core.loop import Progress, Run, milestone_metrics
+from tuner.core.loop import Progress, Run, evaluate_live
 from tuner.core.split import Splitter
 
 # halve(step, previous evaluation's step, progress) -> members to stop now (alive ones)
@@ -49,14 +48,15 @@ class Population:
         self.configs = list(configs)
         self.runs = [Run(c) for c in self.configs]  # cheap: tasks are host arrays
         self.spec = self.runs[0].spec
-        train = self.configs[0].train
-        for i, (run, cfg) in enumerate(zip(self.runs, self.configs, strict=True)):
-            if run.spec != self.spec:
-                raise ValueError(f"member {i} compiles to another step than member 0: a "
-                                 "population shares one program (same model and batch)")
-            if (cfg.train.steps, cfg.train.eval_every) != (train.steps, train.eval_every):
-                raise ValueError(f"member {i} has another budget or evaluation interval")
-        self.train = train
+        key = program_key(self.runs[0])
+        for i, run in enumerate(self.runs):
+            differs = [name for name, a, b in zip(PROGRAM_KEY, program_key(run), key,
+                                                  strict=True) if a != b]
+            if differs:
+                raise ValueError(f"member {i} compiles to another step than member 0 (its "
+                                 f"{', '.join(differs)} differ): a population shares one "
+                                 "program")
+        self.train = self.configs[0].train
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -69,6 +69,21 @@ class Population:
         """Tasks and hyperparameters of ``members``, stacked in that order."""
         return (steps.stack([self.runs[i].task for i in members]),
                 steps.stack([self.runs[i].hparams for i in members]))
+
+
+PROGRAM_KEY = ("step", "task", "task arrays", "train.steps", "train.eval_every")
+
+
+def program_key(run: Run) -> tuple:
+    """Everything one population program holds static (``PROGRAM_KEY``): the step (model,
+    batch, optimizer), the task's type and its arrays' shapes (stacked, the first member's
+    static fields kept), and the loop's schedule (budget, evaluations). Runs with equal keys
+    may train in one program; :func:`tuner.service.shapes.shapes` groups cells by it, so what
+    it groups a population accepts. Not the task's static fields: they hold its config (e.g.
+    ``lambda_val``), which reaches the program through the arrays."""
+    leaves = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(run.task))
+    t = run.cfg.train
+    return (run.spec, type(run.task).__name__, leaves, t.steps, t.eval_every)
 
 
 def compact_by_default() -> bool:
@@ -114,21 +129,9 @@ def train_population(pop: Population, on_eval: OnEval, halve: Halving, *,
         states, m = split(steps.train_steps_population, states, tasks, hps, spec=pop.spec,
                           n_steps=n)
         previous, step = step, step + n
-        losses, grad_norms = jax.device_get((m["loss"], m["grad_norm"]))
-        multiplier = float(steps.lr_multiplier(jnp.asarray(step - 1), pop.runs[0].hparams))
-        for pos, i in enumerate(held):
-            if i not in progress.alive:
-                continue  # stopped earlier, kept in a masked program
-            run, loss = pop.runs[i], float(losses[pos])
-            if not math.isfinite(loss):
-                progress.last[i] = {"step": step, "train_loss": loss, "diverged": True}
-                continue
-            metrics, _ = run.evaluate(steps.unstack(states, pos))
-            progress.last[i] = {
-                "step": step, "train_loss": loss, "grad_norm": float(grad_norms[pos]),
-                "lr_now": run.cfg.train.lr * multiplier, "diverged": False,
-                **{f"eval/{k}": v for k, v in metrics.items()},
-                **milestone_metrics(run.task, progress.reached[i], step, metrics)}
+        evaluate_live(pop.runs, list(enumerate(held)),
+                      lambda pos, sts=states: steps.unstack(sts, pos),
+                      jax.device_get((m["loss"], m["grad_norm"])), step, progress)
         live = [i for i in progress.alive if not progress.diverged(i)]
         progress.alive = live
         stop = halve(step, previous, progress) if step < t.steps else set()

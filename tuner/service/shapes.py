@@ -6,9 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import jax
-
 from tuner.core.loop import Run
+from tuner.core.population import program_key
 from tuner.core.seeds import search_config
 from tuner.service.experiment import Experiment
 from tuner.service.trials import trial_config
@@ -20,8 +19,5 @@ def shapes(exp: Experiment) -> dict[str, list[str]]:
     groups: dict[Any, list[str]] = {}
     for cell, over in exp.cells().items():
         run = Run(search_config(trial_config(exp.base, {"overrides": over, "lr": lr})))
-        # not the task's static fields: they hold its config (e.g. lambda_val), which is
-        # traced through the arrays and leaves the compiled program the same
-        leaves = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(run.task))
-        groups.setdefault((run.spec, type(run.task).__name__, leaves), []).append(cell)
+        groups.setdefault(program_key(run), []).append(cell)
     return {cells[0]: cells for cells in groups.values()}

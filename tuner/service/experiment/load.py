@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -222,7 +223,7 @@ def _build(cfg: dict, lines: Lines, path: Path, source, smoke: bool) -> Experime
     finals = section("finals", Finals.parse)
 
     steps = base.train.steps
-    if steps % base.train.eval_every:
+    if "train.eval_every" not in grid and steps % base.train.eval_every:  # else per cell below
         raise lines.error(source("fixed", "train.steps"), f"train.steps={steps} must be a "
                           f"multiple of train.eval_every={base.train.eval_every} (ASHA compares "
                           f"trials at evaluations); allowed: a multiple of "
@@ -236,6 +237,9 @@ def _build(cfg: dict, lines: Lines, path: Path, source, smoke: bool) -> Experime
     metrics = metric_names(base.task) + tuple(sorted(set.intersection(
         *(set(routing.metric_names(run.model)) for _, run in base_cells))))
     asha = section("asha", Asha.parse, base.task, metrics, steps)
+    problem = rungs_off_evaluations(asha, steps, base_cells)
+    if problem:
+        raise lines.error(source("asha", "grace_period"), problem)
     resources = section("resources", Resources.parse)
     wandb = section("wandb", Wandb.parse)
 
@@ -257,3 +261,40 @@ def _build(cfg: dict, lines: Lines, path: Path, source, smoke: bool) -> Experime
         resources=resources,
         wandb=wandb,
     )
+
+
+def rungs_off_evaluations(asha: Asha, steps: int, cells: list[tuple[dict, RunConfig]]
+                          ) -> str | None:
+    """Why the rungs do not all fall on evaluations (None when they do).
+
+    Members are compared at evaluations only: a population halves once per evaluation, so
+    rungs between two evaluations would collapse into one halving (grace 250, rf 2,
+    eval_every 1000: one 8 -> 4 at step 1000, not 8 -> 1) and the pilot would project
+    halvings that never happen; ASHA would compare at the next evaluation instead. Refused
+    when the file is read, with the nearest settings that work."""
+    from tuner.service.search.halving import rungs
+
+    every = sorted({run.train.eval_every for _, run in cells})
+    at = rungs(asha.grace_period, asha.reduction_factor, steps)
+    for over, run in cells:
+        e = run.train.eval_every
+        off = [r for r in at if r % e]
+        if not off:
+            continue
+        graces = [g for g in range(1, steps + 1) if all(
+            r % x == 0 for r in rungs(g, asha.reduction_factor, steps) for x in every)]
+        below = [g for g in graces if g < asha.grace_period][-1:]
+        above = [g for g in graces if g > asha.grace_period][:1]
+        divisor = math.gcd(steps, *at)
+        evals = [x for x in range(1, divisor + 1) if divisor % x == 0]
+        near = [x for x in evals if x < e][-1:] + [x for x in evals if x > e][:1]
+        cell = f" (cell {cell_text(over)})" if len(every) > 1 else ""
+        return (f"{asha.grace_period} with reduction_factor="
+                f"{asha.reduction_factor:g} puts rungs at steps {at}, but train.eval_every={e}"
+                f"{cell} evaluates at multiples of {e}: rung(s) {off} fall between "
+                "evaluations, where members cannot be compared (a population halves once per "
+                "evaluation); allowed: asha.grace_period "
+                f"{' or '.join(str(g) for g in below + above)} (the nearest whose rungs are all "
+                f"evaluations), or train.eval_every {' or '.join(map(str, near))} (dividing "
+                "every rung and train.steps)")
+    return None

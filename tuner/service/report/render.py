@@ -137,13 +137,16 @@ def _curve_columns(finals: pd.DataFrame, prefix: str) -> list[str]:
                   key=lambda c: int(c[len(prefix):]))
 
 
-def _proposals(of_cell: pd.DataFrame, best: dict) -> str:
+def proposals(of_cell: pd.DataFrame, best: dict) -> str:
     """Where a population search's rates came from (strata, a neighbour's best, TPE) and
     which one the best was; empty for the one-trial-per-rate search."""
     if "source" not in of_cell or of_cell["source"].isna().all():
         return ""
     counts = of_cell["source"].value_counts()
-    won = of_cell.loc[of_cell["number"] == best.get("trial_number"), "source"]
+    # trial numbers restart in every search round (a study per round): the best's own round
+    same_round = (of_cell["round"] == best.get("round", "search")) if "round" in of_cell \
+        else True
+    won = of_cell.loc[same_round & (of_cell["number"] == best.get("trial_number")), "source"]
     return (f"rates from {', '.join(f'{k} {v}' for k, v in counts.items())}"
             + (f"; best from {won.iloc[0]}" if len(won) else "") + "; ")
 
@@ -196,7 +199,7 @@ def write(exp: Experiment, root: Path, best: dict[str, Any], finals_rows: list[d
                 "or widen search.lr_low/lr_high" if b.get("at_edge") else "")
         if b.get("round", "search") != "search":
             note = f"from {b['round']} [{lo:g}, {hi:g}]; " + note
-        note = _proposals(of_cell, b) + note
+        note = proposals(of_cell, b) + note
         lines.append(f"| {cell} | {b['lr']:.3g} | {b['value']:.4g} | {st.get('COMPLETE', 0)}/"
                      f"{st.get('PRUNED', 0) - n_diverged}/{n_diverged}/{st.get('FAIL', 0)} | "
                      f"{note} |")

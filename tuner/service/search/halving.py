@@ -51,14 +51,16 @@ class SuccessiveHalving:
 
     def __call__(self, step: int, previous: int, progress: Progress) -> set[int]:
         """Members to stop at an evaluation at ``step`` (the one before was at ``previous``):
-        none unless a rung lies in (previous, step]."""
+        those whose metric is not finite at once (diverged: they never enter a rung, as ASHA's
+        scheduler stops them), the rest only where a rung lies in (previous, step]."""
+        objective = self.objective
+        stop = {i for i in progress.alive
+                if _score(objective, progress.last[i], self.metric) == -math.inf}
         if not any(previous < r <= step for r in rungs(self.grace_period,
                                                        self.reduction_factor, self.max_t)):
-            return set()
-        objective = self.objective
-        stop: set[int] = set()
+            return stop
         for cell in dict.fromkeys(self.cells):
-            live = [i for i in progress.alive if self.cells[i] == cell]
+            live = [i for i in progress.alive if self.cells[i] == cell and i not in stop]
             ranked = sorted(live, key=lambda i: (-_score(objective, progress.last[i], self.metric),
                                                  i))
             stop |= set(ranked[keep_count(len(live), self.reduction_factor):])

@@ -16,21 +16,26 @@ Waves make the proposals learn, and keep them independent of timing:
   (issue 24's measurements), so one proposal at a neighbour's best is the cheapest good guess.
 
 A member's Optuna trial carries ``wave``, ``group``, ``source`` and the Tune trial id.
-Invariants across a driver kill and ``Tuner.restore`` (as the K = 1 searcher's): every cell asks
-exactly ``trials_per_cell`` trials; members asked after the last snapshot (so unknown to the
-restored run) are handed out again together, as the same population (training is a pure
-function of the members, so it reaches the same results); a member told before the kill is not
-told again.
+Invariants across a driver kill and ``Tuner.restore`` (as the K = 1 searcher's, through the
+machinery both share, :mod:`tuner.service.search.cell_searcher`): every cell asks exactly
+``trials_per_cell`` trials; members asked after the last snapshot (so unknown to the restored
+run) are handed out again together, as the same population (training is a pure function of the
+members, so it reaches the same results); a member told before the kill is not told again. A
+kill inside ``suggest`` leaves a wave asked in part (some members of a cell, or the first cells
+of a shared group), a trial asked but not yet tagged with its wave, or one enqueued but not yet
+asked: the next ``suggest`` adopts the untagged trial, lets the enqueued one be asked, and asks
+the rest, each from the same history as without the kill (``tests/test_population_search.py``
+kills at each of these points).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from optuna.trial import TrialState
@@ -39,16 +44,12 @@ from ray.tune.search import Searcher
 from tuner.service import trial_spec
 from tuner.service.objective import is_finite
 from tuner.service.search import results
+from tuner.service.search.cell_searcher import CellSearcher, Ended, default_startup, ended, validate
 from tuner.service.search.halving import SuccessiveHalving
-from tuner.service.search.study import JournalStudies
 from tuner.service.trial_spec import Worker, member_key
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 
-_STATE_VERSION = 1
 WAVE_ATTR, GROUP_ATTR, SOURCE_ATTR = "wave", "group", "source"
 
 
@@ -73,7 +74,17 @@ def neighbours(coords: dict[str, tuple[int, ...]]) -> dict[str, list[str]]:
     return out
 
 
-class PopulationSearcher(JournalStudies, results.CellResults, Searcher):
+@dataclasses.dataclass(frozen=True)
+class Held:
+    """What one Tune trial of the search holds: a population of ``wave``, the program group
+    it trains, and its members (cell, Optuna trial number) in the order they train."""
+
+    wave: int
+    group: int
+    members: tuple[tuple[str, int], ...]
+
+
+class PopulationSearcher(CellSearcher):
     """Tune ``Searcher`` handing out population trials (see the module docstring).
 
     Args:
@@ -99,6 +110,10 @@ class PopulationSearcher(JournalStudies, results.CellResults, Searcher):
                  worker: Worker, seed: int = 0,
                  max_running: Callable[[], int] | None = None) -> None:
         super().__init__(metric=metric, mode=mode)
+        validate(cells, trials_per_cell, lr_low, lr_high, mode)
+        if not 1 <= population <= trials_per_cell:
+            raise ValueError(f"population must be in 1..trials_per_cell={trials_per_cell}, "
+                             f"got {population}")
         if sorted(c for g in groups for c in g) != sorted(cells):
             raise ValueError("every cell must be in exactly one group")
         self._cells = {str(c): dict(o) for c, o in cells.items()}
@@ -112,9 +127,9 @@ class PopulationSearcher(JournalStudies, results.CellResults, Searcher):
         self._worker = worker.fields()  # a dict, as snapshots of earlier versions hold
         self._seed = seed
         self._max_running = max_running
-        self._n_startup = min(10, max(3, trials_per_cell // 3))
-        # saved in snapshots: Tune trial id -> [wave, group, [[cell, number], ...]]; ids ended
-        self._assigned: dict[str, tuple[int, int, list[tuple[str, int]]]] = {}
+        self._n_startup = default_startup(trials_per_cell)
+        # saved in snapshots (as [wave, group, [[cell, number], ...]]); ids ended
+        self._assigned: dict[str, Held] = {}
         self._done: set[str] = set()
         self._studies = self._open_studies()
 
@@ -126,27 +141,27 @@ class PopulationSearcher(JournalStudies, results.CellResults, Searcher):
         """The next population of the open wave, None while the wave's last populations run
         (or the cap holds), ``FINISHED`` once every wave is told."""
         if trial_id in self._assigned:
-            wave, group, members = self._assigned[trial_id]
-            return self._config(wave, members)
+            held = self._assigned[trial_id]
+            return self._config(held.wave, held.members)
         wave = self._open_wave()
         if wave is None:
             return Searcher.FINISHED
-        running = sum(tid not in self._done for tid in self._assigned)
-        if self._max_running is not None and running >= self._max_running():
+        if self._max_running is not None and len(self._running()) >= self._max_running():
             return None
-        held = {(w, g) for w, g, _ in self._assigned.values()}
+        held = {(h.wave, h.group) for h in self._assigned.values()}
         for g, cells in enumerate(self._groups):
             if (wave, g) in held:
                 continue
             members = self._wave_members(wave, g)
-            if members and all(self._studies[c].frozen(n).state.is_finished()
-                               for c, n in members):
+            if len(members) == len(cells) * self._sizes[wave] and all(
+                    self._studies[c].frozen(n).state.is_finished() for c, n in members):
                 continue  # ended in the journals before a kill; nothing to train
-            if not members:
-                members = [(c, n) for c in cells for n in self._ask(c, wave, g)]
+            # asked in full, or topped up where a kill cut the asks short (module docstring)
+            members = tuple((c, n) for c in cells for n in self._fill(c, wave, g))
             for c, n in members:
                 self._studies[c].tag(n, trial_id)
-            self._assigned[trial_id] = (wave, g, members)
+            _at("handed")
+            self._assigned[trial_id] = Held(wave, g, members)
             return self._config(wave, members)
         return None
 
@@ -157,23 +172,19 @@ class PopulationSearcher(JournalStudies, results.CellResults, Searcher):
         step = result.get("step")
         if step is None:
             return
-        for j, (cell, number) in enumerate(self._assigned[trial_id][2]):
+        for j, (cell, number) in enumerate(self._assigned[trial_id].members):
             if result.get(member_key(j, "step")) != step:
-                continue
-            study = self._studies[cell]
-            if study.frozen(number).state.is_finished():
+                continue  # ended at an earlier evaluation
+            if self._studies[cell].frozen(number).state.is_finished():
                 continue
             value = result.get(member_key(j, self._metric))
-            if result.get(member_key(j, "diverged")):
-                study.mark_diverged(number, int(step))
-                study.tell(number, TrialState.PRUNED, None)
-                continue
+            # a NaN loss, or a NaN evaluation of a finite loss: diverged (as the one-rate path)
+            outcome = ended(value, step, self._max_t, bool(result.get(member_key(j, "diverged"))))
             if is_finite(value):
-                study.report(number, int(step), float(value))
-            if int(step) >= self._max_t and is_finite(value):
-                study.tell(number, TrialState.COMPLETE, float(value))
-            elif result.get(member_key(j, "stopped")):
-                study.tell(number, TrialState.PRUNED, None)
+                self._studies[cell].report(number, int(step), float(value))
+            if outcome.state == TrialState.COMPLETE or outcome.diverged_at is not None \
+                    or result.get(member_key(j, "stopped")):
+                self._tell(cell, number, outcome)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -184,33 +195,20 @@ class PopulationSearcher(JournalStudies, results.CellResults, Searcher):
         if result is not None:
             self.on_trial_result(trial_id, result)
         self._done.add(trial_id)
-        for cell, number in self._assigned[trial_id][2]:
+        for cell, number in self._assigned[trial_id].members:
             if not self._studies[cell].frozen(number).state.is_finished():
-                state = TrialState.FAIL if error or result is None else TrialState.PRUNED
-                self._studies[cell].tell(number, state, None)
+                failed = error or result is None
+                self._tell(cell, number, Ended(TrialState.FAIL if failed else TrialState.PRUNED))
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "w") as f:
-            json.dump(self.get_state(), f)
+    def _members(self, trial_id: str) -> list[tuple[str, int]]:
+        return list(self._assigned[trial_id].members)
 
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path) as f:
-            self.set_state(json.load(f))
+    def _assigned_state(self, held: Held) -> list:
+        return [held.wave, held.group, [list(m) for m in held.members]]
 
-    def get_state(self) -> dict[str, Any]:
-        return {"version": _STATE_VERSION, "cells": list(self._cells),
-                "assigned": {t: [w, g, [list(m) for m in ms]]
-                             for t, (w, g, ms) in self._assigned.items()},
-                "done": sorted(self._done)}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unknown searcher state version {state.get('version')!r}")
-        if state["cells"] != list(self._cells):
-            raise ValueError(f"snapshot cells {state['cells']} != {list(self._cells)}")
-        self._assigned = {t: (int(w), int(g), [(c, int(n)) for c, n in ms])
-                          for t, (w, g, ms) in state["assigned"].items()}
-        self._done = set(state["done"])
+    def _assigned_of(self, raw: list) -> Held:
+        wave, group, members = raw
+        return Held(int(wave), int(group), tuple((str(c), int(n)) for c, n in members))
 
     # ----------------------------------------------------------------- for the stages
     @property
@@ -218,7 +216,7 @@ class PopulationSearcher(JournalStudies, results.CellResults, Searcher):
         return None  # halving happens inside the trials
 
     # ----------------------------------------------------------------- helpers
-    def _config(self, wave: int, members: list[tuple[str, int]]) -> dict[str, Any]:
+    def _config(self, wave: int, members: Sequence[tuple[str, int]]) -> dict[str, Any]:
         cells = [c for c, _ in members]
         halving = SuccessiveHalving(tuple(cells), self._metric, self._mode, self._grace,
                                     self._rf, self._max_t)
@@ -240,39 +238,75 @@ class PopulationSearcher(JournalStudies, results.CellResults, Searcher):
                     return wave
         return None
 
-    def _ask(self, cell: str, wave: int, group: int) -> list[int]:
-        """Asks the cell's members of ``wave`` (module docstring), tagging each with its wave,
-        group and source."""
+    def _fill(self, cell: str, wave: int, group: int) -> list[int]:
+        """The cell's members of ``wave``, asked up to the wave's size: those the journal holds
+        (tagged with the wave), then a trial a kill left untagged (asked, or enqueued and not
+        yet asked), then new asks. Member j is asked from the same history whether or not a
+        kill came in between (the plan reads waves before ``wave`` only; the sampler is
+        re-seeded from the number of trials), so a topped-up wave equals an uninterrupted one."""
         size = self._sizes[wave]
         study = self._studies[cell]
+        plan = self._plan(cell, wave)
+        numbers = [t.number for t in study.trials() if t.user_attrs.get(WAVE_ATTR) == wave]
+        for j in range(len(numbers), size):
+            lr, source = plan[j] if j < len(plan) else (None, "tpe")
+            strays = [t for t in self._unheld_running(cell) if WAVE_ATTR not in t.user_attrs]
+            if strays:  # asked, then killed before its wave was written: adopt it
+                number = strays[0].number
+                logger.info("cell %s: adopting untagged optuna trial %d into wave %d", cell,
+                            number, wave)
+            else:
+                waiting = any(t.state == TrialState.WAITING for t in study.trials())
+                if lr is not None and not waiting:  # a WAITING one is this very proposal
+                    study.study.enqueue_trial({"lr": lr}, skip_if_exists=False)
+                    _at("enqueued")
+                number, _ = study.ask_lr(self._lr_low, self._lr_high)  # takes a WAITING first
+                _at("asked")
+            # the wave last: a trial holding it holds its group and source too
+            study.set_attrs(number, **{SOURCE_ATTR: source, GROUP_ATTR: group, WAVE_ATTR: wave})
+            _at("tagged")
+            numbers.append(number)
+        _at("cell")
+        return numbers
+
+    def _plan(self, cell: str, wave: int) -> list[tuple[float, str]]:
+        """The rates ``wave`` of ``cell`` starts from, before TPE's (module docstring): strata
+        in wave 0, neighbours' best rates of earlier waves after. Reads waves before ``wave``
+        only (all told once it opens), so the plan never depends on which population of
+        ``wave`` finished first."""
+        size = self._sizes[wave]
         lo, hi = math.log(self._lr_low), math.log(self._lr_high)
-        fixed: list[tuple[float, str]] = []
         if wave == 0:
             rng = np.random.default_rng([self._seed, list(self._cells).index(cell), 0])
-            fixed = [(math.exp(lo + (j + rng.uniform()) / size * (hi - lo)), "stratified")
-                     for j in range(size)]
-        else:
-            tried = [math.log(t.params["lr"]) for t in study.trials()]
-            for other in self._neighbours[cell]:
-                if len(fixed) >= max(1, size // 4):
-                    break
-                best = results.best_trial(self._studies[other].trials(), self.objective,
-                                          self._lr_low, self._lr_high)
-                if best is None:
-                    continue
-                x = math.log(best["lr"])
-                # not where this cell has a rate already (or another neighbour put one)
-                gap = (hi - lo) / (4 * len(self._sizes) * size)
-                if all(abs(x - y) > gap for y in tried + [math.log(f) for f, _ in fixed]):
-                    fixed.append((best["lr"], f"neighbour:{other}"))
-        numbers = []
-        for j in range(size):
-            if j < len(fixed):
-                lr, source = fixed[j]
-                study.study.enqueue_trial({"lr": lr}, skip_if_exists=False)
-            else:
-                source = "tpe"
-            number, _ = study.ask_lr(self._lr_low, self._lr_high)
-            study.set_attrs(number, **{WAVE_ATTR: wave, GROUP_ATTR: group, SOURCE_ATTR: source})
-            numbers.append(number)
-        return numbers
+            return [(math.exp(lo + (j + rng.uniform()) / size * (hi - lo)), "stratified")
+                    for j in range(size)]
+
+        def earlier(c: str) -> list:
+            return [t for t in self._studies[c].trials()
+                    if t.user_attrs.get(WAVE_ATTR, wave) < wave]
+
+        tried = [math.log(t.params["lr"]) for t in earlier(cell)]
+        fixed: list[tuple[float, str]] = []
+        for other in self._neighbours[cell]:
+            if len(fixed) >= max(1, size // 4):
+                break
+            best = results.best_trial(earlier(other), self.objective, self._lr_low,
+                                      self._lr_high)
+            if best is None:
+                continue
+            x = math.log(best["lr"])
+            # not where this cell has a rate already (or another neighbour put one)
+            gap = (hi - lo) / (4 * len(self._sizes) * size)
+            if all(abs(x - y) > gap for y in tried + [math.log(f) for f, _ in fixed]):
+                fixed.append((best["lr"], f"neighbour:{other}"))
+        return fixed
+
+
+# Tests set this to a callable that raises at a named point of ``suggest`` ("enqueued",
+# "asked", "tagged", "cell", "handed"): what a driver killed there leaves in the journals.
+FAULT: Callable[[str], None] | None = None
+
+
+def _at(point: str) -> None:
+    if FAULT is not None:
+        FAULT(point)

@@ -20,7 +20,6 @@ Invariants kept across a driver kill and ``Tuner.restore``:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -31,19 +30,18 @@ from ray.tune.search import Searcher
 
 from tuner.service import trial_spec
 from tuner.service.objective import is_finite
-from tuner.service.search import results
-from tuner.service.search.study import TUNE_ID_ATTR, JournalStudies
+from tuner.service.search.cell_searcher import CellSearcher, Ended, default_startup, ended, validate
+from tuner.service.search.study import TUNE_ID_ATTR
 
 if TYPE_CHECKING:
     from tuner.service.search.scheduler import PerCellScheduler
 
 logger = logging.getLogger(__name__)
 
-_STATE_VERSION = 1
 _WAIT = "<wait>"  # _next_cell: budget left, but the concurrency caps hold every cell back
 
 
-class PerCellSearcher(JournalStudies, results.CellResults, Searcher):
+class PerCellSearcher(CellSearcher):
     """Tune ``Searcher`` handing out one ``lr`` per trial from the study of its cell.
 
     Cells are served round-robin by need: ``suggest`` picks the cell with the fewest Optuna
@@ -106,7 +104,7 @@ class PerCellSearcher(JournalStudies, results.CellResults, Searcher):
         per_cell_running: int | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
-        _validate(cells, trials_per_cell, lr_low, lr_high, mode)
+        validate(cells, trials_per_cell, lr_low, lr_high, mode)
         if scheduler is not None:
             _check_scheduler_matches(scheduler, metric, mode, time_attr, max_t)
         self._cells = {str(c): dict(s) for c, s in cells.items()}
@@ -118,7 +116,7 @@ class PerCellSearcher(JournalStudies, results.CellResults, Searcher):
         self._study_dir = Path(study_dir).absolute()
         self._seed = seed
         self._scheduler = scheduler
-        self._n_startup = n_startup_trials or min(10, max(3, trials_per_cell // 3))
+        self._n_startup = n_startup_trials or default_startup(trials_per_cell)
         self._max_running = max_running  # called at every suggest (the cluster may grow)
         self._per_cell_running = per_cell_running
         # Bookkeeping saved in snapshots: Tune trial id -> (cell, optuna trial number),
@@ -198,60 +196,45 @@ class PerCellSearcher(JournalStudies, results.CellResults, Searcher):
         if result is not None:
             self.on_trial_result(trial_id, result)
         self._done.add(trial_id)
-        state, value, diverged_at = self._outcome(trial_id, result, error)
         cell, number = self._assigned[trial_id]
-        if diverged_at is not None:
-            self._studies[cell].mark_diverged(number, diverged_at)
-        self._studies[cell].tell(number, state, value)
+        self._tell(cell, number, self._outcome(trial_id, result, error))
 
-    def save(self, checkpoint_path: str) -> None:
-        """Writes bookkeeping and the scheduler's rungs as JSON (``Searcher.save_to_dir``)."""
-        with open(checkpoint_path, "w") as f:
-            json.dump(self.get_state(), f)
+    def _members(self, trial_id: str) -> list[tuple[str, int]]:
+        return [self._assigned[trial_id]]
 
-    def restore(self, checkpoint_path: str) -> None:
-        """Loads :meth:`save` output (``Searcher.restore_from_dir``, before Tune re-adds the
-        restored trials) and restores the scheduler's rungs."""
-        with open(checkpoint_path) as f:
-            self.set_state(json.load(f))
+    def _assigned_state(self, held: tuple[str, int]) -> list:
+        return list(held)
 
-    def get_state(self) -> dict[str, Any]:
-        return {
-            "version": _STATE_VERSION,
-            "cells": list(self._cells),
-            "assigned": {tid: [c, n] for tid, (c, n) in self._assigned.items()},
-            "done": sorted(self._done),
-            "last_step": self._last_step,
-            "scheduler": self._scheduler.get_state() if self._scheduler else None,
-        }
+    def _assigned_of(self, raw: list) -> tuple[str, int]:
+        return str(raw[0]), int(raw[1])
 
-    def set_state(self, state: dict[str, Any]) -> None:
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unknown searcher state version {state.get('version')!r}")
-        if state["cells"] != list(self._cells):
-            raise ValueError(f"snapshot cells {state['cells']} != {list(self._cells)}")
-        self._assigned = {tid: (c, int(n)) for tid, (c, n) in state["assigned"].items()}
-        self._done = set(state["done"])
+    def _extra_state(self) -> dict[str, Any]:
+        """The last step seen per trial, and the scheduler's rungs (Tune does not save
+        scheduler state, ray issue 30838)."""
+        return {"last_step": self._last_step,
+                "scheduler": self._scheduler.get_state() if self._scheduler else None}
+
+    def _set_extra_state(self, state: dict[str, Any]) -> None:
         self._last_step = {k: float(v) for k, v in state["last_step"].items()}
         if self._scheduler is not None and state["scheduler"] is not None:
             self._scheduler.set_state(state["scheduler"])
-        told_since = set()  # finished in the journal after the snapshot Tune restores from
-        histories: dict[str, dict[str, dict[float, float]]] = {}
-        for cell, study in self._studies.items():
-            histories[cell] = {}
-            for t in study.trials():
-                tune_id = t.user_attrs.get(TUNE_ID_ATTR)
-                if not tune_id:
-                    continue
-                histories[cell][tune_id] = dict(t.intermediate_values)
-                if t.state.is_finished() and tune_id in self._assigned \
-                        and tune_id not in self._done:
-                    told_since.add(tune_id)
-        self._done |= told_since
+
+    def set_state(self, state: dict[str, Any]) -> set[str]:
+        """The snapshot (:meth:`CellSearcher.set_state`), then the scheduler's rungs rebuilt
+        from the journals (the one record of every result); a trial told after the snapshot
+        is stopped at its first resumed result."""
+        told_since = super().set_state(state)
         if self._scheduler is not None:
-            # the journals are the one record of every result: the rungs are rebuilt from them
+            histories: dict[str, dict[str, dict[float, float]]] = {}
+            for cell, study in self._studies.items():
+                histories[cell] = {}
+                for t in study.trials():
+                    tune_id = t.user_attrs.get(TUNE_ID_ATTR)
+                    if tune_id:
+                        histories[cell][tune_id] = dict(t.intermediate_values)
             self._scheduler.rebuild(histories)
             self._scheduler.stop_at_next_result(told_since)
+        return told_since
 
     # ----------------------------------------------------------------- for the CLI
     @property
@@ -274,7 +257,7 @@ class PerCellSearcher(JournalStudies, results.CellResults, Searcher):
         open_cells = [entry for entry in open_cells if entry[0] < self._trials_per_cell]
         if not open_cells:
             return None
-        running = [c for tid, (c, _) in self._assigned.items() if tid not in self._done]
+        running = [self._assigned[tid][0] for tid in self._running()]
         if self._max_running is not None and len(running) >= self._max_running():
             return _WAIT
         if self._per_cell_running is not None:
@@ -284,44 +267,15 @@ class PerCellSearcher(JournalStudies, results.CellResults, Searcher):
     def _orphans(self, cell: str) -> list[FrozenTrial]:
         """RUNNING trials of ``cell`` no Tune trial holds: asked after the last snapshot
         by a driver that then died."""
-        held = {n for c, n in self._assigned.values() if c == cell}
-        return [
-            t
-            for t in self._studies[cell].trials()
-            if t.state == TrialState.RUNNING and t.number not in held
-        ]
+        return self._unheld_running(cell)
 
-    def _outcome(
-        self, trial_id: str, result: dict | None, error: bool
-    ) -> tuple[TrialState, float | None, int | None]:
-        """(state, value, step of divergence or None) of a trial that ended."""
+    def _outcome(self, trial_id: str, result: dict | None, error: bool) -> Ended:
+        """How a trial that ended is told (:func:`ended`; FAIL where it raised)."""
         if error or result is None:
-            return TrialState.FAIL, None, None
-        step = result.get(self._time_attr, self._last_step.get(trial_id))
-        value = result.get(self._metric)
-        if not is_finite(value):
-            return TrialState.PRUNED, None, int(step or 0)
-        if step is None or float(step) < self._max_t:
-            return TrialState.PRUNED, None, None
-        return TrialState.COMPLETE, float(value), None
-
-
-def _validate(
-    cells: dict[str, dict], trials_per_cell: int, lr_low: float, lr_high: float, mode: str
-) -> None:
-    if not cells:
-        raise ValueError("need at least one cell")
-    for cell, settings in cells.items():
-        if not str(cell) or "/" in str(cell) or str(cell).startswith("."):
-            raise ValueError(f"cell id {cell!r} is not usable as a journal file name")
-        if "cell" in settings or "lr" in settings:
-            raise ValueError(f"cell {cell!r} settings may not define 'cell' or 'lr'")
-    if trials_per_cell < 1:
-        raise ValueError(f"trials_per_cell must be >= 1, got {trials_per_cell}")
-    if not 0 < lr_low < lr_high:
-        raise ValueError(f"need 0 < lr_low < lr_high, got {lr_low}, {lr_high}")
-    if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+            return Ended(TrialState.FAIL)
+        return ended(result.get(self._metric), result.get(self._time_attr,
+                                                          self._last_step.get(trial_id)),
+                     self._max_t)
 
 
 def _check_scheduler_matches(
