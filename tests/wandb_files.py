@@ -1,64 +1,82 @@
-"""W&B offline run folders read back for the tests (wandb ships no reader for ``.wandb``)."""
+"""W&B offline run folders read back for the tests with W&B's own reader: ``wandb-core leet
+inspect --json`` (the Go core shipped in the ``wandb`` package, behind ``wandb leet inspect``)
+prints a ``.wandb`` file's records as JSON lines. Independent of the service's own reader
+(``tuner.service.wandb_records``)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
+from typing import Any
 
 
-def wandb_records(path: Path) -> list:
-    """The records of one offline ``.wandb`` file. wandb 0.31 ships no reader for them; the
-    file is a 7-byte W&B header, then LevelDB's log format: 32 KiB blocks of chunks, each a
-    7-byte header (crc32, length, type: 1 whole, 2 first, 3 middle, 4 last) and a piece of a
-    serialised ``Record``."""
-    import struct
+def wandb_records(folder: Path) -> list[dict[str, Any]]:
+    """The records of one offline run folder (its ``.wandb`` file), as W&B's core reads them."""
+    from wandb.util import get_core_path
 
-    from wandb.proto import wandb_internal_pb2
+    files = list(folder.glob("*.wandb"))
+    if not files:
+        return []
+    out = subprocess.run([get_core_path(), "leet", "inspect", "--no-observability", "--json",
+                          "--run-file", str(files[0]), str(folder.parent)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
-    data, pos, block, records, part = path.read_bytes(), 7, 32768, [], b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:  # a block's tail too short for a header is padding
-            pos += left
-            continue
-        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + n], pos + 7 + n
-        if kind == 0:  # zero-filled rest of a block
-            pos += left - 7 - n
-            continue
-        part = chunk if kind in (1, 2) else part + chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(part)
-            records.append(record)
-    return records
+
+def run_folders(root: Path) -> list[tuple[str, Path]]:
+    """(run id, folder) of every offline run folder of an experiment, oldest first (the order
+    ``wandb sync`` uploads a run's fragments in)."""
+    folders = sorted((root / "wandb" / "wandb").glob("offline-run-*"))
+    return [(f.name.rsplit("-", 1)[-1], f) for f in folders]  # offline-run-<time>-<id>
 
 
 def wandb_runs(root: Path) -> dict[str, list[tuple[bool | None, list[int]]]]:
     """Run id -> (its ``resume`` flag, its logged steps) per offline run folder, oldest first
     (the flag None where a killed run wrote no run record yet)."""
     out: dict[str, list[tuple[bool | None, list[int]]]] = {}
-    for folder in sorted((root / "wandb" / "wandb").glob("offline-run-*")):
-        files = list(folder.glob("*.wandb"))
-        records = wandb_records(files[0]) if files else []
-        kind = [r.WhichOneof("record_type") for r in records]
-        run = next((r.run for r, k in zip(records, kind, strict=True) if k == "run"), None)
-        steps = [r.history.step.num for r, k in zip(records, kind, strict=True) if k == "history"]
-        run_id = folder.name.rsplit("-", 1)[-1]  # offline-run-<time>-<id>
-        assert run is None or run.run_id == run_id
-        out.setdefault(run_id, []).append((None if run is None else run.resume, steps))
+    for run_id, folder in run_folders(root):
+        records = wandb_records(folder)
+        run = next((r["run"] for r in records if r["type"] == "run"), None)
+        assert run is None or run["run_id"] == run_id
+        steps = [int(r["history"]["step"]["num"]) for r in records if r["type"] == "history"]
+        resume = None if run is None else bool(run.get("resume"))
+        out.setdefault(run_id, []).append((resume, steps))
     return out
 
 
 def wandb_history(root: Path) -> dict[str, list[dict[str, object]]]:
-    """Run id -> every history row it logged (key -> decoded value), over its folders."""
-    import json
-
+    """Run id -> every history row it logged (key -> value), over its folders."""
     out: dict[str, list[dict[str, object]]] = {}
-    for folder in sorted((root / "wandb" / "wandb").glob("offline-run-*")):
-        files = list(folder.glob("*.wandb"))
-        rows = out.setdefault(folder.name.rsplit("-", 1)[-1], [])
-        for r in wandb_records(files[0]) if files else []:
-            if r.WhichOneof("record_type") == "history":
-                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                             for item in r.history.item})
+    for run_id, folder in run_folders(root):
+        rows = out.setdefault(run_id, [])
+        rows += [r["history"]["item"] for r in wandb_records(folder) if r["type"] == "history"]
+    return out
+
+
+def synced_runs(root: Path) -> dict[str, dict[str, Any]]:
+    """What ``wandb sync`` of the experiment's W&B folder gives per run id: its fragments in
+    order, their run records (config, group, job type, tags; the last fragment's win), every
+    history row by W&B step (``steps`` in logging order over the fragments, so a step logged
+    twice shows twice) and the summary's last values."""
+    out: dict[str, dict[str, Any]] = {}
+    for run_id, folder in run_folders(root):
+        run = out.setdefault(run_id, {"config": {}, "steps": [], "history": {}, "summary": {},
+                                      "fragments": 0, "finished": False})
+        run["fragments"] += 1
+        for r in wandb_records(folder):
+            if r["type"] == "run":
+                record = r["run"]
+                run["config"].update({k: v for k, v in record["config"]["update"].items()
+                                      if k != "_wandb"})
+                run |= {k: record.get(k) for k in ("run_group", "job_type", "display_name")}
+                run["tags"] = record.get("tags", [])
+            elif r["type"] == "history":
+                step = int(r["history"]["step"]["num"])
+                run["steps"].append(step)
+                run["history"][step] = r["history"]["item"]
+            elif r["type"] == "summary":
+                run["summary"].update(r["summary"].get("update", {}))
+            elif r["type"] == "exit":
+                run["finished"] = True
     return out
