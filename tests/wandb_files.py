@@ -80,3 +80,129 @@ def synced_runs(root: Path) -> dict[str, dict[str, Any]]:
             elif r["type"] == "exit":
                 run["finished"] = True
     return out
+
+
+def run_config(folder: Path) -> dict[str, Any]:
+    """The config of one offline run folder's run record ({} where a kill left none)."""
+    run = next((r["run"] for r in wandb_records(folder) if r["type"] == "run"), None)
+    return {} if run is None else run["config"]["update"]
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    """A result.json's rows, one per training_iteration (the last written), in order."""
+    rows = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        rows[row["training_iteration"]] = row
+    return [rows[i] for i in sorted(rows)]
+
+
+def _study_states(root: Path, round_name: str) -> dict[tuple[str, int], tuple[str, str]]:
+    """(cell, Optuna number) -> (state as W&B's summary names it, Tune trial id) of a round."""
+    import optuna
+
+    from tuner.service.dirs import ExperimentDirs
+
+    out = {}
+    for journal in ExperimentDirs(root).round_studies(round_name).glob("*.journal"):
+        storage = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(journal)))
+        for t in optuna.load_study(study_name=journal.stem, storage=storage).trials:
+            state = ("diverged" if t.user_attrs.get("diverged") else
+                     {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(
+                         t.state.name, "running"))
+            out[journal.stem, t.number] = (state, t.user_attrs.get("tune_trial_id"))
+    return out
+
+
+def expected_members(root: Path) -> dict[tuple, dict[str, Any]]:
+    """Each member an experiment trained, from Tune's ``result.json`` and the studies (not
+    from the W&B writer): (round, cell, Optuna number or None, seed or None, Tune trial id
+    of a one-rate trial or None) -> its ``lr``, its rows by iteration (its own values, plain
+    names) and its ``state``. A population member re-handed to a new Tune trial after a kill
+    is the one its study names."""
+    out: dict[tuple, dict[str, Any]] = {}
+    finals = {}
+    if (root / "finals.json").exists():
+        finals = {(r["cell"], r["seed"]): r for r in json.loads((root / "finals.json").read_text())}
+    for result in sorted(root.glob("*/*/result.json")):
+        params = json.loads((result.parent / "params.json").read_text())
+        rows, round_name = _rows(result), result.parent.parent.name
+        if not rows or "pilot" in params:
+            continue
+        tid = rows[0]["trial_id"]
+        if "final" in params:
+            spec = params["final"]
+            for s in spec["seeds"]:
+                own = {r["training_iteration"]: {k[len(f"seed_{s}/"):]: v for k, v in r.items()
+                                                 if k.startswith(f"seed_{s}/")}
+                       for r in rows if r.get(f"seed_{s}/step") == r["step"]}
+                diverged = finals.get((spec["cell"], s), {}).get("diverged")
+                out[round_name, spec["cell"], None, s, None] = {
+                    "lr": spec["lr"], "rows": own,
+                    "state": "diverged" if diverged else "complete"}
+            continue
+        states = _study_states(root, round_name)
+        if "members" not in params:
+            state = next((st for (c, _), (st, t) in states.items() if t == tid), None)
+            out[round_name, params["cell"], None, None, tid] = {
+                "lr": params["lr"], "rows": {r["training_iteration"]: r for r in rows},
+                "state": state}
+            continue
+        for i, m in enumerate(params["members"]):
+            state, owner = states[m["cell"], m["number"]]
+            if owner != tid:
+                continue  # handed to a later Tune trial after a kill
+            own = {r["training_iteration"]: {k[len(f"member_{i}/"):]: v for k, v in r.items()
+                                             if k.startswith(f"member_{i}/")}
+                   for r in rows if r.get(f"member_{i}/step") == r["step"]}
+            out[round_name, m["cell"], m["number"], None, None] = {
+                "lr": m["lr"], "rows": own, "state": state, "wave": params["wave"],
+                "source": m.get("source")}
+    return out
+
+
+def check_member_runs(root: Path) -> dict[str, dict[str, Any]]:
+    """``wandb sync`` of the experiment's W&B folder, read with W&B's reader, gives one run
+    per member (a searched rate, a final seed): its cell, rate (and wave, source, seed) in
+    the config, its state in the summary, its history every iteration the member reported,
+    once, with the values its trial reported for it. Returns the synced runs."""
+    import math
+
+    import pytest
+
+    runs = synced_runs(root)
+    members = {}
+    for run_id, run in runs.items():
+        c = run["config"]
+        if run["job_type"] == "program":
+            assert "lr" not in c and not any(k.startswith("eval/") for h in
+                                              run["history"].values() for k in h), run_id
+            continue
+        key = (c["round"], c["cell"], c.get("number"), c.get("seed"),
+               None if "number" in c or "seed" in c else c["tune_trial_id"])
+        assert key not in members, (key, run_id, members.get(key))  # one run per member
+        members[key] = run_id
+    expected = expected_members(root)
+    assert set(members) == set(expected), (set(members) ^ set(expected))
+    for key, want in expected.items():
+        run = runs[members[key]]
+        c = run["config"]
+        assert c["lr"] == pytest.approx(want["lr"], rel=1e-12) and c["cell"] == key[1]
+        assert run["job_type"] == key[1] and f"cell:{key[1]}" in run["tags"]
+        assert run["run_group"] == root.name  # the experiment's (the tests' folders: its name)
+        for field in ("wave", "source"):
+            if want.get(field) is not None:
+                assert c[field] == want[field], (key, field)
+        assert run["finished"] and run["summary"].get("state") == want["state"], (key, run)
+        assert run["steps"] == sorted(want["rows"]), (key, run["steps"], sorted(want["rows"]))
+        for it, row in want["rows"].items():
+            logged = run["history"][it]
+            for k, v in row.items():
+                if (k == "step" or k.startswith("eval/") or k == "train_loss") and \
+                        isinstance(v, float | int) and math.isfinite(v):
+                    assert logged[k] == pytest.approx(v, rel=1e-6), (key, it, k)
+    return runs

@@ -42,8 +42,8 @@ pinned to the driver's node. Departures, and why:
   actor has finished every run of the trial) is logged again from it at the new driver's first
   step. A resumed offline run starts a new folder at step 0: it logs only the steps past those
   its earlier folders hold (read from their files, ``tuner.service.wandb_records``), and a run
-  one of them finished is not reopened, so ``wandb sync`` of the folder gives each member one
-  run, every step once.
+  one of them ended (its summary's ``state``) is not reopened, so ``wandb sync`` of the folder
+  gives each member one run, every step once.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ from ray.air.util.node import _force_on_current_node
 from tuner.service.members import MemberOf, max_step, member_rows, member_state, members_of
 from tuner.service.members import result_rows as earlier_rows
 from tuner.service.trial_spec import TrialSpec
+from tuner.service.wandb_records import STATE_KEY, fragments
 
 FINISH_TIMEOUT_S = 300  # experiment end waits this long for runs to be written
 LOGGED_MARKER = "wandb_logged.json"  # in a trial's folder: its W&B runs are finished and written
@@ -132,8 +133,6 @@ class WandbRuns:
             if run_id in self._ended:
                 continue
             if run_id not in self._last:  # first sight here: what earlier folders hold
-                from tuner.service.wandb_records import fragments
-
                 held = fragments(Path(e["init"]["dir"]) / "wandb", run_id)
                 self._last[run_id] = held.last_step
                 if held.finished:
@@ -147,7 +146,7 @@ class WandbRuns:
                 run.log(e["log"], step=e["step"])
                 self._last[run_id] = e["step"]
             if e["state"]:
-                run.summary["state"] = e["state"]
+                run.summary[STATE_KEY] = e["state"]
                 self._finish(run_id)
 
     def _open(self, init: dict[str, Any]) -> Any:

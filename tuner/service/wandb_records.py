@@ -20,6 +20,7 @@ import struct
 from pathlib import Path
 
 _BLOCK, _HEADER = 32768, 7
+STATE_KEY = "state"  # the summary key where a member's run says how it ended
 
 
 def records(path: Path) -> list:
@@ -53,7 +54,8 @@ def records(path: Path) -> list:
 @dataclasses.dataclass(frozen=True)
 class Fragments:
     """A run id's earlier offline folders: the last step they logged (-1: none) and whether
-    one of them finished the run (its ``exit`` record)."""
+    one of them ended the member (its summary's ``state``: a run finished at an interrupt,
+    its member still training, is continued)."""
 
     last_step: int = -1
     finished: bool = False
@@ -70,6 +72,6 @@ def fragments(wandb_dir: Path, run_id: str) -> Fragments:
                 kind = r.WhichOneof("record_type")
                 if kind == "history":
                     last = max(last, int(r.history.step.num))
-                elif kind == "exit":
+                elif kind == "summary" and any(i.key == STATE_KEY for i in r.summary.update):
                     finished = True
     return Fragments(last, finished)
