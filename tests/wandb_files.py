@@ -182,8 +182,8 @@ def check_member_runs(root: Path) -> dict[str, dict[str, Any]]:
             assert "lr" not in c and not any(k.startswith("eval/") for h in
                                               run["history"].values() for k in h), run_id
             continue
-        key = (c["round"], c["cell"], c.get("number"), c.get("seed"),
-               None if "number" in c or "seed" in c else c["tune_trial_id"])
+        key = (c.get("round"), c.get("cell"), c.get("number"), c.get("seed"),
+               None if "number" in c or "seed" in c else c.get("tune_trial_id"))
         assert key not in members, (key, run_id, members.get(key))  # one run per member
         members[key] = run_id
     expected = expected_members(root)
