@@ -141,7 +141,10 @@ class WandbRuns:
             new = e["log"] is not None and e["step"] > self._last[run_id]
             if run_id not in self._runs and not (new or e["state"]):
                 continue  # nothing that an earlier folder lacks: no new folder for it
-            run = self._runs.get(run_id) or self._open(e["init"])
+            run = self._runs.get(run_id)
+            if run is None:
+                run = self._open(e["init"])
+                new = e["log"] is not None and e["step"] > self._last[run_id]  # online: resumed
             if new:
                 run.log(e["log"], step=e["step"])
                 self._last[run_id] = e["step"]
