@@ -48,25 +48,47 @@ def killed_actor(root: Path, iterations: list[int]) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-def test_resumed_run_logs_each_step_once(tmp_path, monkeypatch):
-    """Killed after logging iterations 1-2 (unfinished): the new actor is sent 1-4 (replayed
-    from result.json, then new) and the member ends; sync gives 1-4 once each, finished."""
+def resumed(root: Path) -> dict:
+    """A new actor sent iterations 1-4 (1-3 replayed from result.json, 4 new; the member ends
+    there): the run as ``wandb sync`` of the folder gives it."""
+    runs = WandbRuns()
+    runs.log("t", [entry(root, i) for i in (1, 2, 3)] + [entry(root, 4, "pruned")])
+    runs.close()
+    return synced_runs(root)[RUN]
+
+
+def test_interrupted_run_continues_with_each_step_once(tmp_path, monkeypatch):
+    """An actor stopped after logging iterations 1-2 (its runs finished at the interrupt, the
+    member still training): the next one logs 3-4 in a new folder of the same run, so sync
+    gives 1-4 once each, the member's state at the end."""
     monkeypatch.setenv("WANDB_START_METHOD", "thread")  # WandbRuns sets it: restored after
     monkeypatch.setenv("WANDB_MODE", "offline")
     (tmp_path / "wandb").mkdir()
-    killed_actor(tmp_path, [1, 2])
-    first = wandb_runs(tmp_path)[RUN]
-    assert len(first) == 1 and first[0][1] == [1, 2]
-    runs = WandbRuns()
-    runs.log("t", [entry(tmp_path, i) for i in (1, 2, 3)] + [entry(tmp_path, 4, "pruned")])
-    runs.close()
-    synced = synced_runs(tmp_path)[RUN]
-    assert synced["fragments"] == 2 and synced["finished"]
-    assert synced["steps"] == [1, 2, 3, 4]  # each once, over both folders
+    first = WandbRuns()
+    first.log("t", [entry(tmp_path, 1), entry(tmp_path, 2)])
+    first.close()
+    synced = resumed(tmp_path)
+    assert [steps for _, steps in wandb_runs(tmp_path)[RUN]] == [[1, 2], [3, 4]]
+    assert synced["steps"] == [1, 2, 3, 4] and synced["finished"]
     assert [synced["history"][s]["eval/nmse"] for s in (1, 2, 3, 4)] == [1.0, 0.5, 1 / 3, 0.25]
     assert synced["summary"]["state"] == "pruned"
     assert synced["config"]["lr"] == 0.01 and synced["job_type"] == "patch=1"
     assert all(resume for resume, _ in wandb_runs(tmp_path)[RUN])  # sync appends to the run
+
+
+def test_killed_run_continues_with_each_step_once(tmp_path, monkeypatch):
+    """The same after a SIGKILL: whatever the killed actor's folder holds (wandb writes its
+    file in blocks, so maybe nothing), sync gives 1-4 once each."""
+    monkeypatch.setenv("WANDB_START_METHOD", "thread")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    (tmp_path / "wandb").mkdir()
+    killed_actor(tmp_path, [1, 2])
+    (held,) = wandb_runs(tmp_path)[RUN]
+    assert held[1] in ([], [1], [1, 2])
+    synced = resumed(tmp_path)
+    assert synced["fragments"] == 2 and synced["finished"]
+    assert synced["steps"] == [1, 2, 3, 4]
+    assert synced["summary"]["state"] == "pruned"
 
 
 def test_a_finished_run_is_not_reopened(tmp_path, monkeypatch):
