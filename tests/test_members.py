@@ -66,7 +66,8 @@ def test_a_one_rate_trial_is_its_own_member():
     (m,) = members_of(config)
     rows = [{"training_iteration": 1, "step": 20, "eval/nmse": 0.5, "done": False}]
     assert member_rows(m, rows) == rows and m.prefix == ""
-    assert member_state(m, rows[-1], None) is None
-    assert member_state(m, rows[-1], None, ended=True) == "pruned"  # stopped by ASHA
-    assert member_state(m, {**rows[-1], "done": True}, None, ended=True) == "complete"
+    assert member_state(m, rows[-1], 60) is None
+    # stopped by ASHA at 20 (Tune marks its last result done as for a finished one)
+    assert member_state(m, {**rows[-1], "done": True}, 60, ended=True) == "pruned"
+    assert member_state(m, {**rows[-1], "step": 60}, 60) == "complete"
     assert members_of({"pilot": {"cell": "a=1", "lr": 0.01, "seeds": [0]}}) == []

@@ -83,11 +83,14 @@ def max_step(config: dict[str, Any]) -> int | None:
 
 def member_state(member: MemberOf, last: dict[str, Any] | None, budget: int | None,
                  ended: bool = False, failed: bool = False) -> str | None:
-    """How the member ended (one of ``STATES``), None while it runs. ``last``: its last row;
-    ``budget``: :func:`max_step`; ``ended``/``failed``: the trial has ended (by an error)."""
+    """How the member ended (one of ``STATES``), None while it runs, as the searcher tells
+    Optuna. ``last``: its last row; ``budget``: the search's full budget (a population's
+    :func:`max_step`, the experiment's ``asha.max_t`` for a one-rate trial); ``ended`` /
+    ``failed``: the trial has ended (by an error). A search member that ends short of the
+    budget was stopped (a population's rung, or ASHA): pruned; a final seed: complete."""
     if last is not None and last.get("diverged"):
         return "diverged"
-    if last is not None and budget is not None:  # a population says per member
+    if last is not None and budget is not None and member.stage != "final":
         if int(last.get("step", -1)) >= budget:
             return "complete"
         if last.get("stopped"):
@@ -96,11 +99,7 @@ def member_state(member: MemberOf, last: dict[str, Any] | None, budget: int | No
         return None
     if failed or last is None:
         return "failed"
-    if member.stage == "final":
-        return "complete"
-    if budget is None:  # a one-rate trial: Tune marks the result of a trial that returned
-        return "complete" if last.get("done") else "pruned"
-    return "pruned"
+    return "complete" if member.stage == "final" else "pruned"
 
 
 def result_rows(path: Path, before: int | None = None) -> list[dict[str, Any]]:

@@ -220,6 +220,12 @@ class CellWandbCallback(WandbLoggerCallback):
     waits on W&B except at the experiment's end, where every run is finished and written.
     """
 
+    def __init__(self, *args, max_t: int | None = None, **kwargs) -> None:
+        """Ray's arguments; ``max_t`` the search's full budget (a one-rate trial that ends
+        short of it was stopped: pruned). Ray's own ``**kwargs`` go to ``wandb.init``."""
+        super().__init__(*args, **kwargs)
+        self._max_t = max_t
+
     def setup(self, *args, **kwargs) -> None:
         super().setup(*args, **kwargs)
         self._runs_actor = None
@@ -291,7 +297,7 @@ class CellWandbCallback(WandbLoggerCallback):
         (no rows: only their states)."""
         config = trial.config
         members = members_of(config)
-        budget = max_step(config)
+        budget = max_step(config) or self._max_t
         round_name = Path(trial.path).parent.name
         open_ = self._open.setdefault(trial.trial_id, {})
         filt = _Filter(self._exclude.get(trial.trial_id, []))
@@ -378,8 +384,11 @@ class CellWandbCallback(WandbLoggerCallback):
         self._finishing = []
 
 
-def make_callback(project: str, group: str, directory: Path) -> CellWandbCallback:
+def make_callback(project: str, group: str, directory: Path,
+                  max_t: int | None = None) -> CellWandbCallback:
+    """The experiment's callback: runs in ``directory``, grouped by ``group``; ``max_t`` the
+    search's full budget (a one-rate trial that ends short of it was stopped: pruned)."""
     directory.mkdir(parents=True, exist_ok=True)
     return CellWandbCallback(project=project, group=group, dir=str(directory),
-                             excludes=["error"])
+                             excludes=["error"], max_t=max_t)
 
