@@ -197,7 +197,8 @@ def check_member_runs(root: Path) -> dict[str, dict[str, Any]]:
         for field in ("wave", "source"):
             if want.get(field) is not None:
                 assert c[field] == want[field], (key, field)
-        assert run["finished"] and run["summary"].get("state") == want["state"], (key, run)
+        assert run["finished"] and run["summary"].get("state") == want["state"], (
+            key, run["summary"].get("state"), want["state"], run["finished"])
         assert run["steps"] == sorted(want["rows"]), (key, run["steps"], sorted(want["rows"]))
         for it, row in want["rows"].items():
             logged = run["history"][it]
