@@ -153,7 +153,13 @@ class WandbRuns:
                 self._finish(run_id)
 
     def _open(self, init: dict[str, Any]) -> Any:
-        run = self._wandb.init(**{**init, "reinit": "create_new", "resume": "allow"})
+        # no system metrics, host/git metadata, console capture or requirements file per run:
+        # they would describe this logging process, not the member's trial, once per member,
+        # and cost the most of a run's start (8 runs: 2.3-3.9 s with them, 0.3 s without)
+        lean = self._wandb.Settings(x_disable_stats=True, x_disable_meta=True, console="off",
+                                    x_save_requirements=False, disable_git=True)
+        run = self._wandb.init(**{**init, "reinit": "create_new", "resume": "allow",
+                                  "settings": lean})
         for pattern in ("eval/*", "train_loss", "grad_norm", "lr_now", "diag/*",
                         "members_alive", "time_this_iter_s"):
             run.define_metric(pattern, step_metric="step")  # charted against training steps
