@@ -35,6 +35,9 @@ pinned to the driver's node. Departures, and why:
   wandb and spawning its own wandb service): most of a small experiment's wall time on a 2-core
   machine (bench/README.md). Here every run lives in one long-lived actor (wandb allows several
   runs in one process with ``reinit="create_new"``); calls to it are fire-and-forget, in order.
+* Ray's runs record the logging process's system metrics, host metadata and console; here
+  they are off (they would describe the logging actor, not the member's trial, once per
+  member, and they cost most of a run's start).
 * Replay after a kill: a driver killed outright takes with it whatever the actor had not
   written. Tune's ``result.json`` does hold it, so a trial's first result in a driver carries
   the trial's earlier rows from that file, and a trial that had ended under the killed driver
