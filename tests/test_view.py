@@ -396,7 +396,7 @@ def test_browser_draws_rates_map_and_cost(viewer, folder, tmp_path):
     """The new tabs as a user opens them: every search trial of ``report/trials.csv`` is a
     point of the learning-rate landscape at its rate (marker by how it ended), the star sits at
     the chosen rate, the finals' mean at it; the rate map's table holds the chosen rates; the
-    cost tab shows the pilot's projection and this run's times and one bar per trial."""
+    cost tab shows the pilot's projection and this run's times and one bar per member."""
     trials = pd.read_csv(folder / "report" / "trials.csv")
     search = trials[trials.stage == "search"].assign(kind=lambda t: t.apply(_kind, axis=1))
     best = json.loads((folder / "search_best.json").read_text())
