@@ -380,6 +380,13 @@ class CellWandbCallback(WandbLoggerCallback):
         actor = self._trial_logging_actors.pop(trial, None)
         if actor is None:
             return
+        if trial.trial_id not in self._seen:
+            # restarted by this driver and ended with no new result (a population whose
+            # members had all ended at its last checkpoint): its rows are in result.json only
+            self._seen.add(trial.trial_id)
+            rows = earlier_rows(Path(trial.path) / "result.json")
+            if rows:
+                actor.log.remote(trial.trial_id, self._entries(trial, rows))
         ends = self._entries(trial, [], ended=True, failed=failed)
         if ends:
             actor.log.remote(trial.trial_id, ends)
