@@ -132,3 +132,61 @@ def test_runs_are_marked_written_once_finished(tmp_path, monkeypatch):
     assert json.loads((trial / LOGGED_MARKER).read_text())["runs"] == ["m_1", "m_2"]
     runs.close()
     assert {r: f[0][1] for r, f in wandb_runs(tmp_path).items()} == {"m_1": [1], "m_2": [1]}
+
+
+class _InProcess:
+    """The runs actor's handle, calling an in-process :class:`WandbRuns` in call order (what
+    Ray's actor does in its own process)."""
+
+    def __init__(self, runs: WandbRuns) -> None:
+        self._runs = runs
+
+    def __getattr__(self, name: str):
+        import types
+
+        return types.SimpleNamespace(remote=getattr(self._runs, name))
+
+
+class _Trial:
+    """What the callback reads of a Tune trial."""
+
+    def __init__(self, folder: Path, trial_id: str) -> None:
+        self.trial_id, self.path, self.local_path = trial_id, str(folder), str(folder)
+        self.config = json.loads((folder / "params.json").read_text())
+        self.experiment_dir_name, self.status = "search", "RUNNING"
+
+
+def test_a_restarted_trial_that_ends_at_once_is_logged(tmp_path, monkeypatch):
+    """A population restarted by a new driver whose members had all ended at its checkpoint
+    returns without a new result: Tune starts and ends it, and its members' runs come from its
+    result.json before it is marked written (the population SIGKILL row found them missing)."""
+    from tuner.service.wandb_logging import make_callback
+
+    monkeypatch.setenv("WANDB_START_METHOD", "thread")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    root = tmp_path / "tinypop"
+    trial = root / "search" / "train_population_trial_t1"
+    trial.mkdir(parents=True)
+    config = {"stage": "search", "wave": 0, "halving": {"max_t": 40}, "cells": {"a=1": {}},
+              "members": [{"cell": "a=1", "number": 0, "lr": 0.1, "source": "stratified"},
+                          {"cell": "a=1", "number": 1, "lr": 9.0, "source": "stratified"}]}
+    (trial / "params.json").write_text(json.dumps(config))
+    rows = [{"training_iteration": 1, "step": 20, "trial_id": "t1", "member_0/step": 20,
+             "member_0/eval/nmse": 0.5, "member_1/step": 20, "member_1/eval/nmse": 0.9,
+             "member_1/stopped": True},
+            {"training_iteration": 2, "step": 40, "trial_id": "t1", "member_0/step": 40,
+             "member_0/eval/nmse": 0.4}]
+    (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    callback = make_callback("p", "tinypop", root / "wandb", max_t=40)
+    callback.setup()
+    runs = WandbRuns()
+    callback._runs_actor = _InProcess(runs)
+    t = _Trial(trial, "t1")
+    callback.log_trial_start(t)  # Tune restarts it; it returns with no result
+    callback.log_trial_end(t)
+    runs.close()
+    assert json.loads((trial / LOGGED_MARKER).read_text())["runs"]
+    synced = {r["config"]["number"]: r for r in synced_runs(root).values()
+              if r["job_type"] != "program"}
+    assert {n: (r["steps"], r["summary"]["state"]) for n, r in synced.items()} == {
+        0: ([1, 2], "complete"), 1: ([1], "pruned")}
