@@ -43,10 +43,11 @@ pinned to the driver's node. Departures, and why:
   the trial's earlier rows from that file, and a trial that had ended under the killed driver
   without its runs marked written (``LOGGED_MARKER`` in the trial's folder, written once the
   actor has finished every run of the trial) is logged again from it at the new driver's first
-  step. A resumed offline run starts a new folder at step 0: it logs only the steps past those
-  its earlier folders hold (read from their files, ``tuner.service.wandb_records``), and a run
-  one of them ended (its summary's ``state``) is not reopened, so ``wandb sync`` of the folder
-  gives each member one run, every step once.
+  step, or at its end where Tune restarts it and it ends with no new result. A resumed
+  offline run starts a new folder at step 0: it logs only the steps past those its earlier
+  folders hold (read from their files, ``tuner.service.wandb_records``), and a run one of them
+  ended (its summary's ``state``) is not reopened, so ``wandb sync`` of the folder gives each
+  member one run, every step once.
 """
 
 from __future__ import annotations
