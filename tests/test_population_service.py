@@ -1,10 +1,10 @@
 """The population search through the real CLI on a local Ray cluster: two populations at once,
 then the same run killed mid-search and resumed ends with the same trials, states, sources and
-picks (the search no longer depends on arrival order), and every report file keeps its meaning.
+picks (the search no longer depends on arrival order), and every report file keeps its meaning;
+W&B (offline) holds one run per member, killed or not.
 """
 
 import json
-import math
 import os
 import random
 import signal
@@ -15,7 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 from tiny_run import cli, finish
-from wandb_files import wandb_history
+from wandb_files import check_member_runs
 
 from tuner.service.search.halving import keep_count
 from tuner.service.search.study import TUNE_ID_ATTR
@@ -85,18 +85,14 @@ def test_population_search_end_to_end(population_reference):
     report = pd.read_csv(root / "report" / "trials.csv")
     assert len(report[report.stage == "search"]) == 20
     assert len(json.loads((root / "finals.json").read_text())) == 4
-    # W&B: one run per population (its Tune trial), every member's values under member_<i>/
-    # and the best live member's under the plain names, as its result.json has them
-    history = wandb_history(root)
-    for result in (root / "search").glob("*/result.json"):
-        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        logged = history[rows[0]["trial_id"]]
-        assert [h["step"] for h in logged] == [r["step"] for r in rows]
-        n = len(rows[0]["config"]["members"])
-        for h, r in zip(logged, rows, strict=True):
-            for key in ["eval/nmse", *(f"member_{i}/eval/nmse" for i in range(n))]:
-                if isinstance(r.get(key), float) and math.isfinite(r[key]):
-                    assert h[key] == pytest.approx(r[key], rel=1e-6), (key, h, r)
+    # W&B: one run per member (search rates and final seeds), as result.json has them
+    runs = check_member_runs(root)
+    assert sum(r["job_type"] == "program" for r in runs.values()) == \
+        len(list(root.glob("search/*/result.json"))) + len(list(root.glob("finals/*/result.json")))
+    members = [r for r in runs.values() if r["job_type"] != "program"]
+    assert len(members) == 20 + 4
+    assert {r["config"]["source"] for r in members if r["config"]["stage"] == "search"} == \
+        {"stratified", "tpe", "neighbour:patch=1", "neighbour:patch=4"}
 
 
 def test_killed_then_resumed_equals_uninterrupted(population_reference, tmp_path):
@@ -104,8 +100,7 @@ def test_killed_then_resumed_equals_uninterrupted(population_reference, tmp_path
     seed), then the same command: the same trials, states, waves, sources and best rates."""
     point = random.Random(0).randint(3, 8)
     log = tmp_path / "stopped.log"
-    # W&B off: the reference run's W&B is checked above; resumed runs: tests/test_service.py
-    proc = cli(tmp_path, "--no-wandb", start_new_session=True, log=log, experiment=TINY_POP)
+    proc = cli(tmp_path, start_new_session=True, log=log, experiment=TINY_POP)
     root = tmp_path / "tinypop"
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
@@ -121,7 +116,7 @@ def test_killed_then_resumed_equals_uninterrupted(population_reference, tmp_path
     before = {cell: {t.number: (t.state, t.params) for t in ts if t.state.is_finished()}
               for cell, ts in studies(root).items()}
     assert 0 < sum(map(len, before.values())) < 20
-    again = finish(cli(tmp_path, "--no-wandb", experiment=TINY_POP))
+    again = finish(cli(tmp_path, experiment=TINY_POP))
     assert "resuming the search" in again
     after = studies(root)
     for cell, told in before.items():  # nothing told before the kill was told again
@@ -134,6 +129,9 @@ def test_killed_then_resumed_equals_uninterrupted(population_reference, tmp_path
         for wave in (0, 1):
             ids = {t.user_attrs[TUNE_ID_ATTR] for t in trials if t.user_attrs["wave"] == wave}
             assert len(ids) == 1
+    # W&B after the kill: still one run per member, every step once over its folders (a rerun
+    # logs what the killed driver's logging actor never wrote, and only that)
+    check_member_runs(root)
 
 
 def test_viewer_reads_every_member(population_reference):
@@ -153,6 +151,19 @@ def test_viewer_reads_every_member(population_reference):
     assert per_member.ngroups == len(search)
     last = per_member.step.max().reset_index()
     assert sorted(last.step) == sorted(search.last_step)
+    # the timeline: one bar per member, each with its own state (not its population's)
+    spans = load.timeline(folder)
+    search_spans = spans[spans["round"] == "search"]
+    assert len(search_spans) == len(search)
+    kinds = points.set_index(["cell", "number"]).kind
+    assert sorted(search_spans.state) == sorted(kinds)
+    assert {"complete", "pruned", "diverged"} <= set(search_spans.state)
+    for trial, bars in search_spans.groupby("trial"):  # members of one population: one start
+        assert bars.start.nunique() == 1 and len(bars) == 5, trial
+        pruned = bars[bars.state == "pruned"]
+        assert (pruned.end <= bars.end.max()).all()
+    assert (spans[spans["round"] == "finals"].state == "final").all()
+    assert len(spans[spans["round"] == "finals"]) == 4
 
 
 def test_a_forced_out_of_memory_splits_the_program_and_picks_the_same(

@@ -18,7 +18,7 @@ import optuna
 import pandas as pd
 import pytest
 from tiny_run import FAKE_KEY, TINY, cli, finish
-from wandb_files import wandb_runs
+from wandb_files import check_member_runs, run_config, run_folders, wandb_runs
 
 from tuner.service.search.study import TUNE_ID_ATTR
 
@@ -116,10 +116,10 @@ def test_smoke_grid_end_to_end(reference, tmp_path):
                             math.isnan(max(t.intermediate_values.items())[1]) for t in diverged)
     best = json.loads((root / "search_best.json").read_text())
     assert all(b["lr"] < 100 for b in best.values())
-    # W&B offline: one real run folder per trial (search + finals), with its data file
-    runs = list((root / "wandb" / "wandb").glob("offline-run-*"))
-    assert len(runs) == TRIALS_PER_CELL * len(CELLS) + len(CELLS)  # finals: one run per cell
-    assert all(list(r.glob("*.wandb")) for r in runs)
+    # W&B offline: one run per search trial (one rate each) and per final seed, and one
+    # program run per finals trial
+    runs = check_member_runs(root)
+    assert len(runs) == TRIALS_PER_CELL * len(CELLS) + 2 * len(CELLS) + len(CELLS)
     assert "Ray dashboard: 127.0.0.1" in out or "Ray dashboard: http://127.0.0.1" in out
     status = json.loads((root / "status.json").read_text())
     assert status["stage"] == "finals" and status["cells_done"] == len(CELLS)
@@ -204,30 +204,18 @@ def test_research_one_cell_keeps_the_other_cells(reference, tmp_path):
 
 
 def check_wandb_runs_continue(root: Path, resumed: set[str]) -> None:
-    """One W&B run per Tune trial (its id), and nothing a trial reported is missing from it:
-    every iteration in the trial's ``result.json`` is logged in one of the run's folders (a
-    rerun replays what a killed driver's logging actor never wrote), none twice in one folder.
-    A trial resumed after the stop (``resumed``: it had reported, so Tune's snapshot holds it)
-    continues that run: the same id, resume on (so ``wandb sync`` appends to it), and its last
-    folder logs up to the trial's last result. A run that logged nothing before the stop may
-    stay empty: Tune's snapshot did not know its trial yet, so the trial's Optuna trial went to
-    a new Tune trial, with nothing lost."""
-    results: dict[str, list[int]] = {}
-    for f in root.glob("**/result.json"):
-        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-        if rows:
-            results[rows[-1]["trial_id"]] = [r["training_iteration"] for r in rows]
-    runs = {i: f for i, f in wandb_runs(root).items() if any(steps for _, steps in f)}
-    assert set(runs) == set(results)
-    for run_id, folders in runs.items():
-        assert all(resume is not False for resume, _ in folders), run_id  # resume="allow"
-        assert folders[-1][0] and folders[-1][1][-1] == results[run_id][-1], (run_id, folders)
-        assert all(len(set(steps)) == len(steps) for _, steps in folders), (run_id, folders)
-        logged = {step for _, steps in folders for step in steps}
-        assert set(results[run_id]) <= logged, (run_id, results[run_id], folders)
-    # a resumed run's earlier folder may be missing: the killed driver's actor had not
-    # created it yet; its results are then in the last folder
-    assert resumed <= set(runs), (resumed, set(runs))
+    """After a stop and a rerun, ``wandb sync`` still gives one run per member, each holding
+    every iteration its trial reported for it, once (``check_member_runs``: a rerun replays
+    what a killed driver's logging actor never wrote, and only that). A trial resumed after
+    the stop (``resumed``: it had reported, so Tune's snapshot holds it) continues its runs:
+    the same ids, resume on in every folder (so ``wandb sync`` appends to them)."""
+    check_member_runs(root)
+    folders = wandb_runs(root)
+    assert all(resume is not False for f in folders.values() for resume, _ in f)
+    of_trial = {}
+    for run_id, folder in run_folders(root):
+        of_trial.setdefault(run_config(folder).get("tune_trial_id"), set()).add(run_id)
+    assert resumed <= set(of_trial), (resumed, set(of_trial))
 
 
 def finished_trials(root: Path) -> int:
@@ -282,7 +270,7 @@ def search_done_copy(src: Path, dst: Path) -> None:
         if Path(folder) == src:
             return later & set(names)
         return {n for n in names if n.startswith("offline-run-")
-                and n.rsplit("-", 1)[-1] in finals_ids}
+                and run_config(Path(folder) / n).get("round") == "finals"}
 
     shutil.copytree(src, dst, symlinks=True, ignore=ignore)
     assert finals_ids and not (dst / "finals").exists()

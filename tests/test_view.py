@@ -188,8 +188,8 @@ def test_reads_rates_map_and_cost(folder, running):
     for stage in ("search", "finals", "total"):
         assert cost.loc[stage, "actual_s"] == times[f"{stage}_s"]
         assert cost.loc[stage, "projected_s"] == pilot[f"{stage}_s"]
-    spans = load.timeline(done)
-    n_final = len(list((folder / "finals").glob("*/result.json")))
+    spans = load.timeline(done)  # one bar per member: a search trial's rate, a final seed
+    n_final = len(json.loads((folder / "finals.json").read_text()))
     assert len(spans) == len(search) + n_final
     assert (spans.start >= 0).all() and (spans.end >= spans.start - 1).all()  # 1 s: Tune's
     # timestamps are whole seconds, the start is a float (timestamp - time_this_iter_s)
@@ -396,7 +396,7 @@ def test_browser_draws_rates_map_and_cost(viewer, folder, tmp_path):
     """The new tabs as a user opens them: every search trial of ``report/trials.csv`` is a
     point of the learning-rate landscape at its rate (marker by how it ended), the star sits at
     the chosen rate, the finals' mean at it; the rate map's table holds the chosen rates; the
-    cost tab shows the pilot's projection and this run's times and one bar per trial."""
+    cost tab shows the pilot's projection and this run's times and one bar per member."""
     trials = pd.read_csv(folder / "report" / "trials.csv")
     search = trials[trials.stage == "search"].assign(kind=lambda t: t.apply(_kind, axis=1))
     best = json.loads((folder / "search_best.json").read_text())
@@ -438,7 +438,7 @@ def test_browser_draws_rates_map_and_cost(viewer, folder, tmp_path):
         assert actual["s"] == pytest.approx([times["search_s"], times["finals_s"],
                                              times["total_s"]], rel=1e-9)
         spans = _wait(lambda: driver.execute_script(DATA, "timeline"))
-        n_final = len(list((folder / "finals").glob("*/result.json")))
+        n_final = len(json.loads((folder / "finals.json").read_text()))  # seeds
         assert sum(len(d["start"]) for _, _, d in spans) == len(search) + n_final
         shots["viewer-cost.png"] = driver.get_screenshot_as_png()
     finally:

@@ -1,83 +1,192 @@
-"""A trial resumed by a new driver logs to W&B what the killed driver's logging actor never
-wrote: its earlier results, replayed from Tune's result.json (tuner.service.wandb_logging).
-Real wandb, offline, in this process (the actor's class without Ray); the run file is read
-back record by record. (The same through a real SIGKILL: tests/test_service.py's finals rows.)
+"""W&B runs resumed after a kill (tuner.service.wandb_logging): a new driver's logging actor
+logs what the killed one never wrote, and only that, so ``wandb sync`` of the folder gives each
+run every step once. Real wandb, offline; the killed actor runs in a subprocess killed with
+SIGKILL; the files are read back with W&B's own reader (tests/wandb_files.py). (The same
+through the whole service: tests/test_service.py's and tests/test_population_service.py's
+SIGKILL rows.)
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
-from ray.air.constants import TRAINING_ITERATION
-from ray.air.integrations.wandb import _clean_log
-from wandb_files import wandb_runs
+from wandb_files import synced_runs, wandb_runs
 
-from tuner.service.wandb_logging import WandbRuns, earlier_results
+from tuner.service.wandb_logging import LOGGED_MARKER, WandbRuns, earlier_results
 
-
-def result(it: int) -> dict:
-    return {TRAINING_ITERATION: it, "step": 20 * it, "eval/nmse": 1.0 / it, "trial_id": "t_1",
-            "config": {"lr": 0.01}, "done": False}
+RUN = "abcd_0001"
 
 
-def resumed_run(tmp_path: Path, monkeypatch, replay: bool) -> list[int]:
-    """A trial that reported iterations 1 and 2 under a killed driver (in its result.json;
-    its W&B run never written), now reporting 3 under a new one: the steps its run logs."""
+def entry(root: Path, it: int, state: str | None = None, run_id: str = RUN) -> dict:
+    init = {"project": "p", "group": "g", "id": run_id, "name": run_id, "job_type": "patch=1",
+            "dir": str(root / "wandb"), "config": {"lr": 0.01, "cell": "patch=1"}}
+    return {"init": init, "step": it, "log": {"step": 20 * it, "eval/nmse": 1.0 / it},
+            "state": state}
+
+
+def killed_actor(root: Path, iterations: list[int]) -> None:
+    """A driver's actor that logged ``iterations`` and was then killed (SIGKILL, no finish)."""
+    code = textwrap.dedent(f"""
+        import os, signal, sys, time
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from pathlib import Path
+        from test_wandb_replay import entry
+        from tuner.service.wandb_logging import WandbRuns
+        runs = WandbRuns()
+        runs.log("t", [entry(Path({str(root)!r}), i) for i in {iterations!r}])
+        time.sleep(3)  # the wandb service writes the records
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ,
+                          "WANDB_MODE": "offline", "WANDB_SILENT": "true"}, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def resumed(root: Path) -> dict:
+    """A new actor sent iterations 1-4 (1-3 replayed from result.json, 4 new; the member ends
+    there): the run as ``wandb sync`` of the folder gives it."""
+    runs = WandbRuns()
+    runs.log("t", [entry(root, i) for i in (1, 2, 3)] + [entry(root, 4, "pruned")])
+    runs.close()
+    return synced_runs(root)[RUN]
+
+
+def test_interrupted_run_continues_with_each_step_once(tmp_path, monkeypatch):
+    """An actor stopped after logging iterations 1-2 (its runs finished at the interrupt, the
+    member still training): the next one logs 3-4 in a new folder of the same run, so sync
+    gives 1-4 once each, the member's state at the end."""
     monkeypatch.setenv("WANDB_START_METHOD", "thread")  # WandbRuns sets it: restored after
     monkeypatch.setenv("WANDB_MODE", "offline")
-    trial_dir = tmp_path / "trial"
-    trial_dir.mkdir()
-    rows = [result(1), result(2), {**result(2), "eval/nmse": 0.4}]  # 2 again: resumed once
-    (trial_dir / "result.json").write_text(
-        "".join(json.dumps(r) + "\n" for r in rows) + '{"training_itera')  # and cut by a kill
-    earlier = [_clean_log(r) for r in earlier_results(trial_dir / "result.json", 3)]
-    assert [(r[TRAINING_ITERATION], r["eval/nmse"]) for r in earlier] == [(1, 1.0), (2, 0.4)]
-    runs = WandbRuns()
-    (tmp_path / "wandb").mkdir()  # as the experiment's <folder>/wandb
-    init = {"project": "p", "group": "g", "id": "t_1", "name": "t_1",
-            "dir": str(tmp_path / "wandb"), "resume": "allow"}
-    args = (str(trial_dir), [], [], init)
-    runs.log("t_1", _clean_log(result(3)), args, earlier if replay else None)
-    runs.close()
-    folders = wandb_runs(tmp_path)["t_1"]
-    assert len(folders) == 1 and folders[0][0]  # one folder, resuming the trial's run
-    return folders[0][1]
+    (tmp_path / "wandb").mkdir()
+    first = WandbRuns()
+    first.log("t", [entry(tmp_path, 1), entry(tmp_path, 2)])
+    first.close()
+    synced = resumed(tmp_path)
+    assert [steps for _, steps in wandb_runs(tmp_path)[RUN]] == [[1, 2], [3, 4]]
+    assert synced["steps"] == [1, 2, 3, 4] and synced["finished"]
+    assert [synced["history"][s]["eval/nmse"] for s in (1, 2, 3, 4)] == [1.0, 0.5, 1 / 3, 0.25]
+    assert synced["summary"]["state"] == "pruned"
+    assert synced["config"]["lr"] == 0.01 and synced["job_type"] == "patch=1"
+    assert all(resume for resume, _ in wandb_runs(tmp_path)[RUN])  # sync appends to the run
 
 
-def test_resumed_trial_replays_what_its_run_lacks(tmp_path, monkeypatch):
-    assert resumed_run(tmp_path, monkeypatch, replay=True) == [1, 2, 3]
+def test_killed_run_continues_with_each_step_once(tmp_path, monkeypatch):
+    """The same after a SIGKILL: whatever the killed actor's folder holds (wandb writes its
+    file in blocks, so maybe nothing), sync gives 1-4 once each."""
+    monkeypatch.setenv("WANDB_START_METHOD", "thread")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    (tmp_path / "wandb").mkdir()
+    killed_actor(tmp_path, [1, 2])
+    (held,) = wandb_runs(tmp_path)[RUN]
+    assert held[1] in ([], [1], [1, 2])
+    synced = resumed(tmp_path)
+    assert synced["fragments"] == 2 and synced["finished"]
+    assert synced["steps"] == [1, 2, 3, 4]
+    assert synced["summary"]["state"] == "pruned"
 
 
-def test_without_the_replay_the_earlier_results_are_lost(tmp_path, monkeypatch):
-    """What the finals' SIGKILL row found before the fix: the resumed run held 2-3, not 1."""
-    assert resumed_run(tmp_path, monkeypatch, replay=False) == [3]
-
-
-def test_first_results_read_nothing(tmp_path):
-    assert earlier_results(tmp_path / "missing.json", 5) == []
-    (tmp_path / "result.json").write_text(json.dumps(result(1)) + "\n")
-    assert earlier_results(tmp_path / "result.json", 1) == []  # a fresh trial's first result
-
-
-def test_a_finished_run_is_marked_written_and_an_unfinished_one_is_not(tmp_path, monkeypatch):
-    """The mark a new driver trusts (``LOGGED_MARKER``): written only after the run finished,
-    so a trial whose run a killed driver never finished is logged again from result.json."""
-    from tuner.service.wandb_logging import LOGGED_MARKER
-
+def test_a_finished_run_is_not_reopened(tmp_path, monkeypatch):
+    """A run an earlier actor finished (a replay of an ended trial sends it again): no new
+    folder, nothing logged twice."""
     monkeypatch.setenv("WANDB_START_METHOD", "thread")
     monkeypatch.setenv("WANDB_MODE", "offline")
     (tmp_path / "wandb").mkdir()
     runs = WandbRuns()
-    dirs = {}
-    for trial_id in ("t_1", "t_2"):
-        dirs[trial_id] = tmp_path / trial_id
-        dirs[trial_id].mkdir()
-        init = {"project": "p", "group": "g", "id": trial_id, "name": trial_id,
-                "dir": str(tmp_path / "wandb"), "resume": "allow"}
-        runs.log(trial_id, _clean_log(result(1)), (str(dirs[trial_id]), [], [], init))
-    runs.finish("t_1")
-    assert json.loads((dirs["t_1"] / LOGGED_MARKER).read_text())["run_id"] == "t_1"
-    assert not (dirs["t_2"] / LOGGED_MARKER).exists()  # still open: not trusted
-    runs.close()  # the experiment's end finishes (and marks) the rest
-    assert (dirs["t_2"] / LOGGED_MARKER).exists()
+    runs.log("t", [entry(tmp_path, 1), entry(tmp_path, 2, "complete")])
+    runs.close()
+    again = WandbRuns()
+    again.log("t", [entry(tmp_path, 1), entry(tmp_path, 2, "complete")])
+    again.close()
+    assert wandb_runs(tmp_path)[RUN] == [(True, [1, 2])]
+
+
+def test_first_results_read_nothing(tmp_path):
+    row = {"training_iteration": 1, "step": 20}
+    assert earlier_results(tmp_path / "missing.json", 5) == []
+    (tmp_path / "result.json").write_text(json.dumps(row) + "\n")
+    assert earlier_results(tmp_path / "result.json", 1) == []  # a fresh trial's first result
+    rows = [row, {**row, "training_iteration": 2}, {**row, "training_iteration": 2, "step": 9}]
+    (tmp_path / "result.json").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows) + '{"training_itera')  # cut by a kill
+    assert earlier_results(tmp_path / "result.json", 3) == [row, rows[2]]  # last written
+
+
+def test_runs_are_marked_written_once_finished(tmp_path, monkeypatch):
+    """The mark a new driver trusts (``LOGGED_MARKER``): written only after every run of the
+    trial finished, so a trial whose runs a killed driver never finished is logged again."""
+    monkeypatch.setenv("WANDB_START_METHOD", "thread")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    (tmp_path / "wandb").mkdir()
+    trial = tmp_path / "trial"
+    trial.mkdir()
+    runs = WandbRuns()
+    runs.log("t", [entry(tmp_path, 1, run_id="m_1"), entry(tmp_path, 1, run_id="m_2")])
+    assert not (trial / LOGGED_MARKER).exists()
+    runs.finish("t", str(trial))
+    assert json.loads((trial / LOGGED_MARKER).read_text())["runs"] == ["m_1", "m_2"]
+    runs.close()
+    assert {r: f[0][1] for r, f in wandb_runs(tmp_path).items()} == {"m_1": [1], "m_2": [1]}
+
+
+class _InProcess:
+    """The runs actor's handle, calling an in-process :class:`WandbRuns` in call order (what
+    Ray's actor does in its own process)."""
+
+    def __init__(self, runs: WandbRuns) -> None:
+        self._runs = runs
+
+    def __getattr__(self, name: str):
+        import types
+
+        return types.SimpleNamespace(remote=getattr(self._runs, name))
+
+
+class _Trial:
+    """What the callback reads of a Tune trial."""
+
+    def __init__(self, folder: Path, trial_id: str) -> None:
+        self.trial_id, self.path, self.local_path = trial_id, str(folder), str(folder)
+        self.config = json.loads((folder / "params.json").read_text())
+        self.experiment_dir_name, self.status = "search", "RUNNING"
+
+
+def test_a_restarted_trial_that_ends_at_once_is_logged(tmp_path, monkeypatch):
+    """A population restarted by a new driver whose members had all ended at its checkpoint
+    returns without a new result: Tune starts and ends it, and its members' runs come from its
+    result.json before it is marked written (the population SIGKILL row found them missing)."""
+    from tuner.service.wandb_logging import make_callback
+
+    monkeypatch.setenv("WANDB_START_METHOD", "thread")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    root = tmp_path / "tinypop"
+    trial = root / "search" / "train_population_trial_t1"
+    trial.mkdir(parents=True)
+    config = {"stage": "search", "wave": 0, "halving": {"max_t": 40}, "cells": {"a=1": {}},
+              "members": [{"cell": "a=1", "number": 0, "lr": 0.1, "source": "stratified"},
+                          {"cell": "a=1", "number": 1, "lr": 9.0, "source": "stratified"}]}
+    (trial / "params.json").write_text(json.dumps(config))
+    rows = [{"training_iteration": 1, "step": 20, "trial_id": "t1", "member_0/step": 20,
+             "member_0/eval/nmse": 0.5, "member_1/step": 20, "member_1/eval/nmse": 0.9,
+             "member_1/stopped": True},
+            {"training_iteration": 2, "step": 40, "trial_id": "t1", "member_0/step": 40,
+             "member_0/eval/nmse": 0.4}]
+    (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    callback = make_callback("p", "tinypop", root / "wandb", max_t=40)
+    callback.setup()
+    runs = WandbRuns()
+    callback._runs_actor = _InProcess(runs)
+    t = _Trial(trial, "t1")
+    callback.log_trial_start(t)  # Tune restarts it; it returns with no result
+    callback.log_trial_end(t)
+    runs.close()
+    assert json.loads((trial / LOGGED_MARKER).read_text())["runs"]
+    synced = {r["config"]["number"]: r for r in synced_runs(root).values()
+              if r["job_type"] != "program"}
+    assert {n: (r["steps"], r["summary"]["state"]) for n, r in synced.items()} == {
+        0: ([1, 2], "complete"), 1: ([1], "pruned")}

@@ -88,7 +88,7 @@ def _run_config(exp: Experiment, dirs: ExperimentDirs, name: str, status: Status
     # (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, set by tuner.service.cli, keeps Tune from adding it)
     callbacks = [status, CSVLoggerCallback(), JsonLoggerCallback()]
     if wandb:
-        callbacks.append(make_callback(exp.wandb.project, exp.name, dirs.wandb))
+        callbacks.append(make_callback(exp.wandb.project, exp.name, dirs.wandb, exp.asha.max_t))
     return tune.RunConfig(
         storage_path=str(dirs.root), name=name, callbacks=callbacks, verbose=1,
         # two: the checkpoint that Tune's last snapshot names survives until the next snapshot

@@ -5,7 +5,8 @@ and to the searchers' callbacks), in one of four forms, each written by one func
 
 - a search trial, :func:`search_config`: ``{"cell", "lr", "stage", "overrides", <worker>}``;
 - a population, :func:`population_config`: ``{"stage", "wave", "members": [{"cell",
-  "number", "lr"}, ...], "cells": {cell: overrides}, "halving", <worker>}``;
+  "number", "lr", "source"}, ...], "cells": {cell: overrides}, "halving", <worker>}``
+  (``source`` absent in folders written before it);
 - a finals trial: ``{"final": final_spec(...)}`` (Tune grid-searches the finals' specs);
 - a pilot trial: ``{"pilot": pilot_spec(...)}``.
 
@@ -55,13 +56,16 @@ def search_config(cell: str, lr: float, template: dict[str, Any]) -> dict[str, A
 
 
 def population_config(wave: int, members: Sequence[tuple[str, int, float]],
-                      cells: dict[str, dict[str, Any]], halving: dict[str, Any], worker: Worker
-                      ) -> dict[str, Any]:
+                      cells: dict[str, dict[str, Any]], halving: dict[str, Any], worker: Worker,
+                      sources: Sequence[str] | None = None) -> dict[str, Any]:
     """One population: ``members`` (cell, Optuna trial number, rate) trained together,
     ``cells`` their cells' grid overrides, ``halving`` the rule that stops members
-    (:class:`tuner.service.search.halving.SuccessiveHalving`'s dict)."""
+    (:class:`tuner.service.search.halving.SuccessiveHalving`'s dict), ``sources`` where each
+    member's rate was proposed (W&B's per-member runs carry it)."""
+    sources = list(sources) if sources is not None else [""] * len(members)
     return {"stage": "search", "wave": wave,
-            "members": [{"cell": c, "number": int(n), "lr": float(lr)} for c, n, lr in members],
+            "members": [{"cell": c, "number": int(n), "lr": float(lr), "source": str(src)}
+                        for (c, n, lr), src in zip(members, sources, strict=True)],
             "cells": {c: dict(cells[c]) for c in dict.fromkeys(c for c, _, _ in members)},
             "halving": halving, **worker.fields()}
 
@@ -106,12 +110,15 @@ def overrides(config: dict[str, Any], cell: str | None = None) -> dict[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class Member:
-    """One member of a trial: its cell, rate, Optuna trial number (search) or seed (finals)."""
+    """One member of a trial: its cell, rate, Optuna trial number (search) or seed (finals),
+    and where the search proposed it (``source``: "stratified", "neighbour:<cell>", "tpe";
+    empty where the config does not say)."""
 
     cell: str
     lr: float
     number: int | None = None
     seed: int | None = None
+    source: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +165,8 @@ class TrialSpec:
                              tuple(int(s) for s in p.get("seeds", ())))
         if "members" in config:
             return TrialSpec(str(config.get("stage", "search")),
-                             tuple(Member(str(m["cell"]), float(m["lr"]), int(m["number"]))
+                             tuple(Member(str(m["cell"]), float(m["lr"]), int(m["number"]),
+                                      str(m.get("source", "")))
                                    for m in config["members"]), wave=int(config["wave"]))
         return TrialSpec(str(config.get("stage", "search")),
                          (Member(str(config["cell"]), float(config["lr"])),))

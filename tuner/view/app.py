@@ -359,17 +359,19 @@ class Viewer:
             self.timeline_pane.object = _empty("no trial has reported yet")
             return
         spans = spans.assign(row=range(len(spans)))
-        tl = figure(title=f"trials over time ({folder.label}): one bar per Tune trial, from its "
-                          "start to its last report", x_axis_label="seconds since the first "
-                    "trial started", y_axis_label="trial (in order of start)",
+        tl = figure(title=f"members over time ({folder.label}): one bar per searched rate or "
+                          "final seed, from its trial's start to its own last report",
+                    x_axis_label="seconds since the first trial started",
+                    y_axis_label="member (in order of its trial's start)",
                     name="timeline", **PLOT)
         for state, group in spans.groupby("state", sort=False):
-            src = ColumnDataSource(group[["row", "start", "end", "cell", "lr", "round", "trial"]])
+            src = ColumnDataSource(group[["row", "start", "end", "cell", "lr", "round", "trial",
+                                          "member"]])
             tl.hbar(y="row", left="start", right="end", height=0.7, source=src,
                     color=STATE_COLORS.get(state, "gray"), legend_label=state,
                     name=f"timeline {state}")
-        tl.add_tools(HoverTool(tooltips=[("cell", "@cell"), ("lr", "@lr{0.000e}"),
-                                         ("round", "@round"), ("trial", "@trial"),
+        tl.add_tools(HoverTool(tooltips=[("member", "@member"), ("lr", "@lr{0.000e}"),
+                                         ("round", "@round"), ("Tune trial", "@trial"),
                                          ("from", "@start{0} s"), ("to", "@end{0} s")]))
         tl.legend.click_policy = "hide"
         tl.add_layout(tl.legend[0], "right")

@@ -222,7 +222,8 @@ class PopulationSearcher(CellSearcher):
                                     self._rf, self._max_t)
         return trial_spec.population_config(
             wave, [(c, n, self._studies[c].frozen(n).params["lr"]) for c, n in members],
-            self._cells, halving.to_dict(), Worker.of(self._worker))
+            self._cells, halving.to_dict(), Worker.of(self._worker),
+            [self._studies[c].frozen(n).user_attrs.get(SOURCE_ATTR, "") for c, n in members])
 
     def _wave_members(self, wave: int, group: int) -> list[tuple[str, int]]:
         return [(c, t.number) for c in self._groups[group] for t in self._studies[c].trials()
