@@ -14,9 +14,10 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TUNER_REUSE_ACTORS", "1")
 
 
-# The suite runs in one process: the modules that start a local Ray cluster (service, viewer,
-# task smokes, Slurm, search) must never run two clusters at once (on a 2-core machine they
-# stall and kill each other's trials), and they share one tiny run (``tiny_reference``).
+# The suite runs in one process: the modules that run Ray (service, viewer, task smokes,
+# Slurm, search, dashboard) must never run two experiments at once (on a 2-core machine they
+# stall and kill each other's trials), and they share one tiny run (``tiny_reference``). The
+# CLI runs that need no cluster of their own join one (``shared_ray``), one after another.
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,7 +38,23 @@ def shared_compile_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_reference(tmp_path_factory):
+def shared_ray():
+    """One local Ray cluster (2 CPUs) for the session's CLI runs (``tiny_run.cli(...,
+    cluster=shared_ray)``): each run would otherwise start and stop a cluster of its own.
+    Started by the first test that asks for it, stopped at the session's end."""
+    from tiny_run import SharedCluster
+
+    # opt-in until a whole suite has passed with it: without it each run starts its own
+    if not os.environ.get("TUNER_TEST_SHARED_RAY"):
+        yield None
+        return
+    cluster = SharedCluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tmp_path_factory, shared_ray):
     """``tests/fixtures/tiny.yaml`` run once through ``python -m tuner.run``, after its
     ``--pilot`` (so the run prints its times against the projection): (experiment folder, the
     two commands' output). Read by the service and viewer tests; tests that change a folder
@@ -45,5 +62,5 @@ def tiny_reference(tmp_path_factory):
     from tiny_run import cli, finish
 
     out = tmp_path_factory.mktemp("reference")
-    pilot = finish(cli(out, "--pilot"))
-    return out / "tiny", pilot + finish(cli(out))
+    pilot = finish(cli(out, "--pilot", cluster=shared_ray))
+    return out / "tiny", pilot + finish(cli(out, cluster=shared_ray))

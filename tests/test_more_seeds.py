@@ -64,7 +64,7 @@ def rows_of(root: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_added_seeds_train_alone_and_join_the_report(tiny_reference, tmp_path):
+def test_added_seeds_train_alone_and_join_the_report(tiny_reference, shared_ray, tmp_path):
     """A copy of the finished tiny experiment, its file's seeds grown from [0, 1] to [0, 1, 2]:
     the rerun trains one Tune trial per cell with seed 2 only (its own system), in its own
     folder, keeps every old row as it was, and rewrites the report with three seeds."""
@@ -73,7 +73,8 @@ def test_added_seeds_train_alone_and_join_the_report(tiny_reference, tmp_path):
     before = rows_of(root)
     summary_before = (root / "report" / "summary.md").read_text()
     path = grown(tmp_path, TINY.read_text().replace(SEEDS, "  seeds: [0, 1, 2]"))
-    out = finish(cli(tmp_path, "--no-wandb", experiment=path))  # W&B: tests/test_service.py
+    # W&B: tests/test_service.py
+    out = finish(cli(tmp_path, "--no-wandb", experiment=path, cluster=shared_ray))
     assert "finals.seeds grew by [2]" in out and "report:" in out
     assert "resuming the search" not in out  # the search is finished: not reopened
     after = rows_of(root)
@@ -94,5 +95,5 @@ def test_added_seeds_train_alone_and_join_the_report(tiny_reference, tmp_path):
     assert summary != summary_before and "[0, 1, 2]" in summary
     assert "| patch=1 | 3/3 |" in summary and "| patch=4 | 3/3 |" in summary
     # nothing left to do: the same command finds the experiment finished
-    again = finish(cli(tmp_path, "--no-wandb", experiment=path))
+    again = finish(cli(tmp_path, "--no-wandb", experiment=path, cluster=shared_ray))
     assert "finals of the added seeds" not in again and rows_of(root) == after

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from tiny_run import cli, finish
+from tiny_run import cli, finish, settle
 from wandb_files import check_member_runs
 
 from tuner.service.search.halving import keep_count
@@ -45,9 +45,9 @@ def outcome(root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def population_reference(tmp_path_factory) -> Path:
+def population_reference(tmp_path_factory, shared_ray) -> Path:
     out = tmp_path_factory.mktemp("population")
-    finish(cli(out, experiment=TINY_POP))
+    finish(cli(out, experiment=TINY_POP, cluster=shared_ray))
     return out / "tinypop"
 
 
@@ -95,12 +95,13 @@ def test_population_search_end_to_end(population_reference):
         {"stratified", "tpe", "neighbour:patch=1", "neighbour:patch=4"}
 
 
-def test_killed_then_resumed_equals_uninterrupted(population_reference, tmp_path):
+def test_killed_then_resumed_equals_uninterrupted(population_reference, shared_ray, tmp_path):
     """SIGKILL once a population has reported and some members ended (at a point chosen by a
     seed), then the same command: the same trials, states, waves, sources and best rates."""
     point = random.Random(0).randint(3, 8)
     log = tmp_path / "stopped.log"
-    proc = cli(tmp_path, start_new_session=True, log=log, experiment=TINY_POP)
+    proc = cli(tmp_path, start_new_session=True, log=log, experiment=TINY_POP,
+               cluster=shared_ray)
     root = tmp_path / "tinypop"
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
@@ -112,11 +113,12 @@ def test_killed_then_resumed_equals_uninterrupted(population_reference, tmp_path
     assert proc.poll() is None, "the run ended before the kill point"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=120)
+    settle(shared_ray)
     assert not (root / "search_best.json").exists()
     before = {cell: {t.number: (t.state, t.params) for t in ts if t.state.is_finished()}
               for cell, ts in studies(root).items()}
     assert 0 < sum(map(len, before.values())) < 20
-    again = finish(cli(tmp_path, experiment=TINY_POP))
+    again = finish(cli(tmp_path, experiment=TINY_POP, cluster=shared_ray))
     assert "resuming the search" in again
     after = studies(root)
     for cell, told in before.items():  # nothing told before the kill was told again

@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from tiny_run import FAKE_KEY, TINY, cli, finish
+from tiny_run import FAKE_KEY, TINY, cli, finish, settle
 from wandb_files import check_member_runs, run_config, run_folders, wandb_runs
 
 from tuner.service.search.study import TUNE_ID_ATTR
@@ -152,7 +152,7 @@ def second_driver_refused(root: Path, first, out: Path) -> str:
     return text
 
 
-def test_research_one_cell_keeps_the_other_cells(reference, tmp_path):
+def test_research_one_cell_keeps_the_other_cells(reference, shared_ray, tmp_path):
     """``--research CELL:LOW:HIGH`` on a finished experiment searches that cell again over the
     new range in the same folder: the other cell's trials and finals are kept as they were, the
     cell's best rate is the best full-budget trial of both rounds, only its finals retrain, and
@@ -166,7 +166,8 @@ def test_research_one_cell_keeps_the_other_cells(reference, tmp_path):
     old = best_before["patch=4"]["lr"]
     low, high = old / 3, old * 3  # around the old best: some trial here beats it
     # W&B off: its runs are checked by the reference and the fault rows (the same callback)
-    first = cli(tmp_path, "--research", f"patch=4:{low!r}:{high!r}", "--no-wandb")
+    first = cli(tmp_path, "--research", f"patch=4:{low!r}:{high!r}", "--no-wandb",
+                cluster=shared_ray)
     second_out = second_driver_refused(root, first, tmp_path)
     out = finish(first)  # the first driver, unharmed by the second
     assert "in use by another driver" not in out and "taking over" not in out
@@ -199,7 +200,7 @@ def test_research_one_cell_keeps_the_other_cells(reference, tmp_path):
     assert "search_research_1" in (root / "report" / "summary.md").read_text()
     # recorded: a rerun without the flag has nothing left to do (a finished experiment is
     # not rerun)
-    again = finish(cli(tmp_path, "--no-wandb"))
+    again = finish(cli(tmp_path, "--no-wandb", cluster=shared_ray))
     assert "resuming" not in again and "report:" in again
 
 
@@ -287,7 +288,8 @@ def tear_last_record(root: Path) -> Path:
 
 
 @pytest.mark.parametrize("sig,stage,seed", FAULTS)
-def test_interrupted_then_rerun_equals_uninterrupted(reference, tmp_path, sig, stage, seed):
+def test_interrupted_then_rerun_equals_uninterrupted(reference, shared_ray, tmp_path, sig, stage,
+                                                     seed):
     """The driver stopped at a point chosen by ``seed`` (SIGINT: Tune's own graceful stop;
     SIGKILL: nothing saved), then the same command: every cell ends with the same trials (same
     lrs, same states), the same rungs and the same best lr as the uninterrupted run, nothing
@@ -299,7 +301,7 @@ def test_interrupted_then_rerun_equals_uninterrupted(reference, tmp_path, sig, s
     root = tmp_path / "tiny"
     if stage == "finals":
         search_done_copy(reference[0], root)
-    proc = cli(tmp_path, start_new_session=True, log=log)
+    proc = cli(tmp_path, start_new_session=True, log=log, cluster=shared_ray)
     deadline = time.time() + 400
     reached, midway, waited_since = False, False, None
     while time.time() < deadline and proc.poll() is None:
@@ -317,8 +319,11 @@ def test_interrupted_then_rerun_equals_uninterrupted(reference, tmp_path, sig, s
     assert reached, f"never reached the {stage} kill point"
     done_file = root / ("search_best.json" if stage == "search" else "finals.json")
     assert not done_file.exists()
-    os.kill(proc.pid, getattr(signal, sig))  # the driver only; Ray's processes go with it
+    os.kill(proc.pid, getattr(signal, sig))  # the driver only, as a lost login node
     proc.wait(timeout=300)
+    # Ray stops the dead driver's trials (its actors) on the shared cluster: nothing of it
+    # writes to the folder while the test reads it and the next driver runs
+    settle(shared_ray)
     out = log.read_text()
     if sig == "SIGINT":
         assert proc.returncode == 130, out[-3000:]
@@ -338,7 +343,7 @@ def test_interrupted_then_rerun_equals_uninterrupted(reference, tmp_path, sig, s
     assert resumed or sig == "SIGINT" or not midway, "the stop left no trial to resume mid-run"
     print(f"trials resumed mid-run: {sorted(resumed)}")
 
-    again = finish(cli(tmp_path))
+    again = finish(cli(tmp_path, cluster=shared_ray))
     assert "resuming the " + ("search" if stage == "search" else "finals") in again
     if sig == "SIGKILL":  # nothing released the killed driver's lock: taken over
         assert "taking over the lock" in again and "is not running on this host" in again

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from tiny_run import cluster_flags
 
 from data.registry import TASKS
 from tuner.core import routing
@@ -48,12 +49,13 @@ def smaller_grid(name: str, tmp_path) -> Path:
     pytest.param("grokking", marks=pytest.mark.extended),
     # the text task again (toy_lm covers it under the service; test_text_models the GPT model)
     pytest.param("gpt", marks=pytest.mark.extended)])
-def test_task_experiment_smoke_runs_end_to_end(tmp_path, name):
+def test_task_experiment_smoke_runs_end_to_end(tmp_path, shared_ray, name):
     path = smaller_grid(name, tmp_path)
     exp = experiment.load(str(path), smoke=True)
     env = dict(os.environ, JAX_PLATFORMS="cpu", WANDB_MODE="offline", PYTHONUNBUFFERED="1")
     res = subprocess.run([sys.executable, "-m", "tuner.run", str(path), "--smoke", "--out",
-                          str(tmp_path), "--num-cpus", "2", "--no-wandb"],  # W&B: test_service
+                          str(tmp_path), *cluster_flags(shared_ray),
+                          "--no-wandb"],  # W&B: test_service
                          capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
     root = tmp_path / exp.name
