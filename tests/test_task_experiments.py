@@ -52,7 +52,8 @@ def smaller_grid(name: str, tmp_path) -> Path:
 def test_task_experiment_smoke_runs_end_to_end(tmp_path, shared_ray, name):
     path = smaller_grid(name, tmp_path)
     exp = experiment.load(str(path), smoke=True)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", WANDB_MODE="offline", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", WANDB_MODE="offline", PYTHONUNBUFFERED="1",
+               **({"RAY_AUTH_MODE": "token"} if shared_ray else {}))  # tiny_run.driver_env
     res = subprocess.run([sys.executable, "-m", "tuner.run", str(path), "--smoke", "--out",
                           str(tmp_path), *cluster_flags(shared_ray),
                           "--no-wandb"],  # W&B: test_service

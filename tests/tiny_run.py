@@ -134,6 +134,12 @@ class SharedCluster:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
+def driver_env(cluster: SharedCluster | None) -> dict[str, str]:
+    """A driver's environment (:func:`_env`); on ``cluster`` with token auth on: a driver that
+    joins a running cluster does not turn it on by itself, and is refused without it."""
+    return _env() if cluster is None else dict(_env(), RAY_AUTH_MODE="token")
+
+
 def cluster_flags(cluster: SharedCluster | None) -> list[str]:
     """The CLI's flags for a run on ``cluster``, once it is quiet, or else on a 2-CPU local
     cluster of the run's own."""
@@ -164,7 +170,7 @@ def cli(out: Path, *flags: str, log: Path | None = None, experiment: Path = TINY
     stdout = subprocess.PIPE if log is None else log.open("w")
     return subprocess.Popen([sys.executable, "-m", "tuner.run", str(experiment), "--out",
                              str(out), *flags], stdout=stdout, stderr=subprocess.STDOUT,
-                            text=True, env=_env(), **kw)
+                            text=True, env=driver_env(cluster), **kw)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
