@@ -130,3 +130,21 @@ def test_the_folder_lists_its_rounds_and_their_journals(tmp_path):
             for r in dirs.search_rounds()] == [
         "studies", "studies/search_research_1", "studies/wider_low"]
     assert dirs.round_studies(dirs.wider_round("high")) == tmp_path / "studies" / "wider_high"
+
+
+def test_unfinished_finals_at_rates_no_longer_picked_are_set_aside(tmp_path):
+    """Ctrl+C in the finals, then a re-search that changed a cell's rate: the unfinished
+    finals trained the old rate and must not be resumed (issue 32, row 5)."""
+    from tuner.service.stages import interrupted_at_other_rates
+    from tuner.service.trial_spec import Worker, shared_final_spec
+
+    dirs = ExperimentDirs(tmp_path)
+    trial = dirs.finals_runs / "trial_1"
+    trial.mkdir(parents=True)
+    spec = shared_final_spec([("patch=1", 1e-3, 0), ("patch=1", 1e-3, 1)],
+                             {"patch=1": {"model.patch_size": 1}}, Worker())
+    (trial / "params.json").write_text(json.dumps({"final": spec}))
+    assert not interrupted_at_other_rates(dirs, {"patch=1": {"lr": 1e-3}})
+    assert interrupted_at_other_rates(dirs, {"patch=1": {"lr": 2e-3}})
+    set_aside_stale_finals(dirs)
+    assert not dirs.finals_runs.exists() and (dirs.stale_finals(1) / "finals").exists()

@@ -10,6 +10,7 @@ is done and is never rerun.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -305,6 +306,20 @@ def set_aside_stale_finals(dirs: ExperimentDirs) -> None:
     print(f"the best rates changed: earlier finals moved to {stale}", flush=True)
 
 
+def interrupted_at_other_rates(dirs: ExperimentDirs, best: dict[str, Any]) -> bool:
+    """Whether an unfinished finals run (no ``finals.json`` yet) trains a rate that the search
+    no longer picks: a re-search or widening after Ctrl+C in the finals. Resuming it would
+    report finals at the old rates, so it is set aside and the finals start again."""
+    for params in dirs.finals_runs.glob("*/params.json"):
+        try:
+            spec = TrialSpec.of(json.loads(params.read_text()))
+        except (ValueError, KeyError):
+            continue  # a trial folder Tune was still writing: its snapshot decides
+        if any(best.get(m.cell) and m.lr != best[m.cell]["lr"] for m in spec.members):
+            return True
+    return False
+
+
 def kept_finals(dirs: ExperimentDirs, best: dict[str, Any]) -> list[dict]:
     """Rows of the newest set-aside finals whose cell still has the same best rate: those runs
     would train exactly the same again (same seeds, systems and rate), so only the cells whose
@@ -362,6 +377,8 @@ def run_finals(exp: Experiment, dirs: ExperimentDirs, best: dict[str, Any],
         if all(r["lr"] == best[r["cell"]]["lr"] for r in rows):
             return _add_seeds(exp, dirs, best, rows, wandb)
         set_aside_stale_finals(dirs)  # widened or re-searched after these finals ran
+    elif interrupted_at_other_rates(dirs, best):
+        set_aside_stale_finals(dirs)  # interrupted, then re-searched: not to be resumed
     kept = kept_finals(dirs, best)
     skip = sorted({r["cell"] for r in kept})
     if skip:
