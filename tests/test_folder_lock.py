@@ -198,7 +198,7 @@ def test_heartbeat_retries_io_errors_then_stops_the_driver(tmp_path, monkeypatch
     """Renewal failing with EIO (a full disk, a stale NFS handle): retried with a warning, the
     lock kept when it recovers; failing for half the stale limit stops the driver."""
     failures = {"left": 3}
-    real = folder_lock._touch
+    real = folder_lock.touch_fd
 
     def flaky(fd):
         if failures["left"]:
@@ -206,7 +206,7 @@ def test_heartbeat_retries_io_errors_then_stops_the_driver(tmp_path, monkeypatch
             raise OSError(errno.EIO, "Input/output error")
         real(fd)
 
-    monkeypatch.setattr(folder_lock, "_touch", flaky)
+    monkeypatch.setattr(folder_lock, "touch_fd", flaky)
     log, lost = io.StringIO(), []
     with FolderLock(tmp_path, heartbeat_s=0.1, stale_after_s=2, log=log,
                     on_lost=lost.append) as lock:

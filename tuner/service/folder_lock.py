@@ -115,7 +115,7 @@ def fs_now(folder: Path) -> float:
             probe.unlink()
 
 
-def _touch(fd: int) -> None:
+def touch_fd(fd: int) -> None:
     """Renews the lock: its mtime to now (the server's clock on NFS)."""
     os.utime(fd)
 
@@ -343,7 +343,7 @@ class FolderLock:
         with self._renewing:
             if self._fd is None:
                 return
-            _touch(self._fd)
+            touch_fd(self._fd)
             for attempt in range(3):  # missing for a moment: a taker giving it back
                 try:
                     current = self._current_id()

@@ -166,7 +166,7 @@ class TrialSpec:
         if "members" in config:
             return TrialSpec(str(config.get("stage", "search")),
                              tuple(Member(str(m["cell"]), float(m["lr"]), int(m["number"]),
-                                      str(m.get("source", "")))
+                                          source=str(m.get("source", "")))
                                    for m in config["members"]), wave=int(config["wave"]))
         return TrialSpec(str(config.get("stage", "search")),
                          (Member(str(config["cell"]), float(config["lr"])),))
