@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from tuner.service.trial_spec import TrialSpec
+
 
 def wandb_records(folder: Path) -> list[dict[str, Any]]:
     """The records of one offline run folder (its ``.wandb`` file), as W&B's core reads them."""
@@ -134,16 +136,16 @@ def expected_members(root: Path) -> dict[tuple, dict[str, Any]]:
         if not rows or "pilot" in params:
             continue
         tid = rows[0]["trial_id"]
-        if "final" in params:
-            spec = params["final"]
-            for s in spec["seeds"]:
-                own = {r["training_iteration"]: {k[len(f"seed_{s}/"):]: v for k, v in r.items()
-                                                 if k.startswith(f"seed_{s}/")}
-                       for r in rows if r.get(f"seed_{s}/step") == r["step"]}
-                diverged = finals.get((spec["cell"], s), {}).get("diverged")
-                out[round_name, spec["cell"], None, s, None] = {
-                    "lr": spec["lr"], "rows": own,
-                    "state": "diverged" if diverged else "complete"}
+        if "final" in params:  # one cell's seeds (seed_<s>/) or a shared program's (member_<i>/)
+            spec = TrialSpec.of(params)
+            for i, m in enumerate(spec.members):
+                pre = spec.prefix(i)
+                own = {r["training_iteration"]: {k[len(pre):]: v for k, v in r.items()
+                                                 if k.startswith(pre)}
+                       for r in rows if r.get(pre + "step") == r["step"]}
+                diverged = finals.get((m.cell, m.seed), {}).get("diverged")
+                out[round_name, m.cell, None, m.seed, None] = {
+                    "lr": m.lr, "rows": own, "state": "diverged" if diverged else "complete"}
             continue
         states = _study_states(root, round_name)
         if "members" not in params:
