@@ -27,6 +27,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tuner.service.trial_spec import TrialSpec
 from tuner.view import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +126,7 @@ def test_page_follows_a_running_experiment(running, tmp_path):
     from tuner.view.app import Viewer
 
     trial = next(p for p in (running / "finals").iterdir() if (p / "params.json").exists())
-    cell = json.loads((trial / "params.json").read_text())["final"]["cell"]
+    cell = TrialSpec.of(json.loads((trial / "params.json").read_text())).cells[0]
     shutil.move(trial, tmp_path / trial.name)
     viewer = Viewer(load.find_folders([running]), refresh_s=0)
     viewer.cells.value = [cell]
