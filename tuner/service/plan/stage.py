@@ -68,22 +68,20 @@ def card_bytes(exp: Experiment, dirs: ExperimentDirs) -> int | None:
     return probe_card_bytes()
 
 
-def shape_groups(exp: Experiment, cells: Sequence[str]) -> list[list[str]]:
+def shape_groups(by_shape: dict[str, list[str]], cells: Sequence[str]) -> list[list[str]]:
     """``cells`` grouped by the program they compile to (each group in grid order)."""
-    from tuner.service.shapes import shapes
-
     wanted = set(cells)
-    return [g for g in ([c for c in group if c in wanted] for group in shapes(exp).values()) if g]
+    return [g for g in ([c for c in group if c in wanted] for group in by_shape.values()) if g]
 
 
 def memory_models(exp: Experiment, dirs: ExperimentDirs, groups: Sequence[Sequence[str]],
-                  saved: dict[str, Any]) -> dict[str, ProgramMemory]:
+                  saved: dict[str, Any], by_shape: dict[str, list[str]]
+                  ) -> dict[str, ProgramMemory]:
     """Per group (its first cell), the memory model of its shape: the pilot's if it measured
     that shape, else the CPU estimate (computed once per shape, kept in ``saved``)."""
-    from tuner.service.shapes import shapes
     from tuner.service.trials import trial_config
 
-    shape_of = {c: name for name, cells in shapes(exp).items() for c in cells}
+    shape_of = {c: name for name, cells in by_shape.items() for c in cells}
     measured = {}
     if dirs.pilot.exists():
         pilot = read_json(dirs.pilot, "delete it, or run --pilot again")
@@ -118,7 +116,11 @@ def stage_plan(exp: Experiment, dirs: ExperimentDirs, name: str, cells: Sequence
         # re-search), so this is a new run of the stage
         if sorted(c for g in plan.groups for c in g) == sorted(cells):
             return plan
-    groups = (shape_groups(exp, cells) if exp.search.share_program else [[c] for c in cells])
+    from tuner.service.shapes import shapes
+
+    by_shape = shapes(exp)  # builds every cell's run: once per stage plan
+    groups = (shape_groups(by_shape, cells) if exp.search.share_program
+              else [[c] for c in cells])
     r = exp.resources
     if gpus is None:
         import ray
@@ -135,7 +137,7 @@ def stage_plan(exp: Experiment, dirs: ExperimentDirs, name: str, cells: Sequence
                 f"{exp.path}: the card's memory is unknown (no pilot.json, no resources."
                 "gpu_memory_gib, no GPU node answered nvidia-smi within "
                 f"{PROBE_TIMEOUT_S:.0f} s); run --pilot first or set resources.gpu_memory_gib")
-        memory = memory_models(exp, dirs, groups, saved)
+        memory = memory_models(exp, dirs, groups, saved, by_shape)
         from tuner.service.plan.programs import ProgramTooLarge
 
         try:
