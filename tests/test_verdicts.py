@@ -468,7 +468,8 @@ def test_an_inconclusive_claim_says_how_many_seeds_would_settle_it(tmp_path):
         trial = tmp_path / "finals" / f"trial_{i}"
         trial.mkdir(parents=True)
         trial.joinpath("result.json").write_text("\n".join(json.dumps(
-            {"time_total_s": t, "config": {"final": {"cell": cell, "seeds": [0, 1]}}})
+            {"time_total_s": t,
+             "config": {"final": {"cell": cell, "lr": 1e-3, "seeds": [0, 1]}}})
             for t in (10.0, 30.0 if i == 0 else 50.0)) + "\n")
     search = pd.DataFrame([{"cell": c, "number": 0, "state": "COMPLETE", "diverged": False}
                            for c in cells])
