@@ -123,6 +123,13 @@ def test_smoke_grid_end_to_end(reference, tmp_path):
     assert "Ray dashboard: 127.0.0.1" in out or "Ray dashboard: http://127.0.0.1" in out
     status = json.loads((root / "status.json").read_text())
     assert status["stage"] == "finals" and status["cells_done"] == len(CELLS)
+    # each Tune snapshot has the whole copy the driver kept (tuner.service.snapshot_copy):
+    # the last one, written as the run ended, the same bytes as Tune's synced file
+    snapshots = [p for pattern in ("experiment_state-*.json", "searcher-state-*.pkl")
+                 for p in root.rglob(pattern)]
+    assert {p.parent.name for p in snapshots} >= {"finals"}, snapshots
+    for p in snapshots:
+        assert p.with_name(p.name + ".whole").read_bytes() == p.read_bytes(), p
     # the API key reaches no log, trial config or file under the experiment folder
     assert FAKE_KEY not in out
     leaked = [p for p in root.rglob("*") if p.is_file() and FAKE_KEY.encode() in p.read_bytes()]

@@ -5,8 +5,10 @@ error naming the file and the remedy. (The same after a real SIGKILL: tests/test
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import pickle
 import stat
 import subprocess
 import sys
@@ -227,6 +229,33 @@ def test_cut_tune_snapshot_set_aside_for_the_previous(tmp_path):
         check(ExperimentDirs(tmp_path))
     assert str(old) in str(e.value) and "no earlier whole one" in str(e.value)
     assert f"delete the folder {run}" in str(e.value)
+
+
+def test_cut_tune_snapshot_put_back_from_its_whole_copy(tmp_path):
+    """A snapshot (Tune's JSON and its searcher's pickle) cut while Tune copied it into the
+    folder, beside the whole copy the driver kept: put back from the copy, the cut one kept as
+    ``.torn``; a whole snapshot is left as it is, whatever its copy holds."""
+    from tuner.service.dirs import ExperimentDirs
+    from tuner.service.folder_check import check
+
+    run = tmp_path / "finals"
+    run.mkdir()
+    state = {"trial_data": [[json.dumps({"trial_id": "a"}), "{}"]], "runner_data": {}}
+    whole = {run / "experiment_state-2026-01-02_00-00-00.json": json.dumps(state).encode(),
+             run / "searcher-state-2026-01-02_00-00-00.pkl": pickle.dumps({"cells": [1, 2]})}
+    for path, data in whole.items():
+        path.with_name(path.name + ".whole").write_bytes(data)
+        path.write_bytes(data[: len(data) // 2])
+    messages = check(ExperimentDirs(tmp_path))
+    assert len(messages) == 2 and all("put back from the whole copy" in m for m in messages)
+    for path, data in whole.items():
+        assert path.read_bytes() == data
+        assert path.with_name(path.name + ".torn").read_bytes() == data[: len(data) // 2]
+    older = run / "experiment_state-2026-01-01_00-00-00.json"
+    older.write_text('{"trial_data": [], "runner_data": {}}')
+    older.with_name(older.name + ".whole").write_text('{"trial_data": [1], "runner_data": {}}')
+    assert check(ExperimentDirs(tmp_path)) == []
+    assert older.read_text() == '{"trial_data": [], "runner_data": {}}'
 
 
 def test_ray_temp_path_too_long_is_one_line_before_ray(tmp_path):

@@ -1,8 +1,9 @@
 """What a resume reads back from an experiment folder, checked before Ray starts: a damaged
 result file stops the driver with its name and remedy at once, a journal torn by a kill is
-repaired (``journal_repair``), and a Tune snapshot cut by a kill is set aside for the previous
-one, instead of failing minutes later inside a Tune run, or (the snapshot) Tune training the
-stage again from step 0 under new trial ids after a "Restarting experiment" in its log."""
+repaired (``journal_repair``), and a Tune snapshot cut by a kill is put back from the whole copy
+the driver kept (``snapshot_copy``) or else set aside for the previous one, instead of failing
+minutes later inside a Tune run, or (the snapshot) Tune training the stage again from step 0
+under new trial ids after a "Restarting experiment" in its log."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from tuner.service import snapshot_copy
 from tuner.service.dirs import ExperimentDirs
 from tuner.service.files import DamagedFile, read_json
 from tuner.service.search.journal_repair import repair_torn_tail
@@ -35,7 +37,8 @@ def check(dirs: ExperimentDirs) -> list[str]:
             read_json(dirs.root / name, remedy)
     repaired = [repair_torn_tail(p) for p in sorted(dirs.studies.glob("**/*.journal"))]
     snapshots = {p.parent for p in dirs.root.rglob(SNAPSHOT)}
-    repaired += [tune_snapshot(folder) for folder in sorted(snapshots)]
+    for folder in sorted(snapshots):
+        repaired += [*snapshot_copy.restore_cut(folder), tune_snapshot(folder)]
     return [m for m in repaired if m]
 
 

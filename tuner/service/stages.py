@@ -34,6 +34,7 @@ from tuner.service.search.population import PopulationSearcher, wave_sizes
 from tuner.service.search.rounds import SearchRound
 from tuner.service.search.scheduler import PerCellScheduler
 from tuner.service.search.searcher import PerCellSearcher
+from tuner.service.snapshot_copy import SnapshotCopy
 from tuner.service.status import StatusFile
 from tuner.service.trial_spec import (
     TrialSpec,
@@ -87,7 +88,9 @@ def _run_config(exp: Experiment, dirs: ExperimentDirs, name: str, status: Status
     # Tune's CSV and JSON result files, but not its TensorBoard logger: W&B has the curves, and
     # TensorBoardX's writer threads raise at interpreter exit when the driver stops on a signal
     # (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, set by tuner.service.cli, keeps Tune from adding it)
-    callbacks = [status, CSVLoggerCallback(), JsonLoggerCallback()]
+    # SnapshotCopy keeps a whole copy of each Tune snapshot: a kill while Tune copies its
+    # snapshot into the folder leaves that cut (tuner.service.snapshot_copy)
+    callbacks = [status, CSVLoggerCallback(), JsonLoggerCallback(), SnapshotCopy()]
     if wandb:
         callbacks.append(make_callback(exp.wandb.project, exp.name, dirs.wandb, exp.asha.max_t))
     return tune.RunConfig(
