@@ -10,7 +10,8 @@ search's picks do not change. A single member that does not fit raises :class:`M
 with the shape and what to change, rather than retrying.
 
 ``TUNER_TEST_OOM_ABOVE=N`` (tests only) fails every program of more than N members as an
-out-of-memory error would, so the split can be tested on a CPU.
+out-of-memory error at run time would at worst (its donated state deleted), so the split can be
+tested on a CPU.
 """
 
 from __future__ import annotations
@@ -53,16 +54,28 @@ class Splitter:
     def __init__(self, describe: str = "the model"):
         self.pieces = 1
         self.describe = describe
+        self._ran: set[tuple[int, int]] = set()  # (members, pieces) that ran once
 
     def __call__(self, fn: Callable[..., tuple[Any, Any]], states, tasks, hps, **static
                  ) -> tuple[Any, Any]:
         n = _members(states)
+        # ``fn`` donates ``states``: an out-of-memory error at run time can leave them deleted.
+        # A program that ran once allocates the same buffers each time, so only the first call
+        # of a (members, pieces) program keeps a host copy to retry from.
+        backup = None if (n, self.pieces) in self._ran else jax.device_get(states)
         while True:
             try:
-                return self._call(fn, states, tasks, hps, n, **static)
+                out = self._call(fn, states, tasks, hps, n, **static)
+                self._ran.add((n, self.pieces))
+                return out
             except Exception as e:  # XlaRuntimeError's class moves between jaxlib releases
                 if not is_out_of_memory(e):
                     raise
+                if backup is not None and any(
+                        getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(states)):
+                    print("the out-of-memory error deleted the program's donated state: "
+                          "retrying from its host copy", flush=True)
+                    states = jax.device_put(backup)
                 if self.pieces >= n:
                     raise MemberTooLarge(
                         f"one member of {self.describe} does not fit the device even alone "
@@ -77,6 +90,8 @@ class Splitter:
         limit = os.environ.get(TEST_OOM_ENV)
         size = -(-n // self.pieces)
         if limit and size > int(limit):
+            for x in jax.tree.leaves(states):  # the worst a run-time error leaves: the donated
+                x.delete()                     # state gone
             raise RuntimeError(f"RESOURCE_EXHAUSTED: Out of memory (test hook {TEST_OOM_ENV}="
                                f"{limit}: a program of {size} members)")
         if self.pieces == 1:
