@@ -65,7 +65,9 @@ class Splitter:
         backup = None if (n, self.pieces) in self._ran else jax.device_get(states)
         while True:
             try:
-                out = self._call(fn, states, tasks, hps, n, **static)
+                # run-time errors surface when the result is awaited: wait here (the caller
+                # reads the chunk's metrics next anyway)
+                out = jax.block_until_ready(self._call(fn, states, tasks, hps, n, **static))
                 self._ran.add((n, self.pieces))
                 return out
             except Exception as e:  # XlaRuntimeError's class moves between jaxlib releases
