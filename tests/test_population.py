@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from checkpoint_stop import Stop, save_then_stop
 from test_speed_paths import SMALL
 
 from tuner.core import checkpoint
@@ -67,16 +68,8 @@ def test_resume_from_a_checkpoint_reaches_the_same_end(tmp_path):
 
     straight = train_population(pop, lambda *a: None, halve)
 
-    class Stop(Exception):
-        pass
-
-    def save_then_stop(step, progress, states):
-        if step == 20:
-            checkpoint.save(tmp_path / "ckpt", states, progress)
-            raise Stop
-
     with pytest.raises(Stop):
-        train_population(pop, save_then_stop, halve)
+        train_population(pop, save_then_stop(tmp_path / "ckpt", 20), halve)
     saved = checkpoint.read_progress(tmp_path / "ckpt")
     assert saved.alive == [0, 1]
     states, progress = checkpoint.restore(tmp_path / "ckpt", pop.init_states(saved.alive))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
+from checkpoint_stop import Stop, save_then_stop
 from test_population import BASE, RTOL
 
 from tuner.core import checkpoint
@@ -50,16 +51,8 @@ def test_shared_finals_resume_from_a_checkpoint_to_the_same_end(tmp_path):
     runs = MemberRuns(_configs())
     whole = train_members(runs)
 
-    class Stop(Exception):
-        pass
-
-    def save_and_stop(step, prog, states):
-        if step == 20:
-            checkpoint.save(tmp_path / "ckpt", states, prog)
-            raise Stop
-
     with contextlib.suppress(Stop):
-        train_members(MemberRuns(_configs()), save_and_stop)
+        train_members(MemberRuns(_configs()), save_then_stop(tmp_path / "ckpt", 20))
     runs = MemberRuns(_configs())
     states, progress = checkpoint.restore(tmp_path / "ckpt", runs.init_states())
     resumed = train_members(runs, states=states, progress=progress)
