@@ -3,13 +3,16 @@ member exempt) and the searcher's waves (strata, neighbours, TPE; a wave waits f
 before it; members asked before a kill are handed out again together)."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 from optuna.trial import TrialState
+from ray.tune.schedulers import TrialScheduler
 
 from tuner.core.loop import Progress
 from tuner.service.search.halving import SuccessiveHalving, keep_count, member_steps, rungs
 from tuner.service.search.population import PopulationSearcher, neighbours, wave_sizes
+from tuner.service.search.scheduler import StopTold
 from tuner.service.trial_spec import Worker, member_key
 
 
@@ -281,14 +284,19 @@ def test_the_report_names_the_source_of_the_best_within_its_round():
 
 def test_a_population_told_after_the_snapshot_counts_as_told(tmp_path):
     """Its members are finished in the journals: restored, it is not running (so it holds no
-    slot under ``max_running``) and its resumed results change nothing."""
+    slot under ``max_running``), Tune's resumed trial is stopped at its first result, and its
+    resumed results change nothing."""
     s = _searcher(tmp_path)
     config = s.suggest("t0")
     snapshot = s.get_state()
     _finish(s, "t0", config, [3.0, 2.0, 1.0])
     before = _outcome_of(s)
-    again = _searcher(tmp_path, max_running=lambda: 1)
+    stop = StopTold()
+    again = _searcher(tmp_path, max_running=lambda: 1, scheduler=stop)
     assert again.set_state(snapshot) == {"t0"}
+    # Tune resumes t0 from its checkpoint: stopped at its first result, not trained on
+    assert stop.on_trial_result(None, SimpleNamespace(trial_id="t1"), {}) == TrialScheduler.CONTINUE
+    assert stop.on_trial_result(None, SimpleNamespace(trial_id="t0"), {}) == TrialScheduler.STOP
     assert again.suggest("t1")["wave"] == 0  # x=1's wave 0: t0 holds no slot
     _finish(again, "t0", config, [9.0, 9.0, 9.0])
     assert _outcome_of(again)["x=0"] == before["x=0"]

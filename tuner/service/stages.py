@@ -32,7 +32,7 @@ from tuner.service.plan.stage import PlanError, slots, stage_plan
 from tuner.service.search import rounds
 from tuner.service.search.population import PopulationSearcher, wave_sizes
 from tuner.service.search.rounds import SearchRound
-from tuner.service.search.scheduler import PerCellScheduler
+from tuner.service.search.scheduler import PerCellScheduler, StopTold
 from tuner.service.search.searcher import PerCellSearcher
 from tuner.service.snapshot_copy import SnapshotCopy
 from tuner.service.status import StatusFile
@@ -135,7 +135,8 @@ def search_trainable(exp: Experiment, plan: StagePlan):
 
 
 def build_population_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound,
-                            plan: StagePlan) -> PopulationSearcher:
+                            plan: StagePlan, scheduler: StopTold | None = None
+                            ) -> PopulationSearcher:
     """The population searcher of a round; its programs (which cells share a trial) are the
     plan's: cells of one shape together where ``search.share_program`` says so, cut to fit
     the card and spread over the GPUs."""
@@ -146,17 +147,19 @@ def build_population_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRo
         rnd.cells, coords, plan.groups, s.trials_per_cell, s.population, rnd.lr_low,
         rnd.lr_high, a.metric, a.mode, a.max_t, a.grace_period, a.reduction_factor,
         rnd.study_dir, worker(exp, dirs, plan.gpu_share), seed=0,
-        max_running=_cluster_cap(exp, plan.gpu_share))
+        max_running=_cluster_cap(exp, plan.gpu_share), scheduler=scheduler)
 
 
 def build_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound | None = None
-                 ) -> tuple[PerCellSearcher | PopulationSearcher, PerCellScheduler | None]:
+                 ) -> tuple[PerCellSearcher | PopulationSearcher, PerCellScheduler | StopTold]:
     """The searcher/scheduler pair; the searcher saves the scheduler's rungs in its snapshots.
-    A population search has no Tune scheduler: its trials halve their members themselves."""
+    A population search's trials halve their members themselves: its scheduler only stops
+    trials told finished after Tune's last snapshot."""
     rnd = rnd or first_round(exp, dirs)
     plan = search_plan(exp, dirs, rnd)
     if exp.search.population > 1:
-        return build_population_search(exp, dirs, rnd, plan), None
+        stop = StopTold()
+        return build_population_search(exp, dirs, rnd, plan, stop), stop
     s, a = exp.search, exp.asha
     scheduler = PerCellScheduler(metric=a.metric, mode=a.mode, time_attr=TIME_ATTR,
                                  max_t=a.max_t, grace_period=a.grace_period,

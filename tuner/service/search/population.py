@@ -46,6 +46,7 @@ from tuner.service.objective import is_finite
 from tuner.service.search import results
 from tuner.service.search.cell_searcher import CellSearcher, Ended, default_startup, ended, validate
 from tuner.service.search.halving import SuccessiveHalving
+from tuner.service.search.scheduler import StopTold
 from tuner.service.trial_spec import Worker, member_key
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,8 @@ class PopulationSearcher(CellSearcher):
                  lr_low: float, lr_high: float, metric: str, mode: str, max_t: int,
                  grace_period: int, reduction_factor: float, study_dir: str | Path,
                  worker: Worker, seed: int = 0,
-                 max_running: Callable[[], int] | None = None) -> None:
+                 max_running: Callable[[], int] | None = None,
+                 scheduler: StopTold | None = None) -> None:
         super().__init__(metric=metric, mode=mode)
         validate(cells, trials_per_cell, lr_low, lr_high, mode)
         if not 1 <= population <= trials_per_cell:
@@ -127,6 +129,7 @@ class PopulationSearcher(CellSearcher):
         self._worker = worker.fields()  # a dict, as snapshots of earlier versions hold
         self._seed = seed
         self._max_running = max_running
+        self._scheduler = scheduler  # stops trials told after the snapshot (set_state)
         self._n_startup = default_startup(trials_per_cell)
         # saved in snapshots (as [wave, group, [[cell, number], ...]]); ids ended
         self._assigned: dict[str, Held] = {}
@@ -164,6 +167,15 @@ class PopulationSearcher(CellSearcher):
             self._assigned[trial_id] = Held(wave, g, members)
             return self._config(wave, members)
         return None
+
+    def set_state(self, state: dict[str, Any]) -> set[str]:
+        """The snapshot (:meth:`CellSearcher.set_state`); a trial whose members were all told
+        after it is stopped at its first resumed result (``StopTold``)."""
+        told_since = super().set_state(state)
+        scheduler = getattr(self, "_scheduler", None)  # none in snapshots of earlier versions
+        if scheduler is not None:
+            scheduler.stop_at_next_result(told_since)
+        return told_since
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Tells each member's Optuna trial what the population reported for it."""

@@ -263,6 +263,28 @@ class PerCellScheduler(FIFOScheduler):
         return self._cells[cell]
 
 
+class StopTold(FIFOScheduler):
+    """Tune's FIFO order for the population search (its trials halve their members
+    themselves), and its trials that the searcher told finished after Tune's last snapshot
+    stopped at their first resumed result, as :meth:`PerCellScheduler.stop_at_next_result`
+    does for the one-rate search: the members are complete in the journals, nothing resumed
+    of them is read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stop_ids: set[str] = set()
+
+    def stop_at_next_result(self, trial_ids: set[str]) -> None:
+        self._stop_ids |= set(trial_ids)
+
+    def on_trial_result(self, tune_controller: TuneController, trial: Trial, result: dict
+                        ) -> str:
+        if trial.trial_id in self._stop_ids:
+            self._stop_ids.discard(trial.trial_id)
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+
 def _cell_of(trial: Trial) -> str:
     try:
         return str(trial.config["cell"])
