@@ -61,12 +61,13 @@ class SnapshotCopy(Callback):
     def __getstate__(self) -> dict[str, Any]:  # the staging folder is the session's own
         return {"_folders": None}
 
-    def on_trial_add(self, iteration: int, trials: list, trial: Any, **info) -> None:
-        storage = trial.storage
-        if getattr(storage.storage_filesystem, "type_name", "local") != "local":
-            return  # a remote run folder: Tune's own copy is all there is
-        self._folders = (Path(storage.experiment_driver_staging_path),
-                         Path(storage.experiment_fs_path))
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        if self._folders is None and trials:  # the paths are the run's: any trial has them
+            storage = trials[0].storage
+            if getattr(storage.storage_filesystem, "type_name", "local") != "local":
+                return  # a remote run folder: Tune's own copy is all there is
+            self._folders = (Path(storage.experiment_driver_staging_path),
+                             Path(storage.experiment_fs_path))
 
     def get_state(self) -> None:
         if self._folders is not None:
