@@ -44,8 +44,8 @@ def shared_ray():
     Started by the first test that asks for it, stopped at the session's end."""
     from tiny_run import SharedCluster
 
-    # opt-in until a whole suite has passed with it: without it each run starts its own
-    if not os.environ.get("TUNER_TEST_SHARED_RAY"):
+    # TUNER_TEST_SHARED_RAY=0: each run starts a cluster of its own (as before it was shared)
+    if os.environ.get("TUNER_TEST_SHARED_RAY", "1") == "0":
         yield None
         return
     cluster = SharedCluster()
