@@ -269,3 +269,20 @@ def f(cfg, x):
     assert sorted(h.split(" ", 1)[1] for h in hits) == [
         "attribute .rollout", "keyword data=", "string 'lds'", "string naming data.seq_len",
         "string naming rollout.horizons"], hits
+
+
+def test_the_entry_point_sets_rays_import_time_settings_first():
+    """Ray and Tune read some settings when imported; ``python -m tuner.run`` sets them
+    before anything imports Ray (``ray_start.ENV_DEFAULTS``). Set later, they went unread: under
+    ``uv run`` Ray started every worker through ``uv run`` in a venv built in a copy of the
+    project."""
+    from tuner.service.ray_start import ENV_DEFAULTS
+
+    env = {k: v for k, v in os.environ.items() if k not in ENV_DEFAULTS}
+    code = ("import tuner.run\n"
+            "from ray._private import ray_constants\n"
+            "print(ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -172,13 +172,7 @@ def main(args: Args) -> int:
 
 def _drive(args: Args, exp, dirs: ExperimentDirs, research, started: float) -> int:
     """Starts Ray and runs the stages (or the pilot) in a folder this driver holds."""
-    # Under `uv run`, Ray 2.60 would rebuild the uv env for every worker; share this one.
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # snapshot often: lose little
-    # every checkpoint forces a snapshot (CheckpointConfig.num_to_keep): wanted, not a warning
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # see stages._run_config
+    ray_start.environment_defaults()  # also set by tuner/run.py before Ray is imported
     # the driver only plans and groups cells (compiles for the CPU's memory estimate): on a GPU
     # node JAX would otherwise take 75% of a card the trials need
     import jax

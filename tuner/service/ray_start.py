@@ -21,6 +21,26 @@ SOCKET_PATH_MAX = (104 if sys.platform.startswith("darwin") else 108) - 1
 SOCKET_SUFFIX = len("/ray/session_2026-01-01_00-00-00_000000_4194304/sockets/dash_TaskEventsHead")
 
 
+# Read by Ray and Tune when they are imported (module constants), so set by the entry point
+# (tuner/run.py) before anything imports them, and again by the driver for other callers.
+ENV_DEFAULTS = {
+    # under `uv run`, Ray 2.60 would start every worker through `uv run` in a copy of the
+    # project (a venv built in its working_dir package): share the driver's environment
+    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+    "TUNE_GLOBAL_CHECKPOINT_S": "5",  # snapshot often: lose little
+    # every checkpoint forces a snapshot (CheckpointConfig.num_to_keep): wanted, not a warning
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_AIR_NEW_OUTPUT": "1",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # see stages._run_config
+}
+
+
+def environment_defaults() -> None:
+    """Sets :data:`ENV_DEFAULTS` where the user did not set them."""
+    for name, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
 class RayStartFailed(Exception):
     """Ray could not start or be reached; the message names the cause and the remedy."""
 
