@@ -16,7 +16,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from wandb_files import synced_runs, wandb_runs
+import pytest
+from wandb_files import run_folders, synced_runs, wandb_runs
 
 from tuner.service.wandb_logging import LOGGED_MARKER, WandbRuns, earlier_results
 
@@ -156,6 +157,34 @@ class _Trial:
         self.experiment_dir_name, self.status = "search", "RUNNING"
 
 
+def population_trial(root: Path, trial_id: str, numbers: tuple[int, int] = (0, 1),
+                     status: str = "RUNNING") -> _Trial:
+    """A population trial's folder as Tune leaves it (params.json, result.json): member 0
+    reports at iterations 1-2 and reaches the budget (complete), member 1 is stopped at 1
+    (pruned)."""
+    trial = root / "search" / f"train_population_trial_{trial_id}"
+    trial.mkdir(parents=True)
+    config = {"stage": "search", "wave": 0, "halving": {"max_t": 40}, "cells": {"a=1": {}},
+              "members": [{"cell": "a=1", "number": n, "lr": 0.1 * 90 ** i,
+                           "source": "stratified"} for i, n in enumerate(numbers)]}
+    (trial / "params.json").write_text(json.dumps(config))
+    rows = [{"training_iteration": 1, "step": 20, "trial_id": trial_id, "member_0/step": 20,
+             "member_0/eval/nmse": 0.5, "member_1/step": 20, "member_1/eval/nmse": 0.9,
+             "member_1/stopped": True},
+            {"training_iteration": 2, "step": 40, "trial_id": trial_id, "member_0/step": 40,
+             "member_0/eval/nmse": 0.4}]
+    (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t = _Trial(trial, trial_id)
+    t.status = status
+    return t
+
+
+def member_runs(root: Path) -> dict[int, tuple[list[int], str | None, int]]:
+    """Optuna number -> (steps, state, fragments) of each member run ``wandb sync`` gives."""
+    return {r["config"]["number"]: (r["steps"], r["summary"].get("state"), r["fragments"])
+            for r in synced_runs(root).values() if r["job_type"] != "program"}
+
+
 def test_a_restarted_trial_that_ends_at_once_is_logged(tmp_path, monkeypatch):
     """A population restarted by a new driver whose members had all ended at its checkpoint
     returns without a new result: Tune starts and ends it, and its members' runs come from its
@@ -165,28 +194,127 @@ def test_a_restarted_trial_that_ends_at_once_is_logged(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_START_METHOD", "thread")
     monkeypatch.setenv("WANDB_MODE", "offline")
     root = tmp_path / "tinypop"
-    trial = root / "search" / "train_population_trial_t1"
-    trial.mkdir(parents=True)
-    config = {"stage": "search", "wave": 0, "halving": {"max_t": 40}, "cells": {"a=1": {}},
-              "members": [{"cell": "a=1", "number": 0, "lr": 0.1, "source": "stratified"},
-                          {"cell": "a=1", "number": 1, "lr": 9.0, "source": "stratified"}]}
-    (trial / "params.json").write_text(json.dumps(config))
-    rows = [{"training_iteration": 1, "step": 20, "trial_id": "t1", "member_0/step": 20,
-             "member_0/eval/nmse": 0.5, "member_1/step": 20, "member_1/eval/nmse": 0.9,
-             "member_1/stopped": True},
-            {"training_iteration": 2, "step": 40, "trial_id": "t1", "member_0/step": 40,
-             "member_0/eval/nmse": 0.4}]
-    (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t = population_trial(root, "t1")
     callback = make_callback("p", "tinypop", root / "wandb", max_t=40)
     callback.setup()
     runs = WandbRuns()
     callback._runs_actor = _InProcess(runs)
-    t = _Trial(trial, "t1")
     callback.log_trial_start(t)  # Tune restarts it; it returns with no result
     callback.log_trial_end(t)
     runs.close()
-    assert json.loads((trial / LOGGED_MARKER).read_text())["runs"]
-    synced = {r["config"]["number"]: r for r in synced_runs(root).values()
-              if r["job_type"] != "program"}
-    assert {n: (r["steps"], r["summary"]["state"]) for n, r in synced.items()} == {
+    assert json.loads((Path(t.path) / LOGGED_MARKER).read_text())["runs"]
+    assert {n: r[:2] for n, r in member_runs(root).items()} == {
         0: ([1, 2], "complete"), 1: ([1], "pruned")}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray for the callback's own runs actor (what ``on_experiment_end`` waits on)."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=1, include_dashboard=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def driver_end(root: Path, trials: list[_Trial]) -> None:
+    """A driver restored from Tune's snapshot in which every trial had ended: Tune sets the
+    callbacks up and, its loop having nothing to run, ends the experiment at once (no step,
+    no trial hook: ray/tune/tune.py's loop, then ``runner.cleanup``)."""
+    from tuner.service.wandb_logging import make_callback
+
+    callback = make_callback("p", root.name, root / "wandb", max_t=40)
+    callback.setup()
+    callback.on_experiment_end(trials=trials)
+
+
+def test_a_restored_run_whose_trials_had_all_ended_is_logged(tmp_path, local_ray):
+    """A driver killed after Tune's last snapshot (every trial ended) before its actor wrote
+    any run: the rerun takes no step, and still writes each member's run, once; a further
+    rerun writes nothing."""
+    root = tmp_path / "tinypop"
+    t = population_trial(root, "t1", status="TERMINATED")
+    driver_end(root, [t])
+    assert json.loads((Path(t.path) / LOGGED_MARKER).read_text())["runs"]
+    assert member_runs(root) == {0: ([1, 2], "complete", 1), 1: ([1], "pruned", 1)}
+    assert synced_runs(root)["t1"]["steps"] == [1, 2]  # the program's run
+    folders = run_folders(root)
+    driver_end(root, [t])
+    assert run_folders(root) == folders
+
+
+def killed_in_final_wait(root: Path, trials: list[_Trial]) -> None:
+    """A driver (a subprocess; its runs actor in-process, so killed with it) whose trials had
+    all ended, SIGKILLed while its actor was still working through the calls queued for the
+    final wait: the first trial's runs finished and marked written, the second's only sent
+    its first iteration."""
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from pathlib import Path
+        from test_wandb_replay import _InProcess, _Trial
+        from tuner.service.members import result_rows
+        from tuner.service.wandb_logging import WandbRuns, make_callback
+        root = Path({str(root)!r})
+        callback = make_callback("p", root.name, root / "wandb", max_t=40)
+        callback.setup()
+        callback._runs_actor = _InProcess(WandbRuns())
+        for i, path in enumerate({[t.path for t in trials]!r}):
+            t = _Trial(Path(path), Path(path).name.rsplit("_", 1)[-1])
+            callback.log_trial_start(t)
+            rows = result_rows(Path(path) / "result.json")
+            for row in rows if i == 0 else rows[:1]:
+                callback.log_trial_result(row["training_iteration"], t, row)
+            if i == 0:
+                callback.log_trial_end(t)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ,
+                          "WANDB_MODE": "offline", "WANDB_SILENT": "true"}, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_a_kill_while_the_last_runs_are_written_loses_none(tmp_path, local_ray):
+    """A kill during the final wait for W&B (after Tune's last snapshot: every trial ended):
+    the rerun, which takes no step, writes the runs the killed actor had not finished, each
+    step once, and leaves the runs marked written alone; a further rerun writes nothing."""
+    root = tmp_path / "tinypop"
+    trials = [population_trial(root, "t1", (0, 1), "TERMINATED"),
+              population_trial(root, "t2", (2, 3), "TERMINATED")]
+    killed_in_final_wait(root, trials)
+    assert (Path(trials[0].path) / LOGGED_MARKER).exists()
+    assert not (Path(trials[1].path) / LOGGED_MARKER).exists()
+    written = json.loads((Path(trials[0].path) / LOGGED_MARKER).read_text())["runs"]
+    before = wandb_runs(root)
+    driver_end(root, trials)
+    assert json.loads((Path(trials[1].path) / LOGGED_MARKER).read_text())["runs"]
+    assert {n: r[:2] for n, r in member_runs(root).items()} == {
+        0: ([1, 2], "complete"), 1: ([1], "pruned"), 2: ([1, 2], "complete"),
+        3: ([1], "pruned")}
+    assert {r: wandb_runs(root)[r] for r in written} == {r: before[r] for r in written}
+    assert synced_runs(root)["t2"]["steps"] == [1, 2]  # the program's run
+    folders = run_folders(root)
+    driver_end(root, trials)
+    assert run_folders(root) == folders
+
+
+def test_runs_not_written_in_the_final_wait_are_named(tmp_path, local_ray, monkeypatch, capsys):
+    """Past the final wait Tune's run returns and the stage counts as done (no later driver
+    replays it): trials whose runs were not written by then are named on stderr."""
+    import time
+
+    from tuner.service import wandb_logging
+
+    monkeypatch.setattr(wandb_logging, "FINISH_TIMEOUT_S", 0)  # the actor needs seconds to start
+    root = tmp_path / "tinypop"
+    t = population_trial(root, "t1", status="TERMINATED")
+    driver_end(root, [t])
+    err = capsys.readouterr().err
+    assert "W&B runs of 1 trial(s) not written within 0 s (t1)" in err
+    deadline = time.monotonic() + 120
+    while not (Path(t.path) / LOGGED_MARKER).exists() and time.monotonic() < deadline:
+        time.sleep(0.5)  # the actor goes on: only late
+    assert (Path(t.path) / LOGGED_MARKER).exists()

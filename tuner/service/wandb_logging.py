@@ -43,7 +43,9 @@ pinned to the driver's node. Departures, and why:
   the trial's earlier rows from that file, and a trial that had ended under the killed driver
   without its runs marked written (``LOGGED_MARKER`` in the trial's folder, written once the
   actor has finished every run of the trial) is logged again from it at the new driver's first
-  step, or at its end where Tune restarts it and it ends with no new result. A resumed
+  step, or at its end where Tune restarts it and it ends with no new result, or at the
+  experiment's end where Tune takes no step (every trial had ended: a kill while the last
+  runs were being written). A resumed
   offline run starts a new folder at step 0: it logs only the steps past those its earlier
   folders hold (read from their files, ``tuner.service.wandb_records``), and a run one of them
   ended (its summary's ``state``) is not reopened, so ``wandb sync`` of the folder gives each
@@ -58,6 +60,7 @@ import netrc
 import os
 import secrets
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +78,7 @@ FINISH_TIMEOUT_S = 300  # experiment end waits this long for runs to be written
 LOGGED_MARKER = "wandb_logged.json"  # in a trial's folder: its W&B runs are finished and written
 ID_PREFIX_FILE = "run_id_prefix"  # in the W&B folder: this experiment folder's run-id prefix
 PROGRAM_KEYS = ("step", "time_this_iter_s", "time_total_s")  # a program run's own history
+_ENDED = ("TERMINATED", "ERROR")  # Tune's states of a trial that has ended
 _KEEP_INIT = ("project", "group", "dir", "entity", "mode", "notes", "allow_val_change")
 
 
@@ -256,14 +260,21 @@ class CellWandbCallback(WandbLoggerCallback):
         return state
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
-        """At a driver's first step: every trial that had ended under an earlier driver
-        without its runs marked written is logged again from its ``result.json``."""
+        """At a driver's first step: the trials that had ended under an earlier driver
+        without their runs marked written are logged again (:meth:`_replay_ended`)."""
         if getattr(self, "_replayed", True):
             return
         self._replayed = True
+        self._replay_ended(trials)
+
+    def _replay_ended(self, trials: list) -> None:
+        """Logs every ended trial this driver has not seen and whose runs are not marked
+        written (``LOGGED_MARKER``) again from its ``result.json``; the actor skips what the
+        run's earlier folders hold, so a trial replayed by several drivers gets each step
+        once. Trials this driver saw are left to their own ``log_trial_end``."""
         for trial in trials:
-            if trial.status not in ("TERMINATED", "ERROR") or \
-                    (Path(trial.path) / LOGGED_MARKER).exists():
+            if trial.trial_id in self._seen or trial.status not in _ENDED \
+                    or (Path(trial.path) / LOGGED_MARKER).exists():
                 continue
             rows = earlier_rows(Path(trial.path) / "result.json")
             if not rows:
@@ -394,11 +405,23 @@ class CellWandbCallback(WandbLoggerCallback):
         self._finishing.append(actor.finish.remote(trial.trial_id, str(trial.path)))
 
     def on_experiment_end(self, trials, **info) -> None:
+        """Replays the ended trials not yet written, then waits for every run to be written.
+        A restored run whose trials had all ended (a kill during this wait, after Tune's last
+        snapshot) takes no step, so its replay happens here."""
+        self._replay_ended(trials)
         if self._runs_actor is not None:
             self._finishing.append(self._runs_actor.close.remote())
             ray.wait(self._finishing, num_returns=len(self._finishing),
                      timeout=FINISH_TIMEOUT_S)
         self._finishing = []
+        # past the wait the stage counts as done and is not rerun: no later driver replays
+        late = sorted(t.trial_id for t in trials if t.trial_id in self._seen
+                      and t.status in _ENDED and not (Path(t.path) / LOGGED_MARKER).exists())
+        if late:
+            print(f"warning: W&B runs of {len(late)} trial(s) not written within "
+                  f"{FINISH_TIMEOUT_S} s ({', '.join(late[:5])}{', ...' if len(late) > 5 else ''}"
+                  f"): those runs may lack their last steps; every result is kept in the "
+                  f"trial's result.json", file=sys.stderr, flush=True)
 
 
 def make_callback(project: str, group: str, directory: Path,
