@@ -9,6 +9,7 @@ import json
 import math
 import os
 import pickle
+import socket
 import stat
 import subprocess
 import sys
@@ -256,6 +257,24 @@ def test_cut_tune_snapshot_put_back_from_its_whole_copy(tmp_path):
     older.with_name(older.name + ".whole").write_text('{"trial_data": [1], "runner_data": {}}')
     assert check(ExperimentDirs(tmp_path)) == []
     assert older.read_text() == '{"trial_data": [], "runner_data": {}}'
+
+
+def test_a_cluster_address_that_does_not_answer_is_one_line(tmp_path):
+    """--address where nothing listens (a cluster that stopped, a wrong port): exit 1 at once
+    with one line naming the address and what to check, rather than Ray retrying it for
+    minutes with a warning every few seconds."""
+    with socket.socket() as s:  # a port free now: nothing answers there
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, "-m", "tuner.run", "tests/fixtures/tiny.yaml",
+                          "--out", str(tmp_path / "out"), "--no-wandb", "--address", address],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: Ray cluster at {address} did not "
+                                                   "answer"), res.stderr
+    assert "--address" in lines[0] and "ray status" in lines[0]
 
 
 def test_ray_temp_path_too_long_is_one_line_before_ray(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -93,12 +94,30 @@ def explain(error: BaseException, address: str | None) -> str:
             "free memory and disk there, then rerun this command")
 
 
+def check_address(address: str, timeout_s: float = 10.0) -> None:
+    """Raises :class:`RayStartFailed` at once where nothing listens at a ``host:port`` address
+    (also ``ray://host:port``): Ray itself retries such an address for minutes, printing a
+    warning every few seconds. ``auto`` and other forms are left to Ray."""
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return
+    except OSError as e:
+        raise RayStartFailed(explain(ConnectionError(f"nothing answers at {hostport}: {e}"),
+                                     address)) from None
+
+
 def start(address: str | None, env: dict[str, str], num_cpus: int | None,
           num_gpus: int | None = None):
     """``ray.init``: joins the cluster at ``address``, or starts a local one. Raises
     :class:`RayStartFailed` where Ray does not start (the cause and the remedy, no stack)."""
     if not address:
         check_temp_path()
+    else:
+        check_address(address)
     import ray
 
     try:
