@@ -36,11 +36,12 @@ def _never_piled(trials: list[tuple[str, float, float]], n_gpus: int) -> None:
             assert min(per_gpu.values()) >= 1, (gpus, start, per_gpu)
 
 
-# N = 8 in CI (spread: four programs on four of eight cards); 1 (two programs packed on one
-# card) and 2 in `-m extended`: tests/test_plan.py checks the rule for every N against Ray's
-# first-fit placement in seconds
-@pytest.mark.parametrize("n_gpus", [pytest.param(1, marks=pytest.mark.extended),
-                                    pytest.param(2, marks=pytest.mark.extended), 8])
+# `-m extended` (minutes each, a Ray cluster of N logical GPUs and fresh trial workers):
+# N = 8 (spread: four programs on four of eight cards), 1 (two programs packed on one card)
+# and 2; tests/test_plan.py checks the rule for every N against Ray's first-fit placement in
+# seconds in CI
+@pytest.mark.extended
+@pytest.mark.parametrize("n_gpus", [1, 2, 8])
 def test_trials_spread_over_the_gpus_before_they_share_one(tmp_path, n_gpus):
     finish(cli(tmp_path, "--num-gpus", str(n_gpus), "--no-wandb", experiment=SHARE))
     root = tmp_path / "tinyshare"

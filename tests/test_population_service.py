@@ -168,6 +168,10 @@ def test_viewer_reads_every_member(population_reference):
     assert len(spans[spans["round"] == "finals"]) == 4
 
 
+# extended: tests/test_split.py proves the split with the same hook in seconds (each member's
+# trajectory equals the whole program's, and the donated state survives); this one adds the
+# service around it at the cost of a whole run on a cluster of its own
+@pytest.mark.extended
 def test_a_forced_out_of_memory_splits_the_program_and_picks_the_same(
         population_reference, tmp_path, monkeypatch):
     """Every program of more than two members fails as XLA's out-of-memory error would (the

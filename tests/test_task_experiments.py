@@ -44,8 +44,10 @@ def smaller_grid(name: str, tmp_path) -> Path:
     "bigram",
     # the text task (test_text_models trains its model; the service path is bigram's)
     pytest.param("toy_lm", marks=pytest.mark.extended),
-    "grokking_routed",  # modular arithmetic with the routed model, its regularizer as a grid
-    # axis, diagnostics, the grokking-step claim; the plain grokking file runs the same path
+    # modular arithmetic with the routed model, its regularizer as a grid axis, diagnostics,
+    # the grokking-step claim: the service path is bigram's, its parts have their own tests
+    # (test_routing, test_diagnostics, test_modular); the plain grokking file the same path
+    pytest.param("grokking_routed", marks=pytest.mark.extended),
     pytest.param("grokking", marks=pytest.mark.extended),
     # the text task again (toy_lm covers it under the service; test_text_models the GPT model)
     pytest.param("gpt", marks=pytest.mark.extended)])

@@ -29,6 +29,7 @@ from tuner.service.pilot.measure import pilot_trial
 from tuner.service.plan.memory import ProgramMemory
 from tuner.service.plan.programs import ProgramTooLarge, StagePlan, plan_stage
 from tuner.service.shapes import shapes
+from tuner.service.snapshot_copy import SnapshotCopy
 from tuner.service.stages import trainable, worker
 from tuner.service.trial_spec import TrialSpec, pilot_spec
 
@@ -112,7 +113,9 @@ def run_pilot(exp: Experiment, dirs: ExperimentDirs, startup_s: float = 0.0) -> 
         trainable(exp, pilot_trial, share), param_space={"pilot": tune.grid_search(specs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=slots, reuse_actors=False),
         run_config=tune.RunConfig(storage_path=str(dirs.root), name="pilot", verbose=0,
-                                  callbacks=[JsonLoggerCallback()]))
+                                  # whole snapshot copies: the resume checks every run
+                                  # folder's snapshot (folder_check)
+                                  callbacks=[JsonLoggerCallback(), SnapshotCopy()]))
     t = time.perf_counter()
     results = tuner.fit()
     tune_s = time.perf_counter() - t
