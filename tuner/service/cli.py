@@ -220,6 +220,9 @@ def _drive(args: Args, exp, dirs: ExperimentDirs, research, started: float) -> i
     signal.signal(signal.SIGTERM, _stop)
     if args.pilot:
         return _pilot(exp, dirs, time.perf_counter() - started)
+    from tuner.service import ray_fixes
+
+    ray_fixes.new_trials_where_the_run_is()  # a moved folder's new trials (ray_fixes)
     try:
         times = {"search_s": time.perf_counter()}
         best = run_search(exp, dirs, wandb=args.wandb, widen_edges=args.widen_edges,
