@@ -123,8 +123,14 @@ def _interrupted(out: Path, cluster) -> Path:
     proc = cli(out, "--compile-cache", str(root / "jax_cache"), start_new_session=True,
                log=out / "killed.log", cluster=cluster)
     deadline, waited = time.time() + 400, None
+    def finished() -> int:
+        try:
+            return finished_trials(root)
+        except KeyError:  # a journal made, its study's first record not yet written
+            return 0
+
     while time.time() < deadline and proc.poll() is None:
-        if finished_trials(root) >= 4:
+        if finished() >= 4:
             waited = waited or time.time()
             if trial_midway(root, "search") or time.time() - waited > 30:
                 break
