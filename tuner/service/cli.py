@@ -23,7 +23,7 @@ from typing import Annotated
 
 import tyro
 
-from tuner.service import experiment, folder_check, ray_start, seed_growth
+from tuner.service import experiment, folder_check, ray_start, relocate, seed_growth
 from tuner.service.dirs import ExperimentDirs
 from tuner.service.files import DamagedFile, read_json, write_atomic
 from tuner.service.folder_lock import FolderLock, FolderLocked
@@ -156,10 +156,16 @@ def main(args: Args) -> int:
         except FolderLocked as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        earlier, came_from = relocate.take(dirs.root)
+        if came_from is not None:
+            print(f"this folder moved (or was copied) from {came_from}; it resumes at "
+                  f"{dirs.root} and writes nothing there", flush=True)
         freeze(exp, dirs, args.smoke)
         for message in folder_check.check(dirs):
             print(message, flush=True)
-        return _drive(args, exp, dirs, research, started)
+        # what Tune unpickles from the folder (searchers, callbacks) is re-pointed to here
+        with relocate.moved(earlier, dirs.root):
+            return _drive(args, exp, dirs, research, started)
     except DamagedFile as e:  # a journal or result file a crash or a full disk cut
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
@@ -208,6 +214,9 @@ def _drive(args: Args, exp, dirs: ExperimentDirs, research, started: float) -> i
     signal.signal(signal.SIGTERM, _stop)
     if args.pilot:
         return _pilot(exp, dirs, time.perf_counter() - started)
+    from tuner.service import ray_fixes
+
+    ray_fixes.new_trials_where_the_run_is()  # a moved folder's new trials (ray_fixes)
     try:
         times = {"search_s": time.perf_counter()}
         best = run_search(exp, dirs, wandb=args.wandb, widen_edges=args.widen_edges,

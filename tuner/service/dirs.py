@@ -55,6 +55,10 @@ class ExperimentDirs:
         return self.root / "experiment.yaml"
 
     @property
+    def locations(self) -> Path:  # every root the folder was driven from (moved, copied)
+        return self.root / "locations.json"
+
+    @property
     def lock(self) -> Path:  # the driver's lock (tuner.service.folder_lock)
         return self.root / "driver.lock"
 

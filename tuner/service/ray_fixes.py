@@ -33,3 +33,39 @@ def tolerate_deleted_checkpoints() -> None:
 
     delete._skips_missing = True
     checkpoint_manager._delete_fs_path = delete
+
+
+def new_trials_where_the_run_is() -> None:
+    """Idempotent: a restored search makes its new trials in the run folder Tune restored, not
+    in the one the snapshot was written in.
+
+    Tune's restore re-points the restored trials' storage to the folder given to
+    ``Tuner.restore`` (``TuneController._restore_trials``), but its ``SearchGenerator`` takes
+    back the ``Experiment`` it pickled in ``search_gen_state-*.json``, storage included: after
+    ``mv`` every new trial failed its storage check (the old folder is gone), after ``cp -r``
+    it would write its checkpoints into the original. The experiment's storage is re-pointed
+    here the same way as the trials'.
+    """
+    import copy
+
+    from ray.tune.execution.tune_controller import TuneController
+
+    original = TuneController.resume
+    if getattr(original, "_repoints_experiment", False):
+        return
+
+    @functools.wraps(original)
+    def resume(self, *args, **kwargs) -> None:
+        original(self, *args, **kwargs)
+        experiment = getattr(self._search_alg, "_experiment", None)
+        if experiment is None or experiment.storage is None:
+            return
+        storage = copy.copy(experiment.storage)
+        storage.storage_filesystem = self._storage.storage_filesystem
+        storage.storage_fs_path = self._storage.storage_fs_path
+        storage.experiment_dir_name = self._storage.experiment_dir_name
+        experiment.storage = storage
+        experiment.spec["storage"] = storage
+
+    resume._repoints_experiment = True
+    TuneController.resume = resume

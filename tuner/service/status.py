@@ -15,6 +15,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from tuner.service import relocate
 from tuner.service.files import write_json
 from tuner.service.objective import Objective
 from tuner.service.service_metrics import ServiceMetrics
@@ -39,6 +40,7 @@ class StatusFile(Callback):
         if "objective" not in state:  # pickled by a version that kept metric and mode apart
             state["objective"] = Objective(state.pop("metric"), state.pop("mode"))
         self.__dict__.update(state)
+        self.path = relocate.here(self.path)  # a moved folder writes at its new place
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         if time.monotonic() - self._last >= self.every_s:

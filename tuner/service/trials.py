@@ -27,6 +27,7 @@ from tuner.core import checkpoint, compile_cache, gpu_share
 from tuner.core.config import RunConfig, replace
 from tuner.core.loop import DivergedError, MemberRuns, Progress, Run, seed_state, train_members
 from tuner.core.seeds import get_field, search_config, seed_config, system_seed_field
+from tuner.service import relocate
 from tuner.service.trial_spec import TrialSpec, Worker, member_key, overrides
 
 GPUS_KEY = "placement/gpus"  # a result's CUDA_VISIBLE_DEVICES (text: not a metric to plot)
@@ -48,7 +49,22 @@ def prepare_worker(config: dict[str, Any]) -> None:
     if worker.gpu_fraction:
         gpu_share.configure(worker.gpu_fraction)
     if worker.jax_cache_dir:
-        compile_cache.enable(worker.jax_cache_dir)
+        compile_cache.enable(cache_here(worker.jax_cache_dir))
+
+
+def cache_here(path: str) -> str:
+    """The compilation cache ``path`` of a trial's config, at the experiment folder's current
+    place: a trial restored from Tune's snapshot keeps the config it was made with, paths of
+    the folder's earlier place included (moved or copied: :mod:`tuner.service.relocate`).
+    The folder is where Tune stores the trial (``storage_path`` is the experiment's root,
+    re-pointed by Tune on restore)."""
+    from ray import tune
+
+    try:
+        root = tune.get_context().get_storage().storage_fs_path
+    except (RuntimeError, AttributeError):  # not in a Tune session (a direct call)
+        return path
+    return relocate.in_folder(path, root)
 
 
 def train_trial(config: dict[str, Any], base: RunConfig) -> None:

@@ -69,6 +69,7 @@ from ray.air.constants import TRAINING_ITERATION
 from ray.air.integrations.wandb import WandbLoggerCallback, _clean_log, _WandbLoggingActor
 from ray.air.util.node import _force_on_current_node
 
+from tuner.service import relocate
 from tuner.service.members import MemberOf, max_step, member_rows, member_state, members_of
 from tuner.service.members import result_rows as earlier_rows
 from tuner.service.trial_spec import TrialSpec
@@ -258,6 +259,10 @@ class CellWandbCallback(WandbLoggerCallback):
         state["_seen"] = set()  # per driver: a restored driver replays (log_trial_result)
         state["_replayed"] = False  # and checks the trials that had ended (on_step_begin)
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        # a moved or copied folder logs into its own W&B directory (tuner.service.relocate)
+        self.__dict__.update(state, kwargs=relocate.repoint(state["kwargs"]))
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
         """At a driver's first step: the trials that had ended under an earlier driver

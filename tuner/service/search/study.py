@@ -19,6 +19,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.service import relocate
 from tuner.service.objective import Objective
 from tuner.service.search.journal_repair import repair_torn_tail
 
@@ -141,7 +142,10 @@ def open_studies(study_dir: Path, cells: Iterable[str], direction: str, seed: in
 
 class JournalStudies:
     """A searcher's per-cell studies, reopened after unpickling: Tune pickles its searcher
-    (``tuner.pkl``) without the open journal storages. Subclasses set ``_study_dir``,
+    (``tuner.pkl``) without the open journal storages. A folder moved or copied since is
+    reopened at its new place: the pickled paths (the journals' folder, the trials'
+    compilation cache) are re-pointed first (:mod:`tuner.service.relocate`), so no journal is
+    ever opened, or made, at the old one. Subclasses set ``_study_dir``,
     ``_cells``, ``_metric``, ``_mode``, ``_seed`` and ``_n_startup``, then call
     :meth:`_open_studies`."""
 
@@ -158,7 +162,7 @@ class JournalStudies:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update(relocate.repoint(state))
         self._studies = self._open_studies()
 
     @property
