@@ -70,3 +70,11 @@ def tiny_reference(tmp_path_factory, shared_ray):
     out = tmp_path_factory.mktemp("reference")
     pilot = finish(cli(out, "--pilot", cluster=shared_ray))
     return out / "tiny", pilot + finish(cli(out, cluster=shared_ray))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The Slurm tests run last: the head their cluster starts runs cluster.yaml's
+    ``ray stop`` first (as Ray's launcher configs do), which stops every Ray cluster of the
+    user on the machine, the session's shared one (``shared_ray``) included: a test after them
+    found its dashboard gone."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is not None)  # stable
