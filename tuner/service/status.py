@@ -64,13 +64,12 @@ class StatusFile(Callback):
                                                           "errored": 0, "best_so_far": None})
                 if key:  # a population counts once in each of its cells
                     entry[key] += member.cell not in [m.cell for m in spec.members[:j]]
-                value = result.get(member_key(j, self.objective.metric) if spec.is_population
-                                   else self.objective.metric)
-                best = entry["best_so_far"]
-                if isinstance(value, int | float) and math.isfinite(value) and objective.better(
+            for cell, lr, value in _values(spec, result, self.objective.metric):
+                best = per_cell[cell]["best_so_far"]
+                if math.isfinite(value) and objective.better(
                         value, None if best is None else best["value"]):
-                    entry["best_so_far"] = {"value": value, "lr": member.lr,
-                                            "step": result.get("step")}
+                    per_cell[cell]["best_so_far"] = {"value": value, "lr": lr,
+                                                     "step": result.get("step")}
         done = sum(e["finished"] + e["errored"] >= self.per_cell for e in per_cell.values())
         status = {"stage": self.stage, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "metric": self.objective.metric, "cells_total": len(per_cell), "cells_done": done,
@@ -81,3 +80,24 @@ class StatusFile(Callback):
         if self._metrics is None:  # the experiment folder is named after the experiment
             self._metrics = ServiceMetrics(self.path.parent.name, self.stage, self.objective.metric)
         self._metrics.update(per_cell)
+
+
+def _values(spec: TrialSpec, result: dict[str, Any], metric: str) -> list[tuple[str, float, float]]:
+    """``(cell, lr, value)`` of what a trial's last result says about each of its cells: each
+    search member's own value; for finals, the mean over the cell's seeds (a shared program's
+    plain metric averages every cell's seeds, so it says nothing of one cell)."""
+    if spec.stage == "final":
+        by_cell: dict[str, list[float]] = {}
+        for j, m in enumerate(spec.members):
+            v = result.get(spec.prefix(j) + metric)
+            if isinstance(v, int | float):
+                by_cell.setdefault(m.cell, []).append(float(v))
+        lr = {m.cell: m.lr for m in spec.members}
+        return [(c, lr[c], sum(vs) / len(vs)) for c, vs in by_cell.items()
+                if len(vs) == sum(m.cell == c for m in spec.members)]
+    out = []
+    for j, m in enumerate(spec.members):
+        v = result.get(member_key(j, metric) if spec.is_population else metric)
+        if isinstance(v, int | float):
+            out.append((m.cell, m.lr, float(v)))
+    return out
