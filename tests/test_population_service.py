@@ -18,6 +18,7 @@ from tiny_run import cli, finish, settle
 from wandb_files import check_member_runs
 
 from tuner.service.search.halving import keep_count
+from tuner.service.search.pick import pick_rate
 from tuner.service.search.study import TUNE_ID_ATTR
 
 TINY_POP = Path(__file__).parent / "fixtures" / "tinypop.yaml"
@@ -33,6 +34,10 @@ def studies(root: Path) -> dict[str, list[optuna.trial.FrozenTrial]]:
             optuna.storages.journal.JournalFileBackend(str(root / "studies" / f"{cell}.journal")))
         out[cell] = optuna.load_study(study_name=cell, storage=storage).trials
     return out
+
+
+def seen(trials: list[optuna.trial.FrozenTrial]) -> tuple[list, list]:
+    return [t.params["lr"] for t in trials], [dict(t.intermediate_values) for t in trials]
 
 
 def outcome(root: Path) -> dict:
@@ -76,8 +81,14 @@ def test_population_search_end_to_end(population_reference):
             for t in [t for t in members if t.number not in {k.number for k in kept}]:
                 assert t.state.name == "PRUNED" and max(t.intermediate_values) <= 20
         complete = [t for t in trials if t.state.name == "COMPLETE"]
-        assert best[cell]["lr"] == pytest.approx(min(complete, key=lambda t: t.value)
-                                                 .params["lr"])
+        survivor = min(complete, key=lambda t: t.value)
+        assert best[cell]["survivor_lr"] == pytest.approx(survivor.params["lr"])
+        assert best[cell]["value"] == pytest.approx(survivor.value)
+        # the rate is the pick fitted to the journals' values, the neighbour's pooled in
+        # (tuner.service.search.pick; its answers on known parabolas: tests/test_pick*.py)
+        other = [c for c in CELLS if c != cell][0]
+        assert best[cell]["lr"] == pytest.approx(pick_rate(
+            *seen(trials), 1e-4, 1e5, neighbours=[seen(per_cell[other])]).lr)
         assert any(t.user_attrs.get("diverged") for t in trials)  # the range reaches NaN
     search = pd.read_csv(root / "search_trials.csv")
     assert len(search) == 20 and set(search.state) <= {"COMPLETE", "PRUNED"}

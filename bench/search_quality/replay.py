@@ -11,12 +11,14 @@ chord lies above the curve): the fit is not flattered. Compute: member steps ove
 grid's single-seed steps at 16 rates (issue 24's grid; the table stays comparable whatever
 ``--rates`` the truth has).
 
-Policies (``POLICIES``): the shipped population (8 rates, one per stratum of the grid's index
-range, halving 8 -> 3 -> 1 at 5/15/45% of the budget, pick the full-budget survivor); the same
-with the fitted pick (``tuner.service.search.pick``); random grid rates + the same halving; the
-one-rate path (TPE, Optuna's sampler as the service seeds it, + ASHA with grace 10%, rf 3, one
-trial after another; TPE's rates snapped to the nearest grid rate); the range's geometric
-middle.
+Policies (``policies``): the shipped population (8 rates per cell, one per stratum of the grid's
+index range, each cell its own strata; halving 8 -> 3 -> 1 at 5/15/45% of the budget) with the
+shipped pick (``tuner.service.search.pick``: a parabola in log lr through the members' values
+at the last common rung, pooled with the grid neighbours' members); the same fit on the cell's
+members alone; the old shipped pick (the full-budget survivor); random grid rates + the same
+halving and the survivor; the one-rate path (TPE, Optuna's sampler as the service seeds it, +
+ASHA with grace 10%, rf 3, one trial after another; TPE's rates snapped to the nearest grid
+rate); the range's geometric middle.
 """
 
 from __future__ import annotations
@@ -109,23 +111,45 @@ def survivor(cell: Cell, members: list[int], curves: list[dict[int, float]]) -> 
     return min(done)[1] if done else members[0]
 
 
-def population(cell: Cell, rng: np.random.Generator, fit: dict | None, k: int = 8,
-               grace_share: float = 0.05, rf: float = 3, random_rates: bool = False
-               ) -> tuple[float, float]:
-    """(regret, compute) of one population search; ``fit``: the pick's keyword arguments
-    (None: the survivor)."""
+def searched(cell: Cell, rng: np.random.Generator, k: int = 8, grace_share: float = 0.05,
+             rf: float = 3, random_rates: bool = False
+             ) -> tuple[list[float], list[dict[int, float]], int]:
+    """One cell's population search: its members' rates, their curves as the halving leaves
+    them, and the member steps spent."""
     n = len(cell.rates)
     members = ([int(i) for i in rng.choice(n, k, replace=False)] if random_rates
                else strata(n, k, rng))
-    grace = round(grace_share * cell.max_t)
-    curves, spent = halving(cell, members, grace, rf)
-    if fit is None:
-        regret = cell.grid_regret(survivor(cell, members, curves))
-    else:
-        lo, hi = float(cell.rates[0]), float(cell.rates[-1])
-        p = pick_rate([float(cell.rates[i]) for i in members], curves, lo, hi, **fit)
-        regret = cell.regret_at(p.lr)
-    return regret, spent / (COMPUTE_RATES * cell.max_t)
+    curves, spent = halving(cell, members, round(grace_share * cell.max_t), rf)
+    return members, curves, spent
+
+
+def population(cells: list[Cell], draw: int, fit: dict | None, pooled: bool = False,
+               k: int = 8, grace_share: float = 0.05, rf: float = 3,
+               random_rates: bool = False, near: dict[int, list[int]] | None = None
+               ) -> list[tuple[float, float]]:
+    """(regret, compute) per cell of one population search of the whole grid; each cell draws
+    its own strata (as the service seeds them per cell). ``fit``: the pick's keyword arguments
+    (None: the survivor); ``pooled``: the fit reads the grid neighbours' members too
+    (``near``: cell index -> its neighbours' indices; default: every other cell)."""
+    runs = [searched(c, np.random.default_rng([draw, 24, j]), k, grace_share, rf, random_rates)
+            for j, c in enumerate(cells)]
+    near = near or {j: [i for i in range(len(cells)) if i != j] for j in range(len(cells))}
+
+    def seen(j: int) -> tuple[list[float], list[dict[int, float]]]:
+        members, curves, _ = runs[j]
+        return [float(cells[j].rates[i]) for i in members], curves
+
+    out = []
+    for j, (cell, (members, curves, spent)) in enumerate(zip(cells, runs, strict=True)):
+        if fit is None:
+            regret = cell.grid_regret(survivor(cell, members, curves))
+        else:
+            lo, hi = float(cell.rates[0]), float(cell.rates[-1])
+            p = pick_rate(*seen(j), lo, hi, **fit,
+                          neighbours=[seen(i) for i in near[j]] if pooled else ())
+            regret = cell.regret_at(p.lr)
+        out.append((regret, spent / (COMPUTE_RATES * cell.max_t)))
+    return out
 
 
 def one_rate(cell: Cell, seed: int, trials: int = 8, grace_share: float = 0.1, rf: float = 3
@@ -161,33 +185,38 @@ def one_rate(cell: Cell, seed: int, trials: int = 8, grace_share: float = 0.1, r
     return regret, spent / (COMPUTE_RATES * cell.max_t)
 
 
-def policies(fit: dict) -> dict[str, Callable[[Cell, int], tuple[float, float]]]:
-    """Policy name -> (cell, draw) -> (regret, compute)."""
-    def rng(draw: int) -> np.random.Generator:
-        return np.random.default_rng([draw, 24])
+SHIPPED = "shipped: population 8, fit pooled with grid neighbours"
+OLD = "old shipped: population 8, survivor"
+
+
+def policies(fit: dict, near: dict[int, list[int]] | None = None
+             ) -> dict[str, Callable[[list[Cell], int], list[tuple[float, float]]]]:
+    """Policy name -> (cells, draw) -> (regret, compute) per cell."""
+    def each(run: Callable[[Cell, int], tuple[float, float]]):
+        return lambda cells, d: [run(c, d) for c in cells]
 
     return {
-        "shipped (population 8, survivor)": lambda c, d: population(c, rng(d), None),
-        "population 8, fitted pick": lambda c, d: population(c, rng(d), fit),
-        "random rates + halving": lambda c, d: population(c, rng(d), None, random_rates=True),
-        "one rate per trial (TPE + ASHA)": lambda c, d: one_rate(c, d),
-        "fixed geometric middle": lambda c, d: (c.middle_mean / c.best - 1, 0.0),
+        SHIPPED: lambda cs, d: population(cs, d, fit, pooled=True, near=near),
+        "population 8, fit on the cell alone": lambda cs, d: population(cs, d, fit),
+        OLD: lambda cs, d: population(cs, d, None),
+        "random rates + halving": lambda cs, d: population(cs, d, None, random_rates=True),
+        "one rate per trial (TPE + ASHA)": each(lambda c, d: one_rate(c, d)),
+        "fixed geometric middle": each(lambda c, d: (c.middle_mean / c.best - 1, 0.0)),
     }
 
 
 def evaluate(cells: dict[str, Cell], fit: dict, draws: int = 50,
-             only: tuple[str, ...] | None = None) -> dict[str, dict]:
-    """Policy -> {"mean", "worst", "compute"}: per cell the mean over draws, then over cells
-    (mean) and the worst cell (``only``: these policies)."""
+             only: tuple[str, ...] | None = None, near: dict[int, list[int]] | None = None
+             ) -> dict[str, dict]:
+    """Policy -> {"mean", "worst", "compute", "per_cell"}: per cell the mean over draws, then
+    over cells (mean) and the worst cell (``only``: these policies)."""
     out = {}
-    for name, run in policies(fit).items():
+    for name, run in policies(fit, near).items():
         if only is not None and name not in only:
             continue
-        per_cell, compute = [], []
-        for cell in cells.values():
-            got = np.array([run(cell, d) for d in range(draws if "middle" not in name else 1)])
-            per_cell.append(got[:, 0].mean())
-            compute.append(got[:, 1].mean())
-        out[name] = {"mean": float(np.mean(per_cell)), "worst": float(np.max(per_cell)),
-                     "compute": float(np.mean(compute)), "per_cell": per_cell}
+        got = np.array([run(list(cells.values()), d)
+                        for d in range(draws if "middle" not in name else 1)])  # draw, cell, 2
+        per_cell = got[:, :, 0].mean(0)
+        out[name] = {"mean": float(per_cell.mean()), "worst": float(per_cell.max()),
+                     "compute": float(got[:, :, 1].mean()), "per_cell": list(per_cell)}
     return out

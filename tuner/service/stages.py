@@ -147,7 +147,7 @@ def build_population_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRo
         rnd.cells, coords, plan.groups, s.trials_per_cell, s.population, rnd.lr_low,
         rnd.lr_high, a.metric, a.mode, a.max_t, a.grace_period, a.reduction_factor,
         rnd.study_dir, worker(exp, dirs, plan.gpu_share), seed=0,
-        max_running=_cluster_cap(exp, plan.gpu_share), scheduler=scheduler)
+        max_running=_cluster_cap(exp, plan.gpu_share), scheduler=scheduler, pick=s.pick)
 
 
 def build_search(exp: Experiment, dirs: ExperimentDirs, rnd: SearchRound | None = None

@@ -18,6 +18,7 @@ from data.registry import metric_mode
 from tuner.core.seeds import SEARCH_SEED
 from tuner.service.experiment.values import Invalid, as_bool, as_int, as_number, as_str
 from tuner.service.objective import MODES, Objective
+from tuner.service.search.pick import PICKS
 
 # Training seeds from SEARCH_SEED up are reserved for the learning-rate search
 # (tuner.core.seeds), so finals.seeds must lie in [0, SEARCH_SEED).
@@ -72,6 +73,9 @@ class Search:
     max_concurrent: int | None = 2  # trials at once over all cells; None: "auto" (the cluster)
     population: int = 1  # a cell's rates trained together in one trial (1: one per trial)
     share_program: bool = False  # population: cells of one compiled program share a trial
+    # population: a cell's rate is fitted to every member's values ("fit",
+    # tuner.service.search.pick) or the best full-budget member ("survivor", before issue 33)
+    pick: str = "fit"
 
     def __post_init__(self) -> None:
         if not self.lr_low > 0:
@@ -92,6 +96,8 @@ class Search:
         if self.share_program and self.population == 1:
             raise FieldError("share_program", "true needs a population; allowed: false, or "
                              "true with search.population >= 2")
+        if self.pick not in PICKS:
+            raise FieldError("pick", f"{self.pick!r} is not allowed; allowed: {' or '.join(PICKS)}")
 
     @property
     def auto_concurrency(self) -> bool:
@@ -111,7 +117,8 @@ class Search:
                                  lambda v, a: None if v == "auto" else _count(v, a),
                                  "an integer >= 1 or auto", default=2),
             population=_read(body, "population", _count, "an integer >= 1", default=1),
-            share_program=_read(body, "share_program", as_bool, "true or false", default=False))
+            share_program=_read(body, "share_program", as_bool, "true or false", default=False),
+            pick=_read(body, "pick", as_str, " or ".join(PICKS), default="fit"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,6 +46,7 @@ from tuner.service.objective import is_finite
 from tuner.service.search import results
 from tuner.service.search.cell_searcher import CellSearcher, Ended, default_startup, ended, validate
 from tuner.service.search.halving import SuccessiveHalving
+from tuner.service.search.pick import PICKS, pick_rate
 from tuner.service.search.scheduler import StopTold
 from tuner.service.trial_spec import Worker, member_key
 
@@ -102,6 +103,9 @@ class PopulationSearcher(CellSearcher):
         worker: What every trial's worker sets up before JAX starts.
         seed: Base seed of the strata positions and the TPE samplers.
         max_running: Cap on running trials, read at every ``suggest`` (None: Tune's).
+        pick: How :meth:`best_per_cell` chooses a cell's rate: "fit" (a parabola in log lr
+            through every member's value, pooled with the grid neighbours':
+            :mod:`tuner.service.search.pick`) or "survivor" (the best full-budget member).
     """
 
     def __init__(self, cells: dict[str, dict], coords: dict[str, tuple[int, ...]],
@@ -110,12 +114,14 @@ class PopulationSearcher(CellSearcher):
                  grace_period: int, reduction_factor: float, study_dir: str | Path,
                  worker: Worker, seed: int = 0,
                  max_running: Callable[[], int] | None = None,
-                 scheduler: StopTold | None = None) -> None:
+                 scheduler: StopTold | None = None, pick: str = "fit") -> None:
         super().__init__(metric=metric, mode=mode)
         validate(cells, trials_per_cell, lr_low, lr_high, mode)
         if not 1 <= population <= trials_per_cell:
             raise ValueError(f"population must be in 1..trials_per_cell={trials_per_cell}, "
                              f"got {population}")
+        if pick not in PICKS:
+            raise ValueError(f"pick={pick!r}; allowed: {list(PICKS)}")
         if sorted(c for g in groups for c in g) != sorted(cells):
             raise ValueError("every cell must be in exactly one group")
         self._cells = {str(c): dict(o) for c, o in cells.items()}
@@ -130,6 +136,7 @@ class PopulationSearcher(CellSearcher):
         self._seed = seed
         self._max_running = max_running
         self._scheduler = scheduler  # stops trials told after the snapshot (set_state)
+        self._pick = pick
         self._n_startup = default_startup(trials_per_cell)
         # saved in snapshots (as [wave, group, [[cell, number], ...]]); ids ended
         self._assigned: dict[str, Held] = {}
@@ -226,6 +233,35 @@ class PopulationSearcher(CellSearcher):
     @property
     def scheduler(self) -> None:
         return None  # halving happens inside the trials
+
+    def best_per_cell(self) -> dict[str, dict[str, Any] | None]:
+        """Per cell the best full-budget member (:func:`results.best_trial`: ``value`` and
+        ``trial_number`` stay that member's, what the search measured), its ``lr`` replaced
+        by the fitted pick where ``pick`` is "fit" (``pick``: how it was found,
+        ``survivor_lr``: the member's rate). A cell none of whose members ran the full
+        budget stays None (the search failed there). A pure function of the journals, so a
+        resumed search picks what an uninterrupted one would."""
+        best = super().best_per_cell()
+        if getattr(self, "_pick", "fit") != "fit":  # snapshots of earlier versions: the default
+            return best
+        seen = {c: self._seen(c) for c in self._studies}
+        out: dict[str, dict[str, Any] | None] = {}
+        for cell, b in best.items():
+            if b is None:
+                out[cell] = None
+                continue
+            near = [seen[n] for n in self._neighbours.get(cell, []) if n in seen]
+            p = pick_rate(*seen[cell], self._lr_low, self._lr_high, self._mode, neighbours=near)
+            out[cell] = {**b, "lr": p.lr, "at_edge": results.edge(p.lr, self._lr_low,
+                                                                  self._lr_high),
+                         "pick": p.how, "survivor_lr": b["lr"]}
+        return out
+
+    def _seen(self, cell: str) -> tuple[list[float], list[dict[int, float]]]:
+        """A cell's members' rates and reported values per step, as its journal holds them."""
+        trials = [t for t in self._studies[cell].trials() if "lr" in t.params]
+        return ([float(t.params["lr"]) for t in trials],
+                [dict(t.intermediate_values) for t in trials])
 
     # ----------------------------------------------------------------- helpers
     def _config(self, wave: int, members: Sequence[tuple[str, int]]) -> dict[str, Any]:
