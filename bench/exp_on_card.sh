@@ -42,8 +42,11 @@ send_search() {
     && echo "search folder sent back: $(du -h "$OUT/${EXP}_search.tar.xz" | cut -f1)"
 }
 SENT=0; [ -f "$DIR/search_best.json" ] && SENT=1
+# A started folder resumes from its own copy of the experiment file: the one in search_spaces/
+# may have gained fields since (the driver refuses a file that changed under a folder).
+SRC=$EXP; [ -f "$DIR/experiment.yaml" ] && SRC=$DIR/experiment.yaml
 start=$(date +%s)
-timeout -s "$STOP" "$T" python3 -m tuner.run "$EXP" --out "$ROOT" --no-wandb \
+timeout -s "$STOP" "$T" python3 -m tuner.run "$SRC" --out "$ROOT" --no-wandb \
   > "$OUT/run.log" 2>&1 &
 RUN=$!
 while kill -0 "$RUN" 2>/dev/null; do

@@ -295,3 +295,24 @@ def test_ray_temp_path_too_long_is_one_line_before_ray(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: Ray cannot start"), res.stderr
     assert f"at most {allowed} characters" in lines[0] and "RAY_TMPDIR" in lines[0]
     assert str(scratch) in lines[0] and not (tmp_path / "out").exists()
+
+
+def test_a_dashboard_port_in_use_is_one_line(tmp_path):
+    """--dashboard-port where another service listens: exit 1 with one line naming the port
+    and the remedies, no stack of Ray's, and nothing of the experiment trained."""
+    with socket.socket() as taken:  # held for the whole run: the port is in use
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = dict(os.environ, JAX_PLATFORMS="cpu")
+        res = subprocess.run([sys.executable, "-m", "tuner.run", "tests/fixtures/tiny.yaml",
+                              "--out", str(tmp_path / "out"), "--no-wandb", "--num-cpus", "1",
+                              "--dashboard-port", str(port)], capture_output=True, text=True,
+                             cwd=ROOT, timeout=180, env=env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = [x for x in res.stderr.strip().splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith("error: Ray cannot start: a port it needs "
+                                                   "is in use"), res.stderr
+    assert str(port) in lines[0] and "--dashboard-port" in lines[0]
+    assert "Traceback" not in res.stderr
+    assert not list((tmp_path / "out").glob("*/search"))

@@ -43,6 +43,9 @@ class Args:
     # GPUs of the local cluster (default: those found); on a machine without any, logical GPUs
     # that exercise the stage plan's placement (trials see CUDA_VISIBLE_DEVICES, nothing more)
     num_gpus: int | None = None
+    # port of the local cluster's dashboard, for a fixed SSH tunnel (default: 8265, or the next
+    # free one); a port in use ends the run before it starts, with the remedy
+    dashboard_port: int | None = None
     wandb: bool = True  # log to W&B (offline unless a key and the network are available)
     # re-search cells whose best LR is at an edge of the range (or where every trial diverged);
     # recorded in the experiment folder, and also widens a finished search
@@ -115,7 +118,7 @@ def _start_ray(args: Args, wandb_mode: str):
     # the driver too: WandbLoggerCallback.setup runs here and, online, demands an API key
     os.environ.update(env)
     address = args.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
-    return ray_start.start(address, env, args.num_cpus, args.num_gpus)
+    return ray_start.start(address, env, args.num_cpus, args.num_gpus, args.dashboard_port)
 
 
 def _check_local_resources(exp) -> None:

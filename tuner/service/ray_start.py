@@ -81,10 +81,12 @@ def explain(error: BaseException, address: str | None) -> str:
                 f"its Unix sockets ({first}); set RAY_TMPDIR to a folder of at most "
                 f"{SOCKET_PATH_MAX - SOCKET_SUFFIX} characters (e.g. export RAY_TMPDIR=/tmp) "
                 "and rerun this command")
-    if "address already in use" in lowered or "port" in lowered and "in use" in lowered:
+    if ("address already in use" in lowered or "already occupied" in lowered
+            or "port" in lowered and "in use" in lowered):
         return (f"Ray cannot start: a port it needs is in use ({first}); another Ray cluster "
-                "may run on this machine: join it with --address auto, or stop it (ray stop), "
-                "then rerun this command")
+                "or service may run on this machine: pick another --dashboard-port (or leave "
+                "it out: Ray then takes the next free one), join a running cluster with "
+                "--address auto, or stop it (ray stop), then rerun this command")
     if address:
         return (f"Ray cluster at {address} did not answer ({first}); check that it runs "
                 "(`ray status` on its head node) and that the address and port are right "
@@ -111,8 +113,9 @@ def check_address(address: str, timeout_s: float = 10.0) -> None:
 
 
 def start(address: str | None, env: dict[str, str], num_cpus: int | None,
-          num_gpus: int | None = None):
-    """``ray.init``: joins the cluster at ``address``, or starts a local one. Raises
+          num_gpus: int | None = None, dashboard_port: int | None = None):
+    """``ray.init``: joins the cluster at ``address``, or starts a local one (its dashboard at
+    ``dashboard_port``, else Ray's default or the next free port). Raises
     :class:`RayStartFailed` where Ray does not start (the cause and the remedy, no stack)."""
     if not address:
         check_temp_path()
@@ -126,7 +129,8 @@ def start(address: str | None, env: dict[str, str], num_cpus: int | None,
         # local cluster: dashboard on loopback only; Ray 2.60 turns token auth on for new
         # local clusters (token in ~/.ray/auth_token) unless RAY_AUTH_MODE says otherwise
         return ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
-                        include_dashboard=True, dashboard_host="127.0.0.1")
+                        include_dashboard=True, dashboard_host="127.0.0.1",
+                        dashboard_port=dashboard_port)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # Ray raises many kinds here; each is explained, none expected
