@@ -230,8 +230,12 @@ def _power_and_noise(names: list[str], grids: int, noise_grids: int, seed: int
     for name in names:
         exp = experiment.load(name)
 
-        def judged(claim, finals: pd.DataFrame, exp=exp) -> verdicts.ClaimVerdict:
-            tables = {m: verdicts.cell_table(exp.cells(), finals, m) for m in claim.metrics}
+        def tables_of(finals: pd.DataFrame, metrics, exp=exp) -> dict[str, pd.DataFrame]:
+            return {m: verdicts.cell_table(exp.cells(), finals, m) for m in metrics}
+
+        def judged(claim, finals: pd.DataFrame, tables=None) -> verdicts.ClaimVerdict:
+            tables = tables or tables_of(finals, claim.metrics)
+            tables = {m: tables[m] for m in claim.metrics}
             return verdicts.judge(claim, tables, {m: metric_mode("lds", m) for m in tables}, {})
 
         for i, claim in enumerate(exp.claims):
@@ -241,7 +245,8 @@ def _power_and_noise(names: list[str], grids: int, noise_grids: int, seed: int
         hits = np.zeros(len(exp.claims))
         for _ in range(noise_grids):  # one pure-noise grid serves every claim
             finals = simulate(exp, exp.claims[0], 0, rng)
-            hits += [judged(c, finals).verdict in verdicts.DECISIVE for c in exp.claims]
+            tables = tables_of(finals, {m for c in exp.claims for m in c.metrics})
+            hits += [judged(c, finals, tables).verdict in verdicts.DECISIVE for c in exp.claims]
         decisive.update({(name, i): h / noise_grids for i, h in enumerate(hits)})
     return supported, decisive
 
