@@ -85,6 +85,15 @@ def test_the_pickled_driver_state_loads_and_works(old_folder):
     written = json.loads((old_folder / "status.json").read_text())
     assert written["metric"] == exp.asha.metric and written["cells_total"] == len(exp.cells())
 
+    # W&B's callback, pickled before it kept the search's full budget, reads its members'
+    # budget from their configs (the resumed driver replays ended trials with it at its first
+    # step: AttributeError there before)
+    from tuner.service.wandb_logging import CellWandbCallback
+
+    wandb_cb = next(c for c in state["_run_config"].callbacks
+                    if isinstance(c, CellWandbCallback))
+    assert wandb_cb._max_t is None
+
     # the viewer reads the old folder's trials from its journals (the search has not ended)
     rows = view.search_trials(view.open_folder(old_folder))
     assert len(rows) == len(frame)

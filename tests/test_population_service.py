@@ -193,4 +193,17 @@ def test_a_forced_out_of_memory_splits_the_program_and_picks_the_same(
     monkeypatch.setenv(TEST_OOM_ENV, "2")
     out = finish(cli(tmp_path, "--no-wandb", experiment=TINY_POP))
     assert "out of device memory with 5 members in one program" in out
-    assert outcome(tmp_path / "tinypop") == outcome(population_reference)
+    split, whole = outcome(tmp_path / "tinypop"), outcome(population_reference)
+    # the fitted pick (search.pick: fit) is a smooth function of the members' values, which a
+    # program in pieces computes equal to float32 rounding only: equal to 1e-4 of the rate;
+    # the members, states and survivors exactly
+    for cell in whole:
+        assert split[cell].pop("best_lr") == pytest.approx(whole[cell].pop("best_lr"), rel=1e-4)
+    assert split == whole
+    for root in (tmp_path / "tinypop", population_reference):
+        best = json.loads((root / "search_best.json").read_text())
+        assert best and all(b["pick"] == "fit" for b in best.values())
+    survivors = [{c: b["survivor_lr"] for c, b in json.loads(
+        (root / "search_best.json").read_text()).items()}
+        for root in (tmp_path / "tinypop", population_reference)]
+    assert survivors[0] == survivors[1]

@@ -34,7 +34,10 @@ def studies(root: Path, cells: list[str] = CELLS, folder: str = "studies"
     for cell in cells:
         storage = optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(root / folder / f"{cell}.journal")))
-        out[cell] = optuna.load_study(study_name=cell, storage=storage).trials
+        try:
+            out[cell] = optuna.load_study(study_name=cell, storage=storage).trials
+        except KeyError:  # the driver made the journal and has not yet written the study in it
+            out[cell] = []
     return out
 
 

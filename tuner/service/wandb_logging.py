@@ -263,6 +263,8 @@ class CellWandbCallback(WandbLoggerCallback):
     def __setstate__(self, state: dict) -> None:
         # a moved or copied folder logs into its own W&B directory (tuner.service.relocate)
         self.__dict__.update(state, kwargs=relocate.repoint(state["kwargs"]))
+        # pickled before the full budget was kept: a trial's own config gives it (max_step)
+        self.__dict__.setdefault("_max_t", None)
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
         """At a driver's first step: the trials that had ended under an earlier driver
