@@ -14,8 +14,8 @@
 #             into a new folder, so the run starts where that one stopped
 #
 # Everything the card lacks (ray, optuna, tyro and their dependencies) travels as one carried
-# tarball, `.devsite/site.tar.xz` (installed wheels, binaries stripped, ray's rllib/serve/llm
-# left out: 36 MB, so one call carries it with the repo). The machine keeps /tmp while warm,
+# tarball, `.devsite/site.tar.xz` (bench/make_devsite.sh builds it from the wheels: 36 MB, so
+# one call carries it with the repo; name `.devsite` in the call's carry). The machine keeps /tmp while warm,
 # so later calls skip the unpacking. Sends back: the run log, status.json, plan.json,
 # times.json, the report, and once the search is done the folder without checkpoints
 # (`<exp>_search.tar.xz`, a few MB) so that the finals can run in a later session.
